@@ -1,0 +1,1 @@
+"""Golden model (the arithmetic contract) and RTL verification harnesses."""

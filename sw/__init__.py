@@ -1,0 +1,1 @@
+"""Training side: pattern pruning and quantization of transformer weights."""

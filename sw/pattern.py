@@ -1,0 +1,219 @@
+"""Semi-structured pattern pruning of weight matrices.
+
+A weight matrix ``W[N, K]`` (out × in) is cut into ``k×k`` blocks; every block keeps exactly ``n``
+positions, and the kept positions of every block are one of ``P`` patterns of a pool built from the
+matrix's own weights.
+
+Conventions (shared with the hardware and the firmware image):
+
+* Positions inside a block are numbered row-major: ``p = row·k + col`` (row = output channel within the
+  block, col = input feature within the block).
+* A pattern is a boolean mask of ``k²`` positions with exactly ``n`` set; its kept values are stored in
+  ascending position order.
+* Padding: when ``N`` or ``K`` is not a multiple of ``k``, the matrix is zero-padded at the bottom
+  (extra output rows) and at the right (extra input columns) up to the next multiple. Padded entries
+  are zero, so they never add to a block's energy; a pattern may still keep a padded position, whose
+  value is then zero. Outputs of padded rows are dropped by the consumer.
+* Ties are broken towards the lower index everywhere (top-n positions, pattern choice, pool order).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PatternConfig:
+    """Pattern sparsity parameters: ``block_size`` k, ``kept_per_block`` n, ``pool_size`` P."""
+
+    block_size: int = 4
+    kept_per_block: int = 8
+    pool_size: int = 32
+
+    def __post_init__(self):
+        k, n, p = self.block_size, self.kept_per_block, self.pool_size
+        for name, value in (("block_size", k), ("kept_per_block", n), ("pool_size", p)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n > k * k:
+            raise ValueError(f"kept_per_block={n} exceeds the {k * k} positions of a {k}×{k} block")
+        if p > math.comb(k * k, n):
+            raise ValueError(
+                f"pool_size={p} exceeds the {math.comb(k * k, n)} distinct patterns of {n} kept in a {k}×{k} block"
+            )
+
+    @property
+    def positions(self) -> int:
+        return self.block_size**2
+
+    @property
+    def density(self) -> float:
+        return self.kept_per_block / self.positions
+
+
+def padded_shape(out_features: int, in_features: int, block_size: int) -> tuple[int, int]:
+    k = block_size
+    return -(-out_features // k) * k, -(-in_features // k) * k
+
+
+def pad_to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Zero-pad ``weight[N, K]`` at the bottom and right to multiples of ``block_size``."""
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+    n_pad, k_pad = padded_shape(*weight.shape, block_size)
+    out = weight.new_zeros(n_pad, k_pad)
+    out[: weight.shape[0], : weight.shape[1]] = weight
+    return out
+
+
+def to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``[N, K]`` (multiples of k) → ``[N/k, K/k, k²]`` with positions row-major inside each block."""
+    k = block_size
+    nb, kb = weight.shape[0] // k, weight.shape[1] // k
+    return weight.reshape(nb, k, kb, k).permute(0, 2, 1, 3).reshape(nb, kb, k * k)
+
+
+def from_blocks(blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Inverse of :func:`to_blocks`."""
+    k = block_size
+    nb, kb = blocks.shape[:2]
+    return blocks.reshape(nb, kb, k, k).permute(0, 2, 1, 3).reshape(nb * k, kb * k)
+
+
+def top_n_masks(energy: torch.Tensor, n: int) -> torch.Tensor:
+    """Boolean masks keeping the ``n`` largest entries of each row of ``energy[B, k²]`` (ties → lower index)."""
+    order = torch.sort(energy, dim=-1, descending=True, stable=True).indices[..., :n]
+    mask = torch.zeros_like(energy, dtype=torch.bool)
+    mask.scatter_(-1, order, True)
+    return mask
+
+
+def _mask_codes(masks: torch.Tensor) -> torch.Tensor:
+    weights = 2 ** torch.arange(masks.shape[-1], dtype=torch.int64)
+    return (masks.to(torch.int64) * weights).sum(-1)
+
+
+def _codes_to_masks(codes: torch.Tensor, positions: int) -> torch.Tensor:
+    return (codes[:, None] >> torch.arange(positions)) & 1 == 1
+
+
+@dataclass
+class PatternPool:
+    """A pool of ``P`` patterns: ``masks[P, k²]`` boolean, exactly ``n`` set per row."""
+
+    config: PatternConfig
+    masks: torch.Tensor
+
+    def __post_init__(self):
+        c = self.config
+        m = self.masks
+        if m.dtype != torch.bool or m.shape != (c.pool_size, c.positions):
+            raise ValueError(f"pattern masks must be bool [{c.pool_size}, {c.positions}], got {m.dtype} {tuple(m.shape)}")
+        counts = m.sum(1)
+        if not bool((counts == c.kept_per_block).all()):
+            bad = int(torch.nonzero(counts != c.kept_per_block)[0])
+            raise ValueError(f"pattern {bad} keeps {int(counts[bad])} positions, expected {c.kept_per_block}")
+        if len(set(_mask_codes(m).tolist())) != c.pool_size:
+            raise ValueError("pattern pool contains duplicate patterns")
+
+    def positions(self) -> torch.Tensor:
+        """``[P, n]`` kept positions of each pattern, ascending (the storage order of kept values)."""
+        return torch.stack([torch.nonzero(row).flatten() for row in self.masks])
+
+
+def build_pattern_pool(weight: torch.Tensor, config: PatternConfig, refine_iterations: int = 10) -> PatternPool:
+    """Build a pool of ``P`` patterns from the weights themselves.
+
+    Clustering: every block's top-n mask (by magnitude) is a candidate; the pool starts as the ``P``
+    most frequent masks (ties → smaller mask code) and is then refined by k-means in the projection
+    objective: assign every block to the pattern keeping most of its squared magnitude, and replace
+    each pattern by the top-n positions of the summed squared magnitudes of its blocks. Both steps never
+    decrease the total kept energy; a step that would duplicate another pattern is skipped. When the
+    matrix has fewer than ``P`` distinct masks, the pool is filled with the lowest unused masks in
+    lexicographic order of kept positions.
+    """
+    k, n, p = config.block_size, config.kept_per_block, config.pool_size
+    energy = to_blocks(pad_to_blocks(weight.detach().to(torch.float64), k), k).reshape(-1, k * k) ** 2
+    codes, counts = torch.unique(_mask_codes(top_n_masks(energy, n)), return_counts=True)  # codes ascending
+    order = torch.sort(-counts, stable=True).indices  # most frequent first, ties keep ascending code
+    chosen = codes[order][:p].tolist()
+    if len(chosen) < p:
+        present = set(chosen)
+        for combo in itertools.combinations(range(k * k), n):
+            code = sum(1 << q for q in combo)
+            if code not in present:
+                chosen.append(code)
+                present.add(code)
+                if len(chosen) == p:
+                    break
+    masks = _codes_to_masks(torch.tensor(chosen, dtype=torch.int64), k * k)
+
+    for _ in range(refine_iterations):
+        assignment = (energy @ masks.to(torch.float64).T).argmax(1)
+        cluster_energy = torch.zeros(p, k * k, dtype=torch.float64).index_add_(0, assignment, energy)
+        used = torch.bincount(assignment, minlength=p) > 0
+        proposed = top_n_masks(cluster_energy, n)
+        changed = False
+        codes_now = _mask_codes(masks).tolist()
+        for i in torch.nonzero(used).flatten().tolist():
+            code = int(_mask_codes(proposed[i : i + 1])[0])
+            if code != codes_now[i] and code not in codes_now:
+                masks[i] = proposed[i]
+                codes_now[i] = code
+                changed = True
+        if not changed:
+            break
+    return PatternPool(config, masks)
+
+
+@dataclass
+class PatternProjection:
+    """Result of projecting a matrix onto a pool: the pruned matrix and one pattern id per block."""
+
+    weight: torch.Tensor  # [N, K], pruned (unpadded)
+    pattern_ids: torch.Tensor  # [N/k, K/k] int64 (padded block grid)
+
+
+def project_onto_pool(weight: torch.Tensor, pool: PatternPool) -> PatternProjection:
+    """Euclidean projection of ``weight`` onto the set of matrices whose every block follows a pool pattern.
+
+    For each block the pattern keeping the most squared magnitude is the nearest point (ties → lowest
+    pattern id); entries outside it are set to zero.
+    """
+    k = pool.config.block_size
+    padded = pad_to_blocks(weight.detach(), k)
+    blocks = to_blocks(padded, k)
+    kept_energy = (blocks.to(torch.float64) ** 2) @ pool.masks.to(torch.float64).T
+    ids = kept_energy.argmax(-1)
+    pruned = from_blocks(blocks * pool.masks[ids].to(blocks.dtype), k)
+    return PatternProjection(pruned[: weight.shape[0], : weight.shape[1]].contiguous(), ids)
+
+
+def pack_pattern_blocks(weight: torch.Tensor, pattern_ids: torch.Tensor, pool: PatternPool) -> torch.Tensor:
+    """Kept values of every block in pattern order: ``[N/k, K/k, n]`` (same dtype as ``weight``).
+
+    Refuses a matrix with a nonzero entry outside its block's pattern (nothing is dropped silently).
+    """
+    k = pool.config.block_size
+    blocks = to_blocks(pad_to_blocks(weight, k), k)
+    if pattern_ids.shape != blocks.shape[:2]:
+        raise ValueError(f"pattern_ids has shape {tuple(pattern_ids.shape)}, expected {tuple(blocks.shape[:2])}")
+    masks = pool.masks[pattern_ids]
+    outside = (blocks != 0) & ~masks
+    if bool(outside.any()):
+        bn, bk, pos = (int(v) for v in torch.nonzero(outside)[0])
+        raise ValueError(f"block ({bn}, {bk}) has a nonzero weight at position {pos}, outside its pattern {int(pattern_ids[bn, bk])}")
+    positions = pool.positions()[pattern_ids]  # [Nb, Kb, n]
+    return torch.gather(blocks, -1, positions)
+
+
+def unpack_pattern_blocks(values: torch.Tensor, pattern_ids: torch.Tensor, pool: PatternPool, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`pack_pattern_blocks`: the dense ``[N, K]`` matrix."""
+    k = pool.config.block_size
+    positions = pool.positions()[pattern_ids]
+    blocks = values.new_zeros(*pattern_ids.shape, k * k).scatter(-1, positions, values)
+    return from_blocks(blocks, k)[: shape[0], : shape[1]].contiguous()
