@@ -1,0 +1,1 @@
+"""Turns trained, compressed layers into the accelerator's memory images and command streams."""

@@ -1,0 +1,197 @@
+"""The packed weight image of one pattern-pruned, int8-quantized linear layer.
+
+Byte layout, version 1 (all little-endian)::
+
+    header (64 bytes)
+      0  magic            4s   b"TSLW"
+      4  version          u16  1
+      6  header_size      u16  64
+      8  block_size       u8   k
+      9  kept_per_block   u8   n
+     10  pool_size        u16  P
+     12  out_features     u32  N
+     16  in_features      u32  K
+     20  input_scale      f64  activation scale s_x
+     28  output_scale     f64  output scale s_y
+     36  payload_size     u32  bytes after the header
+     40  payload_crc32    u32  zlib.crc32 of the payload
+     44  reserved         20 bytes of zero
+    payload
+      pattern pool      P × n      u8   kept positions of each pattern (row·k + col), ascending
+      channel params    N' × 8     per padded output channel: bias i32, multiplier u16, shift u8, 0 u8
+      pattern ids       Nb × Kb    u16  row-major over the block grid
+      kept values       Nb × Kb × n i8  per block, in its pattern's position order
+
+``N' = Nb·k`` and ``K' = Kb·k`` are N and K rounded up to multiples of k (padding rule of
+``sw.pattern``); padded channels have bias, multiplier and shift 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sim import golden
+from sw.pattern import PatternConfig, PatternPool, padded_shape, unpack_pattern_blocks
+from sw.quantize import QuantizedPatternLinear
+
+MAGIC = b"TSLW"
+VERSION = 1
+_HEADER = struct.Struct("<4sHHBBHIIddII20x")
+HEADER_SIZE = _HEADER.size
+_CHANNEL = np.dtype([("bias", "<i4"), ("multiplier", "<u2"), ("shift", "u1"), ("reserved", "u1")])
+
+
+class ImageError(ValueError):
+    """A weight image is corrupt, truncated, of another version, or inconsistent."""
+
+
+@dataclass
+class LinearImage:
+    config: PatternConfig
+    out_features: int
+    in_features: int
+    input_scale: float
+    output_scale: float
+    pool_positions: torch.Tensor  # [P, n] int64
+    pattern_ids: torch.Tensor  # [Nb, Kb] int64
+    values: torch.Tensor  # [Nb, Kb, n] int8
+    bias: torch.Tensor  # [N'] int64
+    multiplier: torch.Tensor  # [N'] int64
+    shift: torch.Tensor  # [N'] int64
+
+    @property
+    def block_grid(self) -> tuple[int, int]:
+        n_pad, k_pad = padded_shape(self.out_features, self.in_features, self.config.block_size)
+        return n_pad // self.config.block_size, k_pad // self.config.block_size
+
+    @classmethod
+    def from_layer(cls, layer: QuantizedPatternLinear) -> "LinearImage":
+        n_pad, _ = padded_shape(layer.out_features, layer.in_features, layer.config.block_size)
+
+        def padded(t):
+            out = torch.zeros(n_pad, dtype=torch.int64)
+            out[: layer.out_features] = t.to(torch.int64)
+            return out
+
+        return cls(
+            config=layer.config, out_features=layer.out_features, in_features=layer.in_features,
+            input_scale=float(layer.input_scale), output_scale=float(layer.output_scale),
+            pool_positions=layer.pool.positions(), pattern_ids=layer.pattern_ids.to(torch.int64),
+            values=layer.packed_values().to(torch.int8),
+            bias=padded(layer.bias_q), multiplier=padded(layer.multiplier), shift=padded(layer.shift),
+        )
+
+    def pool(self) -> PatternPool:
+        c = self.config
+        masks = torch.zeros(c.pool_size, c.positions, dtype=torch.bool)
+        masks.scatter_(1, self.pool_positions, True)
+        return PatternPool(c, masks)
+
+    def weight_q(self) -> torch.Tensor:
+        """The dense int8 weight matrix ``[N, K]``."""
+        return unpack_pattern_blocks(self.values, self.pattern_ids, self.pool(), (self.out_features, self.in_features))
+
+    def golden(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Golden ``(int32 accumulators, int8 outputs)`` of the layer this image holds."""
+        n = self.out_features
+        return golden.linear(x_q, self.weight_q(), self.bias[:n], self.multiplier[:n], self.shift[:n])
+
+    # --- bytes ------------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        c = self.config
+        channels = np.zeros(self.bias.shape[0], dtype=_CHANNEL)
+        channels["bias"], channels["multiplier"], channels["shift"] = self.bias.numpy(), self.multiplier.numpy(), self.shift.numpy()
+        payload = b"".join([
+            self.pool_positions.numpy().astype(np.uint8).tobytes(),
+            channels.tobytes(),
+            self.pattern_ids.numpy().astype("<u2").tobytes(),
+            self.values.numpy().astype(np.int8).tobytes(),
+        ])
+        header = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, c.block_size, c.kept_per_block, c.pool_size,
+                              self.out_features, self.in_features, self.input_scale, self.output_scale,
+                              len(payload), zlib.crc32(payload))
+        return header + payload
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, source: str = "image") -> "LinearImage":
+        if len(blob) < HEADER_SIZE:
+            raise ImageError(f"{source}: truncated: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        (magic, version, header_size, k, n, p, out_features, in_features, input_scale, output_scale,
+         payload_size, crc) = _HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise ImageError(f"{source}: not a Tessera linear image (magic {magic!r}, expected {MAGIC!r})")
+        if version != VERSION:
+            raise ImageError(f"{source}: unsupported image version {version}; this reader supports version {VERSION}")
+        if header_size != HEADER_SIZE:
+            raise ImageError(f"{source}: header size {header_size}, expected {HEADER_SIZE}")
+        try:
+            config = PatternConfig(k, n, p)
+        except ValueError as e:
+            raise ImageError(f"{source}: invalid pattern parameters: {e}") from None
+        if out_features < 1 or in_features < 1:
+            raise ImageError(f"{source}: invalid shape {out_features}×{in_features}")
+        n_pad, k_pad = padded_shape(out_features, in_features, k)
+        nb, kb = n_pad // k, k_pad // k
+        sizes = [p * n, n_pad * _CHANNEL.itemsize, nb * kb * 2, nb * kb * n]
+        if payload_size != sum(sizes):
+            raise ImageError(f"{source}: payload size {payload_size} does not match the {out_features}×{in_features} shape ({sum(sizes)})")
+        if len(blob) != HEADER_SIZE + payload_size:
+            kind = "truncated" if len(blob) < HEADER_SIZE + payload_size else "has trailing bytes"
+            raise ImageError(f"{source}: {kind}: {len(blob)} bytes, expected {HEADER_SIZE + payload_size}")
+        payload = blob[HEADER_SIZE:]
+        if zlib.crc32(payload) != crc:
+            raise ImageError(f"{source}: corrupt: payload CRC32 {zlib.crc32(payload):#010x} does not match header {crc:#010x}")
+        bounds = np.cumsum([0] + sizes)
+        part = [payload[bounds[i]:bounds[i + 1]] for i in range(4)]
+        positions = torch.from_numpy(np.frombuffer(part[0], np.uint8).reshape(p, n).astype(np.int64))
+        channels = np.frombuffer(part[1], _CHANNEL)
+        ids = torch.from_numpy(np.frombuffer(part[2], "<u2").reshape(nb, kb).astype(np.int64))
+        values = torch.from_numpy(np.frombuffer(part[3], np.int8).reshape(nb, kb, n).copy())
+        image = cls(config, out_features, in_features, input_scale, output_scale, positions, ids, values,
+                    torch.from_numpy(channels["bias"].astype(np.int64)),
+                    torch.from_numpy(channels["multiplier"].astype(np.int64)),
+                    torch.from_numpy(channels["shift"].astype(np.int64)))
+        image.validate(source)
+        return image
+
+    def validate(self, source: str = "image") -> None:
+        c = self.config
+        pos = self.pool_positions
+        if bool((pos >= c.positions).any()) or bool((pos[:, 1:] <= pos[:, :-1]).any()):
+            raise ImageError(f"{source}: pattern pool positions must be ascending and below {c.positions}")
+        try:
+            self.pool()
+        except ValueError as e:
+            raise ImageError(f"{source}: invalid pattern pool: {e}") from None
+        if bool((self.pattern_ids >= c.pool_size).any()):
+            raise ImageError(f"{source}: pattern id {int(self.pattern_ids.max())} outside the pool of {c.pool_size}")
+        if bool((self.shift > golden.SHIFT_MAX).any()):
+            raise ImageError(f"{source}: requantization shift {int(self.shift.max())} exceeds {golden.SHIFT_MAX}")
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0 and math.isfinite(self.output_scale) and self.output_scale > 0):
+            raise ImageError(f"{source}: scales must be positive and finite")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a temporary file in the same folder, then a rename."""
+        path = Path(path)
+        blob = self.to_bytes()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LinearImage":
+        return cls.from_bytes(Path(path).read_bytes(), source=str(path))

@@ -1,0 +1,70 @@
+"""One lane's multiply-accumulate of a pattern block against one token's activations."""
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.config import EngineConfig
+from hw.layouts import pattern_layout
+
+
+def row_sum_shape(cfg: EngineConfig):
+    """Signed width of a block's row sum: an int8×int8 product (16 bits) summed over n terms."""
+    return signed(16 + (cfg.kept_per_block - 1).bit_length())
+
+
+class PatternBlockMAC(wiring.Component):
+    """Multiplies the ``n`` kept weights of a block by the activations they select, and sums per row.
+
+    Every multiplier works on a kept weight: multiplier ``j`` takes ``values[j]`` and
+    ``x[positions[j].col]`` and its product adds into row ``positions[j].row``.
+
+    Parameters
+    ----------
+    config : EngineConfig
+
+    Interface attributes
+    --------------------
+    x : In(ArrayLayout(signed(8), k))
+        Activations of one token for the block's ``k`` input columns.
+    values : In(ArrayLayout(signed(8), n))
+        Kept weights in pattern order.
+    positions : In(pattern_layout)
+        Row and column (inside the block) of each kept weight.
+    sums : Out(ArrayLayout(row_sum_shape, k))
+        ``sums[r] = Σ_{j: row_j = r} values[j] · x[col_j]``.
+
+    Latency: 2 cycles (products registered, then row sums registered); no stall input, a new block
+    can enter every cycle.
+    """
+
+    def __init__(self, config: EngineConfig):
+        self._config = config
+        k, n = config.block_size, config.kept_per_block
+        super().__init__({
+            "x": In(data.ArrayLayout(signed(8), k)),
+            "values": In(data.ArrayLayout(signed(8), n)),
+            "positions": In(pattern_layout(config)),
+            "sums": Out(data.ArrayLayout(row_sum_shape(config), k)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        k, n = self._config.block_size, self._config.kept_per_block
+        products = [Signal(signed(16), name=f"product_{j}") for j in range(n)]
+        rows = [Signal.like(self.positions[j].row, name=f"row_{j}") for j in range(n)]
+        for j in range(n):
+            m.d.sync += [
+                products[j].eq(self.values[j] * self.x[self.positions[j].col]),
+                rows[j].eq(self.positions[j].row),
+            ]
+        for r in range(k):
+            terms = [Mux(rows[j] == r, products[j], 0) for j in range(n)]
+            m.d.sync += self.sums[r].eq(_adder_tree(terms))
+        return m
+
+
+def _adder_tree(terms):
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]

@@ -1,0 +1,54 @@
+"""Run a :class:`MatmulProgram` on the engine in ``amaranth.sim`` (small cases; cocotb for the rest)."""
+
+from __future__ import annotations
+
+import random
+
+from amaranth.sim import Simulator
+
+from firmware_gen.program import MatmulProgram
+from hw.pattern_matmul import PatternMatmulEngine
+
+
+def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.0, seed: int = 0,
+                        max_cycles: int = 200_000, vcd_path: str | None = None) -> tuple[list[int], int]:
+    """Drive every input stream (with random valid gaps and ready stalls); return ``(output beats, cycles)``."""
+    dut = PatternMatmulEngine(program.config)
+    rng = random.Random(seed)
+    outputs: list[int] = []
+    cycles = 0
+
+    def source(stream, beats, replays):
+        async def drive(ctx):
+            for _ in range(replays):
+                for beat in beats:
+                    while rng.random() < stall_probability:
+                        await ctx.tick()
+                    ctx.set(stream.valid, 1)
+                    ctx.set(stream.payload.as_value(), beat)
+                    await ctx.tick().until(stream.ready)
+                    ctx.set(stream.valid, 0)
+        return drive
+
+    async def sink(ctx):
+        nonlocal cycles
+        while len(outputs) < program.output_beats:
+            ctx.set(dut.outputs.ready, int(rng.random() >= stall_probability))
+            _, _, valid, ready, payload = await ctx.tick().sample(dut.outputs.valid, dut.outputs.ready, dut.outputs.payload.as_value())
+            cycles += 1
+            if valid and ready:
+                outputs.append(payload)
+            if cycles > max_cycles:
+                raise TimeoutError(f"engine produced {len(outputs)} of {program.output_beats} output beats in {max_cycles} cycles")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for name, (beats, replays) in program.streams().items():
+        sim.add_testbench(source(getattr(dut, name), beats, replays), background=True)
+    sim.add_testbench(sink)
+    if vcd_path:
+        with sim.write_vcd(vcd_path):
+            sim.run()
+    else:
+        sim.run()
+    return outputs, cycles
