@@ -1,0 +1,63 @@
+"""Generate Verilog for the pattern-sparse matmul engine.
+
+    python -m hw.gen --out build/rtl                      # default config
+    python -m hw.gen --lanes 16 --pool-size 64 --out build/rtl
+    python -m hw.gen --config my_engine.json --out build/rtl
+
+Writes ``pattern_matmul.v`` and ``pattern_matmul.json`` (the config it was built from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from hw.config import EngineConfig
+from hw.pattern_matmul import PatternMatmulEngine
+
+TOP_NAME = "pattern_matmul"
+
+
+def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_NAME) -> Path:
+    """Write ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically); return the Verilog path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(PatternMatmulEngine(config), name=name, emit_src=False)
+    paths = {}
+    for suffix, content in ((".v", text), (".json", config.to_json() + "\n")):
+        path = out_dir / f"{name}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+        paths[suffix] = path
+    return paths[".v"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hw.gen", description="Generate the engine's Verilog.")
+    parser.add_argument("--config", type=Path, help="engine config JSON (flags below override its fields)")
+    for f in fields(EngineConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.{f.name}")
+    parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
+    parser.add_argument("--name", default=TOP_NAME, help=f"top module name (default {TOP_NAME})")
+    args = parser.parse_args(argv)
+    try:
+        config = EngineConfig.from_json(args.config.read_text()) if args.config else EngineConfig()
+        overrides = {f.name: getattr(args, f.name) for f in fields(EngineConfig) if getattr(args, f.name) is not None}
+        config = replace(config, **overrides)
+    except (ValueError, OSError) as e:
+        print(f"error: invalid engine config: {e}", file=sys.stderr)
+        return 2
+    path = generate(config, args.out, args.name)
+    print(f"wrote {path} ({config.multipliers} multipliers, {config.block_size}x{config.block_size} blocks keeping "
+          f"{config.kept_per_block}, pool {config.pool_size})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

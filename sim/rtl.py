@@ -1,0 +1,81 @@
+"""Build the engine's simulation harness and run programs on it (cocotb runner + Verilator or Icarus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from cocotb_tools.runner import get_results, get_runner
+
+from firmware_gen.program import MatmulProgram
+from hw.config import EngineConfig
+from hw.gen import generate
+from hw.layouts import activation_layout, channel_params_layout, command_layout, output_layout, weight_layout
+from sim.toolchain import HDL_DIR, configure_verilator
+
+HARNESS_TOP = "tb_pattern_matmul"
+
+
+@dataclass
+class Harness:
+    config: EngineConfig
+    simulator: str
+    build_dir: Path
+
+
+def build_harness(config: EngineConfig, build_dir: str | Path, simulator: str = "verilator") -> Harness:
+    """Generate the engine's Verilog for ``config`` and compile it with the stream harness."""
+    build_dir = Path(build_dir).resolve()
+    engine_v = generate(config, build_dir / "rtl")
+    sources = [engine_v, HDL_DIR / "stream_source.sv", HDL_DIR / "stream_sink.sv", HDL_DIR / f"{HARNESS_TOP}.sv"]
+    parameters = {
+        "CMD_W": command_layout(config).size, "ACT_W": activation_layout(config).size,
+        "WGT_W": weight_layout(config).size, "PRM_W": channel_params_layout(config).size,
+        "OUT_W": output_layout(config).size,
+    }
+    build_args = []
+    if simulator == "verilator":
+        configure_verilator()
+        build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNUSED", "-O3", "--x-assign", "fast", "--x-initial", "fast"]
+    elif simulator == "icarus":
+        build_args = ["-g2012"]
+    runner = get_runner(simulator)
+    runner.build(sources=sources, hdl_toplevel=HARNESS_TOP, parameters=parameters, build_args=build_args,
+                 build_dir=build_dir / "sim", timescale=("1ns", "1ps"), always=False)
+    return Harness(config, simulator, build_dir)
+
+
+def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor, case_dir: str | Path, *,
+                stall_percent: int = 0, seed: int = 1) -> dict:
+    """Run ``program`` on the harness and compare its whole output tensor with ``expected``.
+
+    Returns the case's result (cycles, simulation speed, mismatches, passed). The comparison is
+    exact equality, done inside the cocotb test.
+    """
+    case_dir = Path(case_dir).resolve()
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    paths = program.write_hex(case_dir)
+    torch.save({"program": program, "expected": expected}, case_dir / "case.pt")
+    busy_cycles = program.tiles * (len(program.weights) + program.config.lanes * len(program.activations) // max(program.tokens, 1))
+    max_cycles = 10 * (busy_cycles + program.output_beats + len(program.commands)) * (1 + stall_percent) + 10_000
+    (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles}))
+    plusargs = [f"+stall={stall_percent}", f"+tb_seed={seed}", f"+out_file={case_dir / 'outputs.hex'}",
+                f"+out_count={program.output_beats}"]
+    for name, (beats, replays) in program.streams().items():
+        plusargs += [f"+{name}_file={paths[name]}", f"+{name}_count={len(beats)}", f"+{name}_replays={replays}"]
+    runner = get_runner(harness.simulator)
+    results_xml = runner.test(
+        test_module="sim.cocotb_matmul", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog", build_dir=harness.build_dir / "sim",
+        test_dir=case_dir, plusargs=plusargs, extra_env={"TESSERA_CASE": str(case_dir)},
+        results_xml=str(case_dir / "results.xml"), timescale=("1ns", "1ps"),
+    )
+    _, failed = get_results(Path(results_xml))
+    result_path = case_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {"mismatches": None}
+    result["passed"] = failed == 0
+    return result
