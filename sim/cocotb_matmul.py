@@ -32,7 +32,8 @@ async def run_matmul_case(dut):
 
     saved = torch.load(case_dir / "case.pt", weights_only=False)
     program, expected = saved["program"], saved["expected"]
-    beats = [int(line, 16) for line in (case_dir / "outputs.hex").read_text().split()]
+    lines = (case_dir / "outputs.hex").read_text().splitlines()
+    beats = [int(line, 16) for line in lines if line.strip() and not line.startswith(("//", "@"))]  # Icarus adds comments
     actual = program.decode_outputs(beats)
     mismatches = int((actual.to(torch.int64) != expected.to(torch.int64)).sum())
     result = {"cycles": cycles, "wall_seconds": wall, "cycles_per_second": cycles / wall,

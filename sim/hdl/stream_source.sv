@@ -1,10 +1,12 @@
-// Memory-backed stream source for simulation: plays `<NAME>_count` beats from `<NAME>_file`
-// ($readmemh), `<NAME>_replays` times over, with random valid gaps (`stall` percent, `seed`).
+// Memory-backed stream source for simulation: plays `<name>_count` beats from `<name>_file`
+// ($readmemh), `<name>_replays` times over (plusarg names given by the *_ARG parameters), with random valid gaps (`stall` percent, `seed`).
 // valid never depends on ready, and payload holds until the transfer.
 module stream_source #(
     parameter int WIDTH = 8,
     parameter int DEPTH = 1024,
-    parameter string NAME = "src",
+    parameter FILE_ARG = "src_file=%s",
+    parameter COUNT_ARG = "src_count=%d",
+    parameter REPLAYS_ARG = "src_replays=%d",
     parameter int SALT = 1
 ) (
     input  logic             clk,
@@ -21,12 +23,12 @@ module stream_source #(
 
     initial begin
         count = 0; replays = 1; stall = 0; seed = 1;
-        if ($value$plusargs({NAME, "_file=%s"}, file)) $readmemh(file, mem);
-        void'($value$plusargs({NAME, "_count=%d"}, count));
-        void'($value$plusargs({NAME, "_replays=%d"}, replays));
-        void'($value$plusargs("stall=%d", stall));
-        void'($value$plusargs("tb_seed=%d", seed));
-        if (count > DEPTH) $fatal(1, "%s: %0d beats exceed the source depth %0d", NAME, count, DEPTH);
+        if ($value$plusargs(FILE_ARG, file)) $readmemh(file, mem);
+        if ($value$plusargs(COUNT_ARG, count)) ;
+        if ($value$plusargs(REPLAYS_ARG, replays)) ;
+        if ($value$plusargs("stall=%d", stall)) ;
+        if ($value$plusargs("tb_seed=%d", seed)) ;
+        if (count > DEPTH) $fatal(1, "%0d beats exceed the source depth %0d (%s)", count, DEPTH, file);
         total = count * replays;
     end
 

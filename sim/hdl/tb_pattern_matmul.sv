@@ -24,13 +24,13 @@ module tb_pattern_matmul #(
     logic [PRM_W-1:0] prm_payload;
     logic [OUT_W-1:0] out_payload;
 
-    stream_source #(.WIDTH(CMD_W), .DEPTH(1 << 12), .NAME("cmd"), .SALT(11)) cmd_src (
+    stream_source #(.WIDTH(CMD_W), .DEPTH(1 << 12), .FILE_ARG("cmd_file=%s"), .COUNT_ARG("cmd_count=%d"), .REPLAYS_ARG("cmd_replays=%d"), .SALT(11)) cmd_src (
         .clk, .rst, .valid(cmd_valid), .ready(cmd_ready), .payload(cmd_payload));
-    stream_source #(.WIDTH(ACT_W), .DEPTH(1 << 17), .NAME("activations"), .SALT(23)) act_src (
+    stream_source #(.WIDTH(ACT_W), .DEPTH(1 << 17), .FILE_ARG("activations_file=%s"), .COUNT_ARG("activations_count=%d"), .REPLAYS_ARG("activations_replays=%d"), .SALT(23)) act_src (
         .clk, .rst, .valid(act_valid), .ready(act_ready), .payload(act_payload));
-    stream_source #(.WIDTH(WGT_W), .DEPTH(1 << 19), .NAME("weights"), .SALT(37)) wgt_src (
+    stream_source #(.WIDTH(WGT_W), .DEPTH(1 << 19), .FILE_ARG("weights_file=%s"), .COUNT_ARG("weights_count=%d"), .REPLAYS_ARG("weights_replays=%d"), .SALT(37)) wgt_src (
         .clk, .rst, .valid(wgt_valid), .ready(wgt_ready), .payload(wgt_payload));
-    stream_source #(.WIDTH(PRM_W), .DEPTH(1 << 12), .NAME("params"), .SALT(41)) prm_src (
+    stream_source #(.WIDTH(PRM_W), .DEPTH(1 << 12), .FILE_ARG("params_file=%s"), .COUNT_ARG("params_count=%d"), .REPLAYS_ARG("params_replays=%d"), .SALT(41)) prm_src (
         .clk, .rst, .valid(prm_valid), .ready(prm_ready), .payload(prm_payload));
     stream_sink #(.WIDTH(OUT_W), .DEPTH(1 << 17)) out_sink (
         .clk, .rst, .valid(out_valid), .ready(out_ready), .payload(out_payload), .done);
