@@ -46,7 +46,7 @@ def main() -> int:
     step(f"sw: pattern pruning + int8 of a {IN_FEATURES}→{OUT_FEATURES} linear layer "
          f"({config.block_size}×{config.block_size} blocks, {config.kept_per_block} kept, pool {config.pool_size})")
     layer = compress_linear(linear, x, PatternConfig(config.block_size, config.kept_per_block, config.pool_size))
-    kept = float((layer.weight_q.double() * layer.weight_scale[:, None]).pow(2).sum() / linear.weight.double().pow(2).sum())
+    kept = float((layer.weight_q.double() * layer.weight_scale[:, None]).pow(2).sum() / linear.weight.detach().double().pow(2).sum())
     used = len(torch.unique(layer.pattern_ids))
     print(f"   {layer.pattern_ids.numel()} blocks, {used} of {config.pool_size} patterns used, "
           f"{kept:.1%} of the squared weight magnitude kept")
