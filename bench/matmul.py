@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,15 +21,10 @@ from firmware_gen.program import build_program
 from hw.config import EngineConfig
 from sim.cases import random_case
 from sim.rtl import build_harness, run_program
+from sw.atomic import write_atomic
 
 SHAPES = [(128, 768, 768), (128, 768, 3072)]  # tokens, in_features, out_features (BERT-base attention / FFN-in)
 OUT = Path("build/bench")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from sim import golden
+from sw.atomic import write_atomic
 from sw.pattern import PatternConfig, PatternPool, padded_shape, unpack_pattern_blocks
 from sw.quantize import QuantizedPatternLinear
 
@@ -181,16 +181,7 @@ class LinearImage:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a temporary file in the same folder, then a rename."""
-        path = Path(path)
-        blob = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LinearImage":

@@ -13,6 +13,7 @@ from firmware_gen.image import LinearImage
 from hw.config import COUNT_BITS, EngineConfig
 from hw.layouts import (Opcode, activation_layout, channel_params_layout, command_layout, output_layout,
                         weight_layout)
+from sw.atomic import write_atomic
 from sw.pattern import pad_to_blocks, to_blocks
 
 
@@ -72,7 +73,7 @@ class MatmulProgram:
         paths = {}
         for name, (beats, _) in self.streams().items():
             digits = -(-widths[name](self.config).size // 4)
-            paths[name] = _write_atomic(folder / f"{name}.hex", "".join(f"{b:0{digits}x}\n" for b in beats))
+            paths[name] = write_atomic(folder / f"{name}.hex", "".join(f"{b:0{digits}x}\n" for b in beats))
         return paths
 
 
@@ -80,13 +81,6 @@ def _checked_int8(y: torch.Tensor) -> torch.Tensor:
     if bool((y < -128).any() or (y > 127).any()):
         raise ValueError("an output beat carries a value outside int8 in requantized mode")
     return y.to(torch.int8)
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def build_program(image: LinearImage, x_q: torch.Tensor, config: EngineConfig, *, dense: bool = False,

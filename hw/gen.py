@@ -19,6 +19,7 @@ from amaranth.back import verilog
 
 from hw.config import EngineConfig
 from hw.pattern_matmul import PatternMatmulEngine
+from sw.atomic import write_atomic
 
 TOP_NAME = "pattern_matmul"
 
@@ -28,14 +29,8 @@ def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = verilog.convert(PatternMatmulEngine(config), name=name, emit_src=False)
-    paths = {}
-    for suffix, content in ((".v", text), (".json", config.to_json() + "\n")):
-        path = out_dir / f"{name}{suffix}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
-        paths[suffix] = path
-    return paths[".v"]
+    write_atomic(out_dir / f"{name}.json", config.to_json() + "\n")
+    return write_atomic(out_dir / f"{name}.v", text)
 
 
 def main(argv=None) -> int:

@@ -86,7 +86,6 @@ class PatternMatmulEngine(wiring.Component):
         x_read = x_buffer.read_port()
 
         # --- the RUN being executed ----------------------------------------------------------------
-        run = command_layout(cfg)
         tokens = Signal(COUNT_BITS)
         in_blocks = Signal(COUNT_BITS)
         out_blocks = Signal(COUNT_BITS)
