@@ -4,6 +4,7 @@ Each case streams a whole program from memory files and compares the whole outpu
 golden model (exact equality) inside the cocotb test.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def test_flipped_weight_in_the_image_is_caught(verilator_harness):
     assert result["mismatches"] > 0
 
 
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog is not installed (make setup installs it)")
+# make setup installs Icarus; a developer machine without it skips this one case, CI (CI=true) never does.
+@pytest.mark.skipif(not icarus_available() and not os.environ.get("CI"), reason="Icarus Verilog is not installed")
 def test_icarus_cross_check():
     config = EngineConfig(lanes=4, max_in_features=64)
     harness = build_harness(config, BUILD / "icarus", simulator="icarus")
