@@ -136,8 +136,18 @@ def build_pattern_pool(weight: torch.Tensor, config: PatternConfig, refine_itera
     matrix has fewer than ``P`` distinct masks, the pool is filled with the lowest unused masks in
     lexicographic order of kept positions.
     """
-    k, n, p = config.block_size, config.kept_per_block, config.pool_size
+    k = config.block_size
     energy = to_blocks(pad_to_blocks(weight.detach().to(torch.float64), k), k).reshape(-1, k * k) ** 2
+    return build_pool_from_energy(energy, config, refine_iterations)
+
+
+def build_pool_from_energy(energy: torch.Tensor, config: PatternConfig, refine_iterations: int = 10) -> PatternPool:
+    """The clustering of :func:`build_pattern_pool` on per-block energies ``energy[B, k²]`` (non-negative).
+
+    Weight pools use squared magnitudes; attention-map pools use attention probabilities.
+    """
+    k, n, p = config.block_size, config.kept_per_block, config.pool_size
+    energy = energy.detach().to(torch.float64).reshape(-1, k * k)
     codes, counts = torch.unique(_mask_codes(top_n_masks(energy, n)), return_counts=True)  # codes ascending
     order = torch.sort(-counts, stable=True).indices  # most frequent first, ties keep ascending code
     chosen = codes[order][:p].tolist()
