@@ -1,0 +1,124 @@
+"""ADMM for constrained training: ``min f(W) s.t. W_i ∈ S_i`` by alternating SGD and projections.
+
+Per constrained weight ``W_i`` the state is ``Z_i`` (a point of ``S_i``), the scaled dual ``U_i`` and the
+penalty ``ρ_i``. Training minimizes ``f(W) + Σ_i ρ_i/2 · ‖W_i − Z_i + U_i‖²_F`` (the *squared* Frobenius
+norm: its gradient is ``ρ_i (W_i − Z_i + U_i)``); every ``update_every`` optimizer steps::
+
+    Z_i ← Π_{S_i}(W_i + U_i)
+    U_i ← U_i + W_i − Z_i
+    ρ_i ← min(ρ_i · rho_growth, rho_max)
+
+``Z`` starts at ``Π(W)`` and ``U`` at zero. A pattern projection without a pool builds one from ``W``
+at the start; then its pool is rebuilt from ``W + U`` every ``pool_rebuild_every`` Z-updates (0: keep
+it, e.g. a pool the user gave), so the pool follows the weights while ADMM reshapes them. The pool is
+frozen from hard pruning on.
+
+Multi-process training (DDP through Accelerate or torchrun): every process holds a full ``Z``/``U`` for
+every target and applies the same deterministic update to the same replicated ``W``, so the copies
+stay identical without communication. Save the state from one process (``state_dict``) and load it
+into all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sw.pattern import PatternPool
+from sw.projections import Pattern, Projection
+
+
+@dataclass
+class ADMMSettings:
+    rho: float = 0.01
+    rho_growth: float = 1.0  # 1.0 keeps ρ constant
+    rho_max: float = 1.0
+    update_every: int = 100  # optimizer steps between Z/U updates
+    pool_rebuild_every: int = 1  # Z-updates between pool rebuilds (0: never after the first)
+
+
+class ADMM:
+    """ADMM state for named weights: ``ADMM({name: (parameter, projection)}, settings)``.
+
+    Use ``loss = task_loss + admm.penalty()`` each step and call ``admm.step()`` after each optimizer
+    step (it updates ``Z``/``U`` every ``update_every`` calls). ``residuals()`` gives ``‖W − Z‖ / ‖W‖``
+    per weight, the convergence measure to log.
+    """
+
+    def __init__(self, targets: dict[str, tuple[torch.nn.Parameter, Projection]], settings: ADMMSettings = ADMMSettings()):
+        if not targets:
+            raise ValueError("ADMM needs at least one target weight")
+        self.settings = settings
+        self.params = {name: param for name, (param, _) in targets.items()}
+        self.projections = {name: projection for name, (_, projection) in targets.items()}
+        self.rho = {name: settings.rho for name in targets}
+        self.U = {name: torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for name, p in self.params.items()}
+        self.Z = {name: self._project(name, p.detach(), rebuild=False) for name, p in self.params.items()}
+        self.steps = 0
+        self.updates = 0
+
+    def _project(self, name: str, point: torch.Tensor, rebuild: bool) -> torch.Tensor:
+        projection = self.projections[name]
+        if isinstance(projection, Pattern) and (rebuild or projection.pool is None):
+            projection.rebuild_pool(point)
+        return projection(point).value.to(point.dtype)
+
+    def penalty(self) -> torch.Tensor:
+        """``Σ ρ/2 · ‖W − Z + U‖²_F`` (differentiable in ``W``)."""
+        terms = [0.5 * self.rho[n] * (p - self.Z[n] + self.U[n]).pow(2).sum() for n, p in self.params.items()]
+        return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One Z/U update (and ρ growth) now."""
+        s = self.settings
+        self.updates += 1
+        rebuild = s.pool_rebuild_every > 0 and self.updates % s.pool_rebuild_every == 0
+        for name, param in self.params.items():
+            w = param.detach()
+            self.Z[name] = self._project(name, w + self.U[name], rebuild)
+            self.U[name] += w - self.Z[name]
+            self.rho[name] = min(self.rho[name] * s.rho_growth, s.rho_max)
+
+    def step(self) -> bool:
+        """Count one optimizer step; run :meth:`update` when due. Returns whether it ran."""
+        self.steps += 1
+        if self.steps % self.settings.update_every == 0:
+            self.update()
+            return True
+        return False
+
+    @torch.no_grad()
+    def residuals(self) -> dict[str, float]:
+        """``‖W − Z‖_F / ‖W‖_F`` per weight: how far each weight still is from its constraint set."""
+        out = {}
+        for name, p in self.params.items():
+            norm = float(p.norm())
+            out[name] = float((p - self.Z[name]).norm()) / norm if norm > 0 else 0.0
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "Z": {n: z.clone() for n, z in self.Z.items()},
+            "U": {n: u.clone() for n, u in self.U.items()},
+            "rho": dict(self.rho),
+            "steps": self.steps,
+            "updates": self.updates,
+            "pools": {n: p.pool.masks.clone() for n, p in self.projections.items() if isinstance(p, Pattern) and p.pool is not None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.params) - set(state["Z"])
+        if missing:
+            raise ValueError(f"ADMM state lacks targets: {sorted(missing)}")
+        for name in self.params:
+            if state["Z"][name].shape != self.params[name].shape:
+                raise ValueError(f"ADMM state for {name} has shape {tuple(state['Z'][name].shape)}, weight is {tuple(self.params[name].shape)}")
+            self.Z[name] = state["Z"][name].clone()
+            self.U[name] = state["U"][name].clone()
+            self.rho[name] = state["rho"][name]
+        for name, masks in state.get("pools", {}).items():
+            projection = self.projections[name]
+            projection.pool = PatternPool(projection.config, masks.clone())
+        self.steps, self.updates = state["steps"], state["updates"]

@@ -1,0 +1,130 @@
+"""ADMM mechanics on a problem with a known answer; SR-STE gradients; masks that survive a state_dict."""
+
+import torch
+
+from sw.admm import ADMM, ADMMSettings
+from sw.masking import MaskedWeight, apply_masks, bake_masks, masked_weights, sr_ste
+from sw.pattern import PatternConfig, PatternPool
+from sw.projections import NM, Pattern, Quantize, Unstructured
+
+
+def orthogonal(n, seed):
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q
+
+
+def run_toy_admm(projection, seed=0, iterations=40, inner_steps=25):
+    """min ½‖A W − B‖² s.t. W ∈ S with A orthogonal: the optimum is Π_S(Aᵀ B) (the loss is ½‖W − AᵀB‖² + c)."""
+    g = torch.Generator().manual_seed(seed)
+    a = orthogonal(8, seed)
+    target = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    b = a @ target
+    w = torch.nn.Parameter(torch.randn(8, 8, generator=g, dtype=torch.float64) * 0.1)
+    admm = ADMM({"w": (w, projection)}, ADMMSettings(rho=1.0, update_every=inner_steps, pool_rebuild_every=0))
+    optimizer = torch.optim.SGD([w], lr=0.2)
+    for _ in range(iterations * inner_steps):
+        optimizer.zero_grad()
+        loss = 0.5 * (a @ w - b).pow(2).sum() + admm.penalty()
+        loss.backward()
+        optimizer.step()
+        admm.step()
+    return admm, w, target
+
+
+def test_admm_toy_reaches_the_projected_optimum():
+    for projection in (Unstructured(0.5), NM(n=2, m=4)):
+        admm, w, target = run_toy_admm(projection)
+        optimum = projection(target)
+        assert torch.equal(projection(admm.Z["w"]).mask, optimum.mask)
+        torch.testing.assert_close(admm.Z["w"], optimum.value, rtol=0, atol=1e-6)
+        assert admm.residuals()["w"] < 1e-6
+
+
+def test_admm_toy_with_a_pattern_pool():
+    pool = PatternPool(PatternConfig(2, 2, 3), torch.tensor([[1, 1, 0, 0], [1, 0, 0, 1], [0, 1, 1, 0]], dtype=torch.bool))
+    projection = Pattern(block_size=2, kept_per_block=2, pool_size=3, pool=pool)
+    admm, _, target = run_toy_admm(projection, seed=3)
+    fixed_pool = Pattern(block_size=2, kept_per_block=2, pool_size=3, pool=pool)
+    torch.testing.assert_close(admm.Z["w"], fixed_pool(target).value, rtol=0, atol=1e-6)
+
+
+def test_penalty_is_half_rho_squared_frobenius_with_its_gradient():
+    w = torch.nn.Parameter(torch.randn(6, 8, dtype=torch.float64))
+    admm = ADMM({"w": (w, Unstructured(0.5))}, ADMMSettings(rho=0.3))
+    admm.U["w"] = torch.randn(6, 8, dtype=torch.float64)
+    penalty = admm.penalty()
+    diff = w.detach() - admm.Z["w"] + admm.U["w"]
+    torch.testing.assert_close(penalty, 0.15 * (diff**2).sum(), rtol=1e-15, atol=0)
+    penalty.backward()
+    torch.testing.assert_close(w.grad, 0.3 * diff, rtol=1e-15, atol=0)
+
+
+def test_update_is_z_projection_and_dual_ascent_with_rho_schedule():
+    w = torch.nn.Parameter(torch.randn(4, 8, dtype=torch.float64))
+    projection = NM(n=1, m=4)
+    admm = ADMM({"w": (w, projection)}, ADMMSettings(rho=0.1, rho_growth=2.0, rho_max=0.3, update_every=2))
+    u0 = torch.randn(4, 8, dtype=torch.float64)
+    admm.U["w"] = u0.clone()
+    assert not admm.step()
+    assert admm.step()  # second step: update
+    z = projection(w.detach() + u0).value
+    assert torch.equal(admm.Z["w"], z)
+    assert torch.equal(admm.U["w"], u0 + (w.detach() - z))
+    admm.update()
+    assert admm.rho["w"] == 0.3  # 0.1 → 0.2 → capped at 0.3
+
+
+def test_admm_state_round_trip_keeps_pattern_pool():
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    admm = ADMM({"w": (w, Pattern(4, 8, 4))})
+    admm.update()
+    state = admm.state_dict()
+    other = ADMM({"w": (torch.nn.Parameter(torch.randn(8, 8)), Pattern(4, 8, 4))})
+    other.load_state_dict(state)
+    assert torch.equal(other.Z["w"], admm.Z["w"]) and torch.equal(other.U["w"], admm.U["w"])
+    assert torch.equal(other.projections["w"].pool.masks, admm.projections["w"].pool.masks)
+
+
+def test_sr_ste_forward_masks_and_backward_is_straight_through_plus_decay():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 7, generator=g, requires_grad=True)
+    mask = torch.rand(5, 7, generator=g) > 0.5
+    upstream = torch.randn(5, 7, generator=g)
+    out = sr_ste(w, mask, 0.01)
+    assert torch.equal(out, w.detach() * mask)
+    (out * upstream).sum().backward()
+    assert torch.equal(w.grad, upstream + 0.01 * (~mask) * w.detach())
+
+
+def test_fake_quantized_masked_weight_is_the_quantization_projection():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 8, generator=g, requires_grad=True)
+    mask = torch.rand(6, 8, generator=g) > 0.5
+    param = MaskedWeight(mask, decay=0.0, bits=4)
+    out = param(w)
+    assert torch.equal(out, Quantize(4)(w.detach() * mask).value)
+    upstream = torch.randn(6, 8, generator=g)
+    (out * upstream).sum().backward()
+    torch.testing.assert_close(w.grad, upstream, rtol=1e-6, atol=0)  # straight through (up to ×s/s round-off)
+
+
+def test_masks_survive_state_dict_and_continued_training():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    mask = NM(n=2, m=4)(model[0].weight).mask
+    apply_masks(model, {"0.weight": mask})
+    state = model.state_dict()
+
+    again = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    apply_masks(again, {"0.weight": torch.ones(8, 8, dtype=torch.bool)})
+    again.load_state_dict(state)
+    assert torch.equal(masked_weights(again)["0.weight"].mask, mask)
+
+    optimizer = torch.optim.SGD(again.parameters(), lr=0.01)
+    for _ in range(5):
+        optimizer.zero_grad()
+        again(torch.randn(16, 8)).pow(2).sum().backward()
+        optimizer.step()
+    assert not bool(again[0].weight[~mask].any())
+    bake_masks(again)
+    assert not masked_weights(again) and not bool(again[0].weight[~mask].any())
