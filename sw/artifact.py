@@ -247,7 +247,7 @@ def _validate_layer(artifact: Artifact, module: str, entry: dict) -> None:
     _expect(artifact, p + "bias", torch.float32, (n,))
     mask = _expect(artifact, p + "mask", torch.bool, (n, k))
     limit = 2 ** (bits - 1) - 1
-    if bool((weight_q.abs() > limit).any()):
+    if bool((weight_q.to(torch.int16).abs() > limit).any()):  # int8 abs(-128) wraps to -128
         raise ArtifactError(f"{artifact.path}: {p}weight_q has values outside ±{limit} ({bits}-bit levels)")
     if bool((weight_q[~mask] != 0).any()):
         raise ArtifactError(f"{artifact.path}: {p}weight_q has nonzero weights outside its mask")

@@ -25,11 +25,12 @@ Block selection rule (the contract of this module; positions row-major ``p = row
 
 Attention masks: registered under :data:`ATTENTION_IMPLEMENTATION` together with a mask function, because
 transformers (5.x) hands a custom implementation without a registered mask function ``attention_mask=None``
-even when the batch has padding. The registered mask function is ``sdpa_mask``, so a BERT forward passes
-either ``None`` (no padding) or a boolean ``[B, 1, Lq, Lk]`` mask (True = attend). A 4-D mask given to the
-model directly reaches the attention function unchanged, so additive float masks (eager convention: 0 =
-attend, the dtype's minimum or ``-inf`` = masked, other values are biases added to the scores) are handled
-too; any entry at or below half the dtype's minimum counts as masked.
+even when the batch has padding. The registered mask function is ``sdpa_mask`` (its causal skip turned off,
+as this implementation has no is_causal path), so a BERT forward passes either ``None`` (no padding) or a
+boolean ``[B, 1, Lq, Lk]`` mask (True = attend). A 4-D mask given to the model directly reaches the
+attention function unchanged, so additive float masks (eager convention: 0 = attend, the dtype's minimum or
+``-inf`` = masked, other values are biases added to the scores) are handled too; any entry at or below half
+the dtype's minimum counts as masked.
 
 Typical use::
 

@@ -30,11 +30,6 @@ class ADMMCallback(TrainerCallback):
             residuals = self.admm.residuals()
             self.last_residual = sum(residuals.values()) / len(residuals)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.last_residual is not None:
-            logs["admm_residual"] = self.last_residual
-            logs["admm_rho"] = next(iter(self.admm.rho.values()))
-
 
 class ADMMTrainer(Trainer):
     """``Trainer`` whose training loss carries the ADMM penalty of ``admm``."""
@@ -42,7 +37,13 @@ class ADMMTrainer(Trainer):
     def __init__(self, *args, admm: ADMM, **kwargs):
         super().__init__(*args, **kwargs)
         self.admm = admm
-        self.add_callback(ADMMCallback(admm))
+        self.admm_callback = ADMMCallback(admm)
+        self.add_callback(self.admm_callback)
+
+    def log(self, logs, *args, **kwargs):
+        if self.admm_callback.last_residual is not None and "loss" in logs:
+            logs = {**logs, "admm_residual": self.admm_callback.last_residual, "admm_rho": next(iter(self.admm.rho.values()))}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

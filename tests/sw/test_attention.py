@@ -228,6 +228,7 @@ def test_padded_keys_never_receive_probability():
     torch.testing.assert_close(probs, reference_softmax(query @ key.transpose(-1, -2), valid.expand_as(probs)), **TIGHT)
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_empty_rows_give_zero_output_not_nan():
     # Pool of one 2×2 pattern keeping column 0 of every block: only even keys can be kept.
     pool = PatternPool(PatternConfig(2, 2, 1), torch.tensor([[True, False, True, False]]))
