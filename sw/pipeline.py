@@ -14,7 +14,7 @@ Phases (each optional by its epoch count), all on the same data, optimizer setti
 Targets are the ``torch.nn.Linear`` modules whose names match one of ``include`` and none of
 ``exclude`` (regular expressions, ``re.search``); by default every linear layer of the encoder (Q, K,
 V, attention output, FFN in and out). Embeddings, LayerNorms, the pooler and the classifier keep
-training in every phase.
+training in every phase unless a ``freeze`` pattern names them.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class CompressionConfig:
     srste_decay: float = 2e-4
     quant_bits: int | None = 8  # fake-quantized retraining; None: float retraining (export still int8)
     attention: dict | None = None  # AttentionPruningConfig as a dict; None: dense attention
+    freeze: list[str] = field(default_factory=list)  # regexes of parameters that do not train (e.g. "embeddings")
 
     def __post_init__(self):
         if isinstance(self.admm, dict):
@@ -308,6 +309,9 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2) -> R
     data = load_task_data(config, tokenizer)
     comp = config.compression
     targets = find_targets(model, comp.include, comp.exclude)
+    for name, param in model.named_parameters():
+        if any(re.search(p, name) for p in comp.freeze):
+            param.requires_grad_(False)
     phases, metrics, snapshots = [], {}, {}
 
     def record(log: PhaseLog, key: str):
