@@ -269,7 +269,7 @@ def load_model_and_tokenizer(config: TrainConfig):
     num_labels = 1 if task.is_regression else len(task.labels)
     model = AutoModelForSequenceClassification.from_pretrained(
         config.model, num_labels=num_labels, problem_type="regression" if task.is_regression else "single_label_classification",
-        attn_implementation="eager",
+        attn_implementation="eager", ignore_mismatched_sizes=True,  # a classifier head of another size is re-initialized
     )
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     return model, tokenizer

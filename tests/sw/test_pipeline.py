@@ -190,3 +190,21 @@ def test_admm_trainer_adds_the_penalty_and_updates(checkpoint, tmp_path):
     plain = model(**batch).loss
     torch.manual_seed(1)
     assert torch.allclose(trainer.compute_loss(model, batch), plain + admm.penalty())
+
+
+def test_regression_task_runs_end_to_end(checkpoint, tmp_path):
+    """STS-B-style regression (float scores, one output, Spearman/Pearson) through every phase."""
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    g = torch.Generator().manual_seed(0)
+    rows = [f"{i}\tmain\tf\t2012\t{i}\ts\ts\tthe man said {i}\ta man says {i % 7}\t{float(torch.rand(1, generator=g)) * 5:.2f}\n" for i in range(48)]
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text(header + "".join(rows))
+    config = tiny_config(checkpoint, tmp_path / "run", task="stsb", data_dir=str(tmp_path / "glue"), train_limit=None,
+                         eval_limit=None, admm_epochs=1, retrain_epochs=1)
+    config.compression.attention = None
+    result = run(config)
+    assert set(result.metrics["retrain"]) == {"spearman", "pearson"}
+    model = load_artifact(result.artifact).to_model()
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
