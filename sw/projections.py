@@ -17,6 +17,7 @@ processes compute the same ``Z`` from the same ``W + U`` without talking to each
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,13 +48,14 @@ class Projected:
     mask: torch.Tensor
 
 
-class Projection:
+class Projection(ABC):
     """Base class: ``project(weight) -> Projected``; ``to_dict()`` / :func:`projection_from_dict`."""
 
     kind: str = ""
 
+    @abstractmethod
     def project(self, weight: torch.Tensor) -> Projected:
-        raise NotImplementedError
+        """The nearest point of the set and its support."""
 
     def __call__(self, weight: torch.Tensor) -> Projected:
         return self.project(weight)
@@ -66,14 +68,20 @@ class Projection:
 
 
 @dataclass
-class Unstructured(Projection):
-    """At most ``density·numel`` nonzeros in the whole layer (per-layer, not global, sparsity)."""
+class _DensityProjection(Projection):
+    """A projection whose only parameter is the kept ``density``."""
 
     density: float = 0.5
-    kind = "unstructured"
 
     def __post_init__(self):
         _check_density(self.density)
+
+
+@dataclass
+class Unstructured(_DensityProjection):
+    """At most ``density·numel`` nonzeros in the whole layer (per-layer, not global, sparsity)."""
+
+    kind = "unstructured"
 
     def project(self, weight):
         flat = weight.detach().reshape(-1)
@@ -135,14 +143,10 @@ def _slice_energy(weight: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 @dataclass
-class Rows(Projection):
+class Rows(_DensityProjection):
     """Filter-wise: at most ``density`` of the rows (output channels) are nonzero."""
 
-    density: float = 0.5
     kind = "rows"
-
-    def __post_init__(self):
-        _check_density(self.density)
 
     def project(self, weight):
         energy = _slice_energy(weight, tuple(range(1, weight.dim())))
@@ -151,14 +155,10 @@ class Rows(Projection):
 
 
 @dataclass
-class Channels(Projection):
+class Channels(_DensityProjection):
     """Channel-wise: at most ``density`` of the input channels ``W[:, b]`` are nonzero."""
 
-    density: float = 0.5
     kind = "channels"
-
-    def __post_init__(self):
-        _check_density(self.density)
 
     def project(self, weight):
         dims = (0, *range(2, weight.dim()))
@@ -168,14 +168,10 @@ class Channels(Projection):
 
 
 @dataclass
-class Columns(Projection):
+class Columns(_DensityProjection):
     """Shape-wise / column: at most ``density`` of the fibers ``W[:, b, c, d]`` (columns in 2-D) are nonzero."""
 
-    density: float = 0.5
     kind = "columns"
-
-    def __post_init__(self):
-        _check_density(self.density)
 
     def project(self, weight):
         energy = _slice_energy(weight, (0,)).reshape(-1)

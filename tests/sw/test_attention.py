@@ -26,7 +26,7 @@ from sw.attention import (ATTENTION_IMPLEMENTATION, DEFAULT_ATTENTION_PATTERN, A
                           select_attention_patterns)
 from sw.pattern import PatternConfig, PatternPool
 
-TIGHT = dict(rtol=1e-12, atol=1e-12)
+TIGHT = dict(rtol=1e-12, atol=1e-12)  # float64 round-off of a different summation order (module docstring)
 
 
 # ----------------------------------------------------------------------------------------------------------
