@@ -6,7 +6,11 @@ norm: its gradient is ``ρ_i (W_i − Z_i + U_i)``); every ``update_every`` opti
 
     Z_i ← Π_{S_i}(W_i + U_i)
     U_i ← U_i + W_i − Z_i
-    ρ_i ← min(ρ_i · rho_growth, rho_max)
+    ρ_i ← min(ρ_i · rho_growth, rho_max);  U_i ← U_i · ρ_old / ρ_new
+
+``U`` is the *scaled* dual (the multiplier divided by ρ), so when ρ grows it is rescaled to keep the
+multiplier itself unchanged (Boyd et al., "Distributed optimization … ADMM", §3.4.1). Without that the
+dual pull grows with ρ on top of its own accumulation and the supports oscillate.
 
 ``Z`` starts at ``Π(W)`` and ``U`` at zero. A pattern projection without a pool builds one from ``W``
 at the start; then its pool is rebuilt from ``W + U`` every ``pool_rebuild_every`` Z-updates (0: keep
@@ -79,7 +83,9 @@ class ADMM:
             w = param.detach()
             self.Z[name] = self._project(name, w + self.U[name], rebuild)
             self.U[name] += w - self.Z[name]
-            self.rho[name] = min(self.rho[name] * s.rho_growth, s.rho_max)
+            rho = min(self.rho[name] * s.rho_growth, s.rho_max)
+            self.U[name] *= self.rho[name] / rho
+            self.rho[name] = rho
 
     def step(self) -> bool:
         """Count one optimizer step; run :meth:`update` when due. Returns whether it ran."""

@@ -275,6 +275,25 @@ def load_model_and_tokenizer(config: TrainConfig):
     return model, tokenizer
 
 
+def save_checkpoint(model, tokenizer, folder: Path) -> Path:
+    """``save_pretrained`` into a temporary folder beside ``folder``, then rename it into place."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
 @dataclass
 class RunResult:
     config: TrainConfig
@@ -297,8 +316,13 @@ class RunResult:
         }
 
 
-def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2) -> RunResult:
-    """Run every phase of the recipe; returns metrics, phase logs and the artifact path."""
+def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dense_only: bool = False,
+        save_finetuned: str | Path | None = None) -> RunResult:
+    """Run every phase of the recipe; returns metrics, phase logs and the artifact path.
+
+    ``save_finetuned`` writes the model and tokenizer after the fine-tune phase (a checkpoint folder
+    later runs can start from with ``finetune_epochs=0``); ``dense_only`` stops there.
+    """
     from sw import artifact as artifact_io
     from sw import attention as attention_pruning
 
@@ -320,6 +344,10 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2) -> R
         tqdm.write(f"[{key}] {json.dumps(log.metrics)}")
 
     record(train_phase(model, data, config, config.finetune_epochs, "finetune"), "finetune")
+    if save_finetuned is not None:
+        save_checkpoint(model, tokenizer, Path(save_finetuned))
+    if dense_only:
+        return RunResult(config, phases, metrics, None, snapshots)
 
     projections = make_projections(model, targets, comp.projection)
     watched = [f"{t}.weight" for t in targets[:snapshot_layers]]

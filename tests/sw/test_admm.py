@@ -74,9 +74,15 @@ def test_update_is_z_projection_and_dual_ascent_with_rho_schedule():
     assert admm.step()  # second step: update
     z = projection(w.detach() + u0).value
     assert torch.equal(admm.Z["w"], z)
-    assert torch.equal(admm.U["w"], u0 + (w.detach() - z))
+    # ρ 0.1 → 0.2: the scaled dual is rescaled by ρ_old/ρ_new so the multiplier ρ·U is unchanged
+    assert admm.rho["w"] == 0.2
+    assert torch.equal(admm.U["w"], (u0 + (w.detach() - z)) * (0.1 / 0.2))
+    u1 = admm.U["w"].clone()
     admm.update()
-    assert admm.rho["w"] == 0.3  # 0.1 → 0.2 → capped at 0.3
+    assert admm.rho["w"] == 0.3  # capped
+    z = projection(w.detach() + u1).value
+    assert torch.equal(admm.Z["w"], z)
+    assert torch.equal(admm.U["w"], (u1 + (w.detach() - z)) * (0.2 / 0.3))
 
 
 def test_admm_state_round_trip_keeps_pattern_pool():
