@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessera-installed
 RTL    := build/rtl
 
-.PHONY: setup verilog lint sim test demo bench clean train-minilm
+.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report
 
 setup: $(STAMP)
 
@@ -48,3 +48,11 @@ clean:
 train-minilm: setup
 	$(PY) -m sw.train --config configs/minilm_mrpc.json
 	$(PY) bench/admm_step.py
+
+# The GLUE study (docs/results/glue.md): every row × task × seed of configs/glue_study.json that is not
+# yet in docs/results/glue_runs.json; resumable, one run at a time. ROWS=/TASKS= narrow it.
+glue-study: setup
+	$(PY) -m sw.study run --config configs/glue_study.json $(if $(ROWS),--rows $(ROWS)) $(if $(TASKS),--tasks $(TASKS))
+
+glue-report: setup
+	$(PY) -m sw.study report --config configs/glue_study.json

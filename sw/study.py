@@ -1,0 +1,377 @@
+"""The GLUE study: seed 000's Table 1 rows on a pretrained model, one resumable command per row.
+
+A study config (``configs/glue_study.json``) names the model, the data, one shared schedule
+(``base``: any :class:`~sw.pipeline.TrainConfig` field), per-task overrides (``tasks``: sequence length,
+subsampling) and the rows (``rows``: overrides of the schedule and the compression, deep-merged on top).
+Every run is one (row, task, seed); its record is appended to the results JSON, keyed by a fingerprint of
+the fully merged config, so re-running a command skips what is already done and a changed schedule runs
+again::
+
+    python -m sw.study run --config configs/glue_study.json --rows pattern_admm --tasks mrpc
+    python -m sw.study run --config configs/glue_study.json            # every row × task × seed
+    python -m sw.study status --config configs/glue_study.json
+    python -m sw.study report --config configs/glue_study.json         # table into the results doc
+
+The dense row fine-tunes the pretrained model and keeps the checkpoint (``<work_dir>/<task>/seed<s>/
+dense/model``); every other row starts from that checkpoint with ``finetune_epochs = 0``, so all rows of a
+task and seed share one dense starting point and their times exclude the fine-tuning. A missing
+checkpoint (a fresh clone) is fine-tuned again first; the run is deterministic, and a recorded dense
+score that does not come out the same is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sw import glue
+from sw.atomic import write_atomic
+
+DENSE = "dense"
+TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in, recursively for nested dicts (neither input is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass
+class Row:
+    """One line of the table: how its runs differ from the shared schedule."""
+
+    name: str
+    label: str
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields, deep-merged
+    export: bool = False  # write the int8 artifact (pattern rows only)
+    figures: bool = False  # write the per-block sparsity PNGs (seed Fig. 4/5) of this row's runs
+
+
+@dataclass
+class Study:
+    path: Path
+    model: str
+    data_dir: str
+    work_dir: Path
+    results: Path
+    doc: Path
+    figures_dir: Path
+    base: dict
+    tasks: dict[str, dict]
+    rows: dict[str, Row]
+    seeds: list[int]
+    average: str = "geometric"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Study":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"study config {path}: {error}") from None
+        required = ("model", "base", "tasks", "rows")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"study config {path}: missing {missing}")
+        rows = {}
+        for name, spec in data["rows"].items():
+            unknown = set(spec) - {"label", "overrides", "export", "figures"}
+            if unknown:
+                raise ValueError(f"study config {path}: row {name!r} has unknown keys {sorted(unknown)}")
+            rows[name] = Row(name, spec.get("label", name), spec.get("overrides", {}),
+                             bool(spec.get("export", False)), bool(spec.get("figures", False)))
+        if DENSE not in rows:
+            raise ValueError(f"study config {path}: needs a {DENSE!r} row (the shared fine-tuned start)")
+        for task in data["tasks"]:
+            glue.get_task(task)  # unknown task names fail here, not hours later
+        study = cls(
+            path=path, model=data["model"], data_dir=data.get("data_dir", "../shared/data/glue"),
+            work_dir=Path(data.get("work_dir", "build/glue")), results=Path(data.get("results", "docs/results/glue_runs.json")),
+            doc=Path(data.get("doc", "docs/results/glue.md")), figures_dir=Path(data.get("figures_dir", "docs/results/figures")),
+            base=data["base"], tasks=data["tasks"], rows=rows, seeds=list(data.get("seeds", [0])),
+            average=data.get("average", "geometric"),
+        )
+        for row in rows:  # every merged config must be valid before anything runs
+            for task in study.tasks:
+                study.train_config(row, task, study.seeds[0])
+        return study
+
+    def run_dir(self, row: str, task: str, seed: int) -> Path:
+        return self.work_dir / task / f"seed{seed}" / row
+
+    def dense_checkpoint(self, task: str, seed: int) -> Path:
+        return self.run_dir(DENSE, task, seed) / "model"
+
+    def config_dict(self, row: str, task: str, seed: int) -> dict:
+        """The fully merged TrainConfig of one run, as JSON data (what the fingerprint covers)."""
+        if row not in self.rows:
+            raise ValueError(f"unknown row {row!r}; the study has {sorted(self.rows)}")
+        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; the study has {sorted(self.tasks)}")
+        data = deep_merge(self.base, self.tasks[task])
+        data = deep_merge(data, self.rows[row].overrides)
+        data.update(task=task, seed=seed, data_dir=self.data_dir, output_dir=str(self.run_dir(row, task, seed)))
+        if row == DENSE:  # fine-tuning only: the compression settings do not touch it (nor its fingerprint)
+            data.update(model=self.model, admm_epochs=0, retrain_epochs=0)
+            data.pop("compression", None)
+        else:
+            data.update(model=f"{DENSE}:{task}:seed{seed}", finetune_epochs=0)
+        return data
+
+    def train_config(self, row: str, task: str, seed: int):
+        from sw.pipeline import TrainConfig
+
+        try:
+            return TrainConfig.from_dict(self.config_dict(row, task, seed))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"study config {self.path}: row {row!r}, task {task!r}: {error}") from None
+
+
+def fingerprint(config: dict) -> str:
+    """Hash of everything that decides a run's result; where files live (data, outputs) is left out so a
+    moved work folder or another checkout of the data keeps its records."""
+    decisive = {k: v for k, v in config.items() if k not in ("data_dir", "output_dir")}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {path}: not JSON ({error})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"results file {path}: expected a JSON list of run records")
+    return records
+
+
+def find_record(records: list[dict], row: str, task: str, seed: int, print_: str | None = None) -> dict | None:
+    for record in records:
+        if (record["row"], record["task"], record["seed"]) == (row, task, seed) and (print_ is None or record["fingerprint"] == print_):
+            return record
+    return None
+
+
+def store_record(path: Path, record: dict) -> None:
+    """Replace any record of the same (row, task, seed), append, write atomically."""
+    records = [r for r in load_results(path) if (r["row"], r["task"], r["seed"]) != (record["row"], record["task"], record["seed"])]
+    records.append(record)
+    records.sort(key=lambda r: (r["task"], r["seed"], r["row"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(records, indent=1) + "\n")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def final_metrics(row: str, metrics: dict) -> dict:
+    """The scores a row reports: dense after fine-tuning; compressed after retraining (the artifact's
+    own evaluation when one was exported)."""
+    if row == DENSE:
+        return metrics["finetune"]
+    return metrics.get("artifact", metrics["retrain"])
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, log=print) -> dict:
+    """Run (row, task, seed) unless an up-to-date record exists; returns the record."""
+    from sw.pipeline import run
+    from sw.train import plot_sparsity, resolve_model
+
+    config_data = study.config_dict(row, task, seed)
+    print_ = fingerprint(config_data)
+    records = load_results(study.results)
+    done = find_record(records, row, task, seed, print_)
+    dense_missing = row == DENSE and not study.dense_checkpoint(task, seed).joinpath("config.json").is_file()
+    if done and not force and not dense_missing:
+        log(f"[{row} / {task} / seed {seed}] up to date ({print_}), skipped")
+        return done
+    if row != DENSE:
+        checkpoint = study.dense_checkpoint(task, seed)
+        if not checkpoint.joinpath("config.json").is_file():
+            log(f"[{row} / {task} / seed {seed}] needs the dense checkpoint: fine-tuning it first")
+            run_one(study, DENSE, task, seed, log=log)
+        config_data = dict(config_data, model=str(checkpoint))
+
+    config = study.train_config(row, task, seed)
+    config.model = resolve_model(config.model) if row == DENSE else config_data["model"]
+    spec = study.rows[row]
+    log(f"[{row} / {task} / seed {seed}] running ({print_})")
+    start = time.perf_counter()
+    if row == DENSE:
+        result = run(config, export=False, dense_only=True, save_finetuned=study.dense_checkpoint(task, seed))
+    else:
+        result = run(config, export=spec.export)
+    seconds = time.perf_counter() - start
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(config.output_dir) / "summary.json", json.dumps(result.summary(), indent=1))
+
+    scores = final_metrics(row, result.metrics)
+    record = {
+        "row": row, "task": task, "seed": seed, "fingerprint": print_,
+        "score": scores[glue.primary_metric(task)], "metric": glue.primary_metric(task), "scores": scores,
+        "metrics": result.metrics, "seconds": seconds,
+        "phases": [{"name": p.name, "steps": p.steps, "seconds": p.seconds} for p in result.phases],
+        "residual_mean": [r["mean"] for p in result.phases for r in p.residuals],
+        "artifact": str(result.artifact) if result.artifact else None,
+        "commit": _git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    }
+    if dense_missing and done and done["score"] != record["score"]:
+        log(f"[{row} / {task} / seed {seed}] WARNING: re-fine-tuned dense score {record['score']:.2f} differs from "
+            f"the recorded {done['score']:.2f} (not deterministic on this machine?); the new record replaces it")
+    if spec.figures and row != DENSE:
+        figures = study.figures_dir / f"{task}_seed{seed}_{row}"
+        figures.mkdir(parents=True, exist_ok=True)
+        plot_sparsity(result, figures)
+        record["figures"] = sorted(str(p) for p in figures.glob("*.png"))
+    store_record(study.results, record)
+    log(f"[{row} / {task} / seed {seed}] {record['metric']} {record['score']:.2f} in {seconds / 60:.1f} min")
+    return record
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def table(study: Study, records: list[dict]) -> str:
+    """The markdown table: one line per row, the primary metric per task (mean ± sample std over seeds),
+    the average as the study defines it, and the minutes per run."""
+    tasks = list(study.tasks)
+    current = {(r["row"], r["task"], r["seed"]): r for r in records
+               if r["row"] in study.rows and r["task"] in study.tasks
+               and r["fingerprint"] == fingerprint(study.config_dict(r["row"], r["task"], r["seed"]))}
+    header = ["row"] + [f"{glue.get_task(t).name} ({glue.primary_metric(t)})" for t in tasks] + [f"average ({study.average})", "seeds", "min / run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for name, row in study.rows.items():
+        cells, per_seed_scores, minutes, seeds = [], {}, [], set()
+        for task in tasks:
+            values = [current[(name, task, s)]["score"] for s in study.seeds if (name, task, s) in current]
+            minutes += [current[(name, task, s)]["seconds"] / 60 for s in study.seeds if (name, task, s) in current]
+            seeds |= {s for s in study.seeds if (name, task, s) in current}
+            cells.append(_mean_spread(values) if values else "—")
+            for s in study.seeds:
+                if (name, task, s) in current:
+                    per_seed_scores.setdefault(s, {})[task] = current[(name, task, s)]["score"]
+        complete = [scores for scores in per_seed_scores.values() if len(scores) == len(tasks)]
+        try:
+            average = _mean_spread([glue.glue_average(s, study.average) for s in complete]) if complete else "—"
+        except ValueError:  # a negative MCC has no geometric mean
+            average = "n/a (negative score)"
+        time_cell = f"{np.median(minutes):.1f}" if minutes else "—"
+        lines.append("| " + " | ".join([row.label] + cells + [average, str(len(seeds)), time_cell]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(study: Study) -> Path:
+    """Put the table between the markers of the results doc (the prose around it is kept)."""
+    records = load_results(study.results)
+    body = table(study, records)
+    doc = study.doc
+    text = doc.read_text() if doc.exists() else f"# GLUE study\n\n{TABLE_START}\n{TABLE_END}\n"
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ValueError(f"{doc}: lacks the table markers {TABLE_START} … {TABLE_END}")
+    before, rest = text.split(TABLE_START, 1)
+    _, after = rest.split(TABLE_END, 1)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(doc, f"{before}{TABLE_START}\n{body}\n{TABLE_END}{after}")
+    return doc
+
+
+def status(study: Study) -> list[tuple[str, str, int, str]]:
+    """(row, task, seed, state) for every run of the study: done, stale (config changed) or pending."""
+    records = load_results(study.results)
+    out = []
+    for seed in study.seeds:
+        for task in study.tasks:
+            for row in study.rows:
+                print_ = fingerprint(study.config_dict(row, task, seed))
+                if find_record(records, row, task, seed, print_):
+                    state = "done"
+                elif find_record(records, row, task, seed):
+                    state = "stale"
+                else:
+                    state = "pending"
+                out.append((row, task, seed, state))
+    return out
+
+
+def _names(value: str | None, known, what: str) -> list:
+    if value is None:
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--{what}: unknown {unknown}; the study has {list(known)}")
+    return names
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "status", "report"])
+    parser.add_argument("--config", default="configs/glue_study.json")
+    parser.add_argument("--rows", help="comma-separated row names (default: all)")
+    parser.add_argument("--tasks", help="comma-separated task names (default: all)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the study's)")
+    parser.add_argument("--force", action="store_true", help="run again even when an up-to-date record exists")
+    args = parser.parse_args(argv)
+    try:
+        study = Study.load(args.config)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    rows = _names(args.rows, study.rows, "rows")
+    tasks = _names(args.tasks, study.tasks, "tasks")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else study.seeds
+
+    if args.command == "run":
+        rows = sorted(rows, key=lambda r: r != DENSE)  # dense first: the others start from it
+        for seed in seeds:
+            for task in tasks:
+                for row in rows:
+                    run_one(study, row, task, seed, force=args.force)
+        write_report(study)
+    elif args.command == "status":
+        for row, task, seed, state in status(study):
+            if row in rows and task in tasks and seed in seeds:
+                print(f"{state:8s} {row:32s} {task:6s} seed {seed}")
+    else:
+        print(f"wrote {write_report(study)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

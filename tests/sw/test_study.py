@@ -1,0 +1,154 @@
+"""The GLUE study driver on a tiny BERT: rows share one dense start, records append and resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sw import glue, study as study_mod
+from sw.study import DENSE, Study, fingerprint, load_results, run_one, status, write_report
+from sw.tiny import make_tiny_checkpoint
+
+GLUE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "glue"
+PATTERN = {"kind": "pattern", "block_size": 4, "kept_per_block": 8, "pool_size": 8}
+
+
+def study_config(tmp: Path, checkpoint: Path, **changes) -> Path:
+    data = {
+        "model": str(checkpoint), "data_dir": str(GLUE), "work_dir": str(tmp / "work"),
+        "results": str(tmp / "results.json"), "doc": str(tmp / "glue.md"), "figures_dir": str(tmp / "figures"),
+        "seeds": [0],
+        "base": {"batch_size": 16, "learning_rate": 1e-3, "finetune_epochs": 1, "admm_epochs": 1, "retrain_epochs": 1,
+                 "train_limit": 48, "eval_limit": 32, "calibration_batches": 1,
+                 "compression": {"admm": {"rho": 0.05, "update_every": 1}}},
+        "tasks": {"mrpc": {"max_length": 48}},
+        "rows": {
+            "dense": {"label": "dense"},
+            "pattern_no_admm": {"label": "pattern, no ADMM", "overrides": {"admm_epochs": 0, "retrain_epochs": 2, "compression": {"projection": PATTERN, "quant_bits": None}}},
+            "pattern_admm": {"label": "pattern + ADMM", "figures": True, "overrides": {"compression": {"projection": PATTERN, "quant_bits": None}}},
+            "pattern_admm_int8": {"label": "pattern + ADMM, int8", "export": True,
+                                  "overrides": {"compression": {"projection": dict(PATTERN, kind="pattern_quantize", bits=8), "quant_bits": 8}}},
+        },
+    }
+    data.update(changes)
+    path = tmp / "study.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    examples = glue.load_glue_split(GLUE, "mrpc", "train", limit=100)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), [e.text_a for e in examples] + [e.text_b for e in examples])
+
+
+@pytest.fixture(scope="module")
+def done(checkpoint, tmp_path_factory):
+    """Every row of the tiny study, run once in the order the CLI uses (dense last: it must be made on demand)."""
+    tmp = tmp_path_factory.mktemp("study")
+    study = Study.load(study_config(tmp, checkpoint))
+    for row in ["pattern_no_admm", "pattern_admm", "pattern_admm_int8", DENSE]:
+        run_one(study, row, "mrpc", 0, log=lambda message: None)
+    return study
+
+
+def test_every_row_is_recorded_with_its_final_scores(done):
+    records = load_results(done.results)
+    assert sorted(r["row"] for r in records) == sorted(done.rows)
+    for record in records:
+        assert record["fingerprint"] == fingerprint(done.config_dict(record["row"], "mrpc", 0))
+        expected = record["metrics"]["finetune"] if record["row"] == DENSE else record["metrics"].get("artifact", record["metrics"]["retrain"])
+        assert record["scores"] == expected and record["score"] == expected["f1"] and record["metric"] == "f1"
+        assert record["seconds"] > 0 and record["phases"]
+    by_row = {r["row"]: r for r in records}
+    assert by_row["pattern_admm_int8"]["artifact"] and Path(by_row["pattern_admm_int8"]["artifact"], "manifest.json").is_file()
+    assert by_row["pattern_admm"]["artifact"] is None
+    assert by_row["pattern_admm"]["residual_mean"] and not by_row["pattern_no_admm"]["residual_mean"]
+    assert [p["name"] for p in by_row[DENSE]["phases"]] == ["finetune"]
+
+
+def test_compressed_rows_start_from_the_shared_dense_checkpoint(done):
+    checkpoint = done.dense_checkpoint("mrpc", 0)
+    assert (checkpoint / "config.json").is_file()
+    dense = next(r for r in load_results(done.results) if r["row"] == DENSE)
+    for row in ("pattern_no_admm", "pattern_admm"):
+        summary = json.loads((done.run_dir(row, "mrpc", 0) / "summary.json").read_text())
+        assert summary["config"]["model"] == str(checkpoint) and summary["config"]["finetune_epochs"] == 0
+        # the evaluation before any compression is the dense model's score, to the last bit
+        assert summary["metrics"]["finetune"] == dense["scores"]
+
+
+def test_pattern_admm_rows_write_the_sparsity_figures(done):
+    record = next(r for r in load_results(done.results) if r["row"] == "pattern_admm")
+    names = sorted(Path(p).name for p in record["figures"])
+    assert names == ["block_sparsity.png", "submatrix_sparsity.png", "weight_distribution.png"]
+    for path in record["figures"]:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_done_run_is_skipped_and_a_changed_schedule_is_stale(done, monkeypatch, tmp_path):
+    import sw.pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an up-to-date run must not train again")
+
+    monkeypatch.setattr(sw.pipeline, "run", no_training)
+    before = done.results.read_text()
+    for row in done.rows:
+        run_one(done, row, "mrpc", 0, log=lambda message: None)
+    assert done.results.read_text() == before
+    assert {state for *_, state in status(done)} == {"done"}
+
+    changed = json.loads(done.path.read_text())
+    changed["base"]["retrain_epochs"] = 2
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(changed))
+    states = {row: state for row, _, _, state in status(Study.load(path))}
+    assert states == {DENSE: "done", "pattern_no_admm": "done", "pattern_admm": "stale", "pattern_admm_int8": "stale"}
+
+
+def test_a_lost_dense_checkpoint_is_fine_tuned_again_to_the_same_score(done, tmp_path):
+    copy = tmp_path / "copy"
+    data = json.loads(done.path.read_text())
+    copy.mkdir()
+    data.update(work_dir=str(copy / "work"), results=str(copy / "results.json"))
+    shutil.copy(done.results, copy / "results.json")
+    (copy / "study.json").write_text(json.dumps(data))
+    moved = Study.load(copy / "study.json")
+    recorded = next(r for r in load_results(moved.results) if r["row"] == DENSE)
+    messages = []
+    run_one(moved, "pattern_no_admm", "mrpc", 0, force=True, log=messages.append)
+    assert any("fine-tuning it first" in m for m in messages)
+    assert not any("WARNING" in m for m in messages)
+    again = next(r for r in load_results(moved.results) if r["row"] == DENSE)
+    assert again["scores"] == recorded["scores"]  # CPU fine-tuning with a fixed seed is deterministic
+
+
+def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
+    doc = write_report(done)
+    text = doc.read_text()
+    assert study_mod.TABLE_START in text and study_mod.TABLE_END in text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + len(done.rows)
+    for record in load_results(done.results):
+        label = done.rows[record["row"]].label
+        line = next(line for line in lines if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == f"{record['score']:.1f}"
+        assert cells[2] == f"{glue.glue_average({'mrpc': record['score']}):.1f}"
+        assert cells[4] == f"{record['seconds'] / 60:.1f}"
+    # prose around the markers survives a rewrite
+    doc.write_text(text.replace(study_mod.TABLE_START, "My reading.\n\n" + study_mod.TABLE_START))
+    assert "My reading." in write_report(done).read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rows": {"pattern": {"overrides": {}}}}, "needs a 'dense' row"),
+    ({"rows": {"dense": {"colour": "red"}}}, "unknown keys ['colour']"),
+    ({"tasks": {"nosuchtask": {}}}, "nosuchtask"),
+    ({"base": {"admm_epochs": -1}}, "admm_epochs must be ≥ 0"),
+])
+def test_bad_study_configs_are_refused_with_the_reason(checkpoint, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Study.load(study_config(tmp_path, checkpoint, **change))
