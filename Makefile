@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessera-installed
 RTL    := build/rtl
 
-.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report
+.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report bench-inference
 
 setup: $(STAMP)
 
@@ -56,3 +56,7 @@ glue-study: setup
 
 glue-report: setup
 	$(PY) -m sw.study report --config configs/glue_study.json
+
+# CPU latency of every inference path against dense (docs/results/inference.md): build/bench/inference.*
+bench-inference: setup
+	$(PY) bench/inference.py

@@ -71,6 +71,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     learning_rate: float = 5e-5
+    admm_learning_rate: float | None = None  # the ADMM phase's peak rate; None: learning_rate
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     finetune_epochs: float = 3.0
@@ -173,6 +174,7 @@ def evaluate(model, data: TaskData) -> dict[str, float]:
 @dataclass
 class PhaseLog:
     name: str
+    learning_rate: float = 0.0  # peak rate of the phase's schedule
     steps: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
@@ -184,11 +186,15 @@ class PhaseLog:
         return self.seconds / self.steps if self.steps else 0.0
 
 
-def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name: str, admm: ADMM | None = None) -> PhaseLog:
-    """Train ``epochs`` (fractional allowed) with AdamW + linear warmup/decay; ADMM penalty when given."""
+def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name: str, admm: ADMM | None = None,
+                learning_rate: float | None = None) -> PhaseLog:
+    """Train ``epochs`` (fractional allowed) with AdamW + linear warmup/decay; ADMM penalty when given.
+
+    ``learning_rate`` overrides ``config.learning_rate`` for this phase.
+    """
     from transformers import get_linear_schedule_with_warmup
 
-    log = PhaseLog(name)
+    log = PhaseLog(name, learning_rate or config.learning_rate)
     total = math.ceil(epochs * len(data.train))
     if total == 0:
         return log
@@ -196,7 +202,7 @@ def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name:
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (n.endswith("bias") or "LayerNorm" in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
+        lr=log.learning_rate,
     )
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     model.train()
@@ -307,7 +313,7 @@ class RunResult:
             "config": self.config.to_dict(),
             "metrics": self.metrics,
             "phases": [
-                {"name": p.name, "steps": p.steps, "seconds": p.seconds, "seconds_per_step": p.seconds_per_step,
+                {"name": p.name, "learning_rate": p.learning_rate, "steps": p.steps, "seconds": p.seconds, "seconds_per_step": p.seconds_per_step,
                  "final_loss": p.losses[-1] if p.losses else None,
                  "residual_mean": [r["mean"] for r in p.residuals]}
                 for p in self.phases
@@ -354,7 +360,7 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
     snapshots["before_admm"] = {n: model.get_submodule(n.rsplit(".", 1)[0]).weight.detach().clone() for n in watched}
     if config.admm_epochs > 0:
         admm = ADMM(projections, comp.admm)
-        record(train_phase(model, data, config, config.admm_epochs, "admm", admm), "admm")
+        record(train_phase(model, data, config, config.admm_epochs, "admm", admm, config.admm_learning_rate), "admm")
     snapshots["after_admm"] = {n: model.get_submodule(n.rsplit(".", 1)[0]).weight.detach().clone() for n in watched}
 
     masks = hard_prune(model, projections)

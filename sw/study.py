@@ -240,7 +240,7 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
         "row": row, "task": task, "seed": seed, "fingerprint": print_,
         "score": scores[glue.primary_metric(task)], "metric": glue.primary_metric(task), "scores": scores,
         "metrics": result.metrics, "seconds": seconds,
-        "phases": [{"name": p.name, "steps": p.steps, "seconds": p.seconds} for p in result.phases],
+        "phases": [{"name": p.name, "learning_rate": p.learning_rate, "steps": p.steps, "seconds": p.seconds} for p in result.phases],
         "residual_mean": [r["mean"] for p in result.phases for r in p.residuals],
         "artifact": str(result.artifact) if result.artifact else None,
         "commit": _git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
