@@ -29,9 +29,9 @@ Exactness: with integer-valued inputs and weights in float64 every path returns 
 result (all partial sums are integers below 2⁵³, so the summation order does not matter); with general
 float inputs the paths agree to rounding.
 
-The gather paths (``ell``, ``pattern``) work on ``token_chunk`` tokens at a time so their gathered
-operand stays bounded in memory (a whole BERT-base batch would otherwise materialise
-``tokens × nonzeros`` values).
+The gather paths (``ell``, ``pattern``) gather from the transposed input (each input feature a
+contiguous row of tokens) one stored column at a time and accumulate with ``addcmul_`` into token
+tiles that stay in cache; nothing of size ``tokens × nonzeros`` is ever materialised.
 
 ``convert_model(model, path)`` swaps every selected ``nn.Linear`` of a (pruned) model for the path's
 module and ``to_dense_model(model)`` swaps them back.
@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATHER_ELEMENTS = 1 << 22  # gathered values per chunk of the gather paths (4 M, 32 MB in float64)
+GATHER_ELEMENTS = 1 << 18  # accumulator tile of the gather paths (256 K values: 1 MB in float32)
+TILE_TOKENS = 256  # tokens per tile of the gather paths
 
 
 class SparseLinear(nn.Module):
@@ -103,10 +104,29 @@ def _support(weight: torch.Tensor, mask: torch.Tensor | None, path: str) -> torc
     return mask.bool()
 
 
-def _chunks(tokens: int, per_token: int) -> Iterable[slice]:
-    step = max(1, GATHER_ELEMENTS // max(per_token, 1))
-    for start in range(0, tokens, step):
-        yield slice(start, min(start + step, tokens))
+def _gather_dot(xt: torch.Tensor, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``out[r, :] = Σ_l values[r, l] · xt[columns[r, l], :]`` for every stored row ``r``.
+
+    ``xt`` is the input transposed (``[in, T]``), so a gathered input feature is a contiguous row of
+    tokens. The sum runs as one gather + fused multiply-add (``addcmul_``) per ``l`` into an
+    accumulator tile of at most ``GATHER_ELEMENTS`` values, which stays in cache; gathering all
+    ``rows × width × T`` operands first and reducing them with ``bmm`` measured 7× slower here.
+    """
+    rows, width = columns.shape
+    tokens = xt.shape[1]
+    out = xt.new_zeros(rows, tokens)
+    columns_t, values_t = columns.T.contiguous(), values.T.unsqueeze(2).contiguous()  # [width, rows(, 1)]
+    # tiles of up to TILE_TOKENS tokens (gathered rows long enough to copy efficiently) × as many rows
+    # as fit the accumulator budget
+    tile_tokens = min(tokens, TILE_TOKENS)
+    tile_rows = max(1, GATHER_ELEMENTS // tile_tokens)
+    for t0 in range(0, tokens, tile_tokens):
+        xs = xt[:, t0:t0 + tile_tokens].contiguous()
+        for r0 in range(0, rows, tile_rows):
+            acc = out[r0:r0 + tile_rows, t0:t0 + tile_tokens]
+            for lane in range(width):
+                acc.addcmul_(values_t[lane, r0:r0 + tile_rows], xs.index_select(0, columns_t[lane, r0:r0 + tile_rows]))
+    return out
 
 
 class DenseLinear(SparseLinear):
@@ -204,12 +224,7 @@ class ELLLinear(SparseLinear):
         self.padding = int((~valid).sum())
 
     def _matmul(self, x):
-        out = x.new_empty(x.shape[0], self.out_features)
-        flat = self.columns.reshape(-1)
-        for part in _chunks(x.shape[0], flat.numel()):
-            gathered = x[part].index_select(1, flat).view(-1, self.out_features, self.columns.shape[1])
-            out[part] = (gathered * self.values).sum(-1)
-        return out
+        return _gather_dot(x.T, self.columns, self.values).T
 
     def dense_weight(self):
         w = self.values.new_zeros(self.out_features, self.in_features)
@@ -295,13 +310,10 @@ class PatternLinear(SparseLinear):
             yield getattr(self, f"{name}_rows"), getattr(self, f"{name}_columns"), getattr(self, f"{name}_values")
 
     def _matmul(self, x):
-        out = x.new_zeros(x.shape[0], self.out_features)
+        out = x.new_zeros(self.out_features, x.shape[0])
         for rows, columns, values in self._groups():
-            flat = columns.reshape(-1)
-            for part in _chunks(x.shape[0], flat.numel()):
-                gathered = x[part].index_select(1, flat).view(-1, *columns.shape)
-                out[part] = out[part].index_add(1, rows, (gathered * values).sum(-1))
-        return out
+            out.index_add_(0, rows, _gather_dot(x.T, columns, values))
+        return out.T
 
     def dense_weight(self):
         w = torch.zeros(self.out_features, self.in_features, dtype=self.bias.dtype if self.bias is not None else torch.float32)

@@ -78,7 +78,8 @@ def test_float_inputs_agree_to_rounding():
 def test_gather_paths_chunk_tokens_without_changing_the_result(monkeypatch):
     weight, mask, bias = integer_layer((24, 40), "pattern")
     x = torch.randint(-127, 128, (37, 40), generator=torch.Generator().manual_seed(4)).double()
-    monkeypatch.setattr(inference, "GATHER_ELEMENTS", 500)  # several chunks of a few tokens
+    monkeypatch.setattr(inference, "GATHER_ELEMENTS", 64)  # several tiles of rows …
+    monkeypatch.setattr(inference, "TILE_TOKENS", 8)  # … and of tokens
     for path in ("ell", "pattern"):
         layer = sparse_linear(path, weight, bias, mask, **OPTIONS.get(path, {}))
         assert torch.equal(layer(x), F.linear(x, weight * mask, bias))
