@@ -41,6 +41,7 @@ from sw.atomic import write_atomic, write_between_markers
 
 DENSE = "dense"
 TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"
+SCHEDULE_START, SCHEDULE_END = "<!-- glue-schedule:start -->", "<!-- glue-schedule:end -->"
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -297,10 +298,43 @@ def table(study: Study, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def schedule(study: Study) -> str:
+    """The shared schedule and the per-task settings as a markdown table (from the study config)."""
+    from sw.pipeline import TrainConfig
+
+    base = TrainConfig.from_dict(deep_merge(study.base, {"model": study.model}))
+    admm = base.compression.admm
+    settings = [
+        ("model", study.model),
+        ("batch size", base.batch_size),
+        ("optimizer", f"AdamW, weight decay {base.weight_decay}, linear warmup ({base.warmup_ratio:.0%}) and decay per phase"),
+        ("learning rate", f"{base.learning_rate:g} (fine-tune, retrain); ADMM phase {base.admm_learning_rate or base.learning_rate:g}"),
+        ("epochs", f"fine-tune {base.finetune_epochs:g} (dense row), ADMM {base.admm_epochs:g}, retrain {base.retrain_epochs:g}"),
+        ("ADMM ρ", f"{admm.rho:g}, ×{admm.rho_growth:g} per Z/U update (cap {admm.rho_max:g}), update every {admm.update_every} steps, "
+                   f"pool rebuilt every {admm.pool_rebuild_every} update(s)"),
+        ("SR-STE λ", f"{base.compression.srste_decay:g}"),
+        ("seeds", ", ".join(str(s) for s in study.seeds)),
+        ("threads", base.threads or "library default"),
+    ]
+    lines = ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings]
+    lines += ["", "| task | max length | training rows | dev rows |", "|---|---:|---:|---:|"]
+    for task, overrides in study.tasks.items():
+        config = study.train_config(DENSE, task, study.seeds[0])
+        limit = config.train_limit
+        lines.append(f"| {glue.get_task(task).name} | {config.max_length} | "
+                     f"{'all' if limit is None else f'first {limit} (subsampled)'} | {'all' if config.eval_limit is None else config.eval_limit} |")
+    rows = [f"- **{row.label}** (`{name}`): " + json.dumps(row.overrides) for name, row in study.rows.items() if row.overrides]
+    return "\n".join(lines + ["", "Row overrides of this schedule:", ""] + rows)
+
+
 def write_report(study: Study) -> Path:
-    """Put the table between the markers of the results doc (the prose around it is kept)."""
-    body = table(study, load_results(study.results))
-    return write_between_markers(study.doc, TABLE_START, TABLE_END, body, title="# GLUE study")
+    """Put the schedule and the results table between their markers in the results doc (the prose
+    around them is kept)."""
+    write_between_markers(study.doc, TABLE_START, TABLE_END, table(study, load_results(study.results)), title="# GLUE study")
+    text = study.doc.read_text()
+    if SCHEDULE_START in text:
+        write_between_markers(study.doc, SCHEDULE_START, SCHEDULE_END, schedule(study))
+    return study.doc
 
 
 def status(study: Study) -> list[tuple[str, str, int, str]]:

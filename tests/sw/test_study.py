@@ -141,9 +141,13 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
         assert cells[1] == f"{record['score']:.1f}"
         assert cells[2] == f"{glue.glue_average({'mrpc': record['score']}):.1f}"
         assert cells[4] == f"{record['seconds'] / 60:.1f}"
-    # prose around the markers survives a rewrite
-    doc.write_text(text.replace(study_mod.TABLE_START, "My reading.\n\n" + study_mod.TABLE_START))
-    assert "My reading." in write_report(done).read_text()
+    # prose around the markers survives a rewrite; a schedule region is filled from the config
+    doc.write_text(text.replace(study_mod.TABLE_START, f"My reading.\n\n{study_mod.SCHEDULE_START}\n{study_mod.SCHEDULE_END}\n" + study_mod.TABLE_START))
+    text = write_report(done).read_text()
+    assert "My reading." in text
+    schedule = text.split(study_mod.SCHEDULE_START)[1].split(study_mod.SCHEDULE_END)[0]
+    assert "| batch size | 16 |" in schedule and "| mrpc | 48 |" in schedule
+    assert "ADMM 1, retrain 1" in schedule and '"retrain_epochs": 2' in schedule
 
 
 @pytest.mark.parametrize("change, message", [
