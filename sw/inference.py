@@ -40,6 +40,7 @@ module and ``to_dense_model(model)`` swaps them back.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 import torch
@@ -50,7 +51,7 @@ GATHER_ELEMENTS = 1 << 18  # accumulator tile of the gather paths (256 K values:
 TILE_TOKENS = 256  # tokens per tile of the gather paths
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(nn.Module, ABC):
     """Base of the paths: ``forward`` takes ``[..., in_features]`` and returns ``[..., out_features]``.
 
     Parameters (all paths)
@@ -74,11 +75,13 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] → [T, out]
-        raise NotImplementedError(f"{type(self).__name__} must implement _matmul")  # abstract: each path has one
+    @abstractmethod
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, in] → [T, out]`` without the bias, in the path's own way."""
 
+    @abstractmethod
     def dense_weight(self) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement dense_weight")  # abstract, as above
+        """The dense masked weight ``[out, in]`` the path stores, exactly."""
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
