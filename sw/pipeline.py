@@ -24,6 +24,8 @@ import json
 import math
 import random
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -283,9 +285,6 @@ def load_model_and_tokenizer(config: TrainConfig):
 
 def save_checkpoint(model, tokenizer, folder: Path) -> Path:
     """``save_pretrained`` into a temporary folder beside ``folder``, then rename it into place."""
-    import shutil
-    import tempfile
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
     try:
