@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,12 @@ def _check_before_after(before: dict, after: dict) -> list[str]:
     return list(before)
 
 
+def _short(name: str) -> str:
+    """A layer name short enough for a subplot title: no model prefix, no ``.weight``."""
+    name = re.sub(r"^(\w+\.)?encoder\.", "", name)
+    return name.removesuffix(".weight").replace("attention.self.", "attention.")
+
+
 def _save_png(fig: Figure, path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
@@ -247,7 +254,7 @@ def plot_block_sparsity(before: dict[str, torch.Tensor], after: dict[str, torch.
         ax.set_xlim(-0.5 / (k * k), 1 + 0.5 / (k * k))
         ax.set_xlabel(f"near-zero fraction per {k}×{k} block (|w| ≤ {threshold:g}·RMS)")
         ax.set_ylabel("share of blocks")
-        ax.set_title(f"{name}: block sparsity")
+        ax.set_title(f"{_short(name)}: block sparsity", fontsize="small")
         ax.legend(fontsize="small")
 
         ax = axes[row, 1]
@@ -257,7 +264,7 @@ def plot_block_sparsity(before: dict[str, torch.Tensor], after: dict[str, torch.
         ax.axvline(0, color="black", linestyle="--", linewidth=1, label="target 0")
         ax.set_xlabel(f"energy outside the top {n} of each block")
         ax.set_ylabel("share of blocks")
-        ax.set_title(f"{name}: pruned-energy fraction")
+        ax.set_title(f"{_short(name)}: pruned-energy fraction", fontsize="small")
         ax.legend(fontsize="small")
     return _save_png(fig, path)
 
@@ -299,7 +306,7 @@ def plot_weight_distribution(before: dict[str, torch.Tensor], after: dict[str, t
         ax.set_yscale("log")
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
-        ax.set_title(name)
+        ax.set_title(_short(name), fontsize="small")
         ax.legend(fontsize="small")
     return _save_png(fig, path)
 
