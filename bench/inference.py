@@ -9,7 +9,8 @@ Each path gets the structure it is built for:
     csr      element-wise (unstructured) sparsity
     bsr      block-wise sparsity, 32×32 blocks
     ell      N:M (1:4, 2:4, 3:4), the vector-wise format with no padding
-    group    group-wise, 16 output rows per group (seed 002 Algorithm 2)
+    group16  group-wise, 16 output rows per group (seed 002 Algorithm 2)
+    group64  group-wise, 64 output rows per group
     pattern  4×4 patterns keeping 4, 8 or 12 of 16, a pool of 32
 
 For every (shape, batch, density) the dense layer and all paths are timed in interleaved rounds (one
@@ -43,12 +44,13 @@ from sw.projections import NM, BlockWise, GroupWise, Pattern, Unstructured  # no
 
 LAYER_SHAPES = [(768, 768), (768, 3072), (3072, 768)]  # (in, out)
 DENSITIES = [0.25, 0.5, 0.75]
-PATHS = {  # path → (structure name, projection for a density, path options)
-    "csr": ("element-wise", lambda d: Unstructured(d), {}),
-    "bsr": ("block-wise 32×32", lambda d: BlockWise(32, 32, d), {"block_size": 32}),
-    "ell": ("N:M (vector-wise)", lambda d: NM(round(4 * d), 4), {}),
-    "group": ("group-wise g=16", lambda d: GroupWise(16, d), {"group_size": 16}),
-    "pattern": ("pattern 4×4, pool 32", lambda d: Pattern(4, round(16 * d), 32), {"block_size": 4}),
+PATHS = {  # name → (inference path, structure, projection for a density, path options)
+    "csr": ("csr", "element-wise", lambda d: Unstructured(d), {}),
+    "bsr": ("bsr", "block-wise 32×32", lambda d: BlockWise(32, 32, d), {"block_size": 32}),
+    "ell": ("ell", "N:M (vector-wise)", lambda d: NM(round(4 * d), 4), {}),
+    "group16": ("group", "group-wise g=16", lambda d: GroupWise(16, d), {"group_size": 16}),
+    "group64": ("group", "group-wise g=64", lambda d: GroupWise(64, d), {"group_size": 64}),
+    "pattern": ("pattern", "pattern 4×4, pool 32", lambda d: Pattern(4, round(16 * d), 32), {"block_size": 4}),
 }
 
 
@@ -96,10 +98,10 @@ def bench_layers(args, records: list[dict]) -> None:
             x = torch.randn(batch * args.seq, in_f, generator=g)
             for density in DENSITIES:
                 calls = {"dense": lambda: torch.nn.functional.linear(x, weight, bias)}
-                for path, (_, structure, options) in PATHS.items():
+                for name, (path, _, structure, options) in PATHS.items():
                     projected = structure(density)(weight)
                     layer = sparse_linear(path, projected.value, bias, projected.mask, **options)
-                    calls[path] = lambda layer=layer: layer(x)
+                    calls[name] = lambda layer=layer: layer(x)
                 result = summarize(time_rounds(calls, args.min_runs, args.budget, args.slow))
                 for path, stats in result.items():
                     records.append({"kind": "layer", "shape": f"{in_f}→{out_f}", "batch": batch, "tokens": batch * args.seq,
@@ -119,14 +121,14 @@ def bench_model(args, records: list[dict]) -> None:
         ids = torch.randint(1000, base.config.vocab_size, (batch, args.seq), generator=g)
         for density in DENSITIES:
             calls = {"dense": lambda: base(input_ids=ids)}
-            for path, (_, structure, options) in PATHS.items():
+            for name, (path, _, structure, options) in PATHS.items():
                 model = copy.deepcopy(base)
                 with torch.no_grad():
                     for name, module in model.named_modules():
                         if isinstance(module, torch.nn.Linear) and "encoder.layer." in name:
                             module.weight.copy_(structure(density)(module.weight).value)
                 convert_model(model, path, **options)
-                calls[path] = lambda model=model: model(input_ids=ids)
+                calls[name] = lambda model=model: model(input_ids=ids)
             result = summarize(time_rounds(calls, args.min_runs, args.budget, args.slow))
             for path, stats in result.items():
                 records.append({"kind": "model", "shape": "all-MiniLM-L6-v2", "batch": batch, "tokens": batch * args.seq,
@@ -142,7 +144,7 @@ def markdown(records: list[dict], args) -> str:
     for shape in dict.fromkeys(r["shape"] for r in records):
         lines += [f"## {shape}", "", "| path | structure | kept % | " + " | ".join(f"batch {b}: ms (× dense)" for b in args.batches) + " |",
                   "|---|---|---:|" + "---:|" * len(args.batches)]
-        rows = [("dense", "dense", None)] + [(p, s[0], d) for p in PATHS for s in [PATHS[p]] for d in DENSITIES]
+        rows = [("dense", "dense", None)] + [(name, PATHS[name][1], d) for name in PATHS for d in DENSITIES]
         for path, structure, density in rows:
             cells = []
             for batch in args.batches:

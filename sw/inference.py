@@ -49,6 +49,7 @@ from torch import nn
 
 GATHER_ELEMENTS = 1 << 18  # accumulator tile of the gather paths (256 K values: 1 MB in float32)
 TILE_TOKENS = 256  # tokens per tile of the gather paths
+GROUP_GATHER_ELEMENTS = 1 << 21  # gathered inputs per token tile of the group path (8 MB in float32)
 
 
 class SparseLinear(nn.Module, ABC):
@@ -265,9 +266,15 @@ class GroupLinear(SparseLinear):
 
     def _matmul(self, x):
         groups, g, width = self.weights.shape
-        selected = x.index_select(1, self.columns.reshape(-1)).view(x.shape[0], groups, width).transpose(0, 1)
-        y = torch.bmm(selected, self.weights.transpose(1, 2))  # [G, T, g]
-        return y.transpose(0, 1).reshape(x.shape[0], groups * g)[:, : self.out_features]
+        tokens = x.shape[0]
+        xt = x.T  # gathering rows of the transposed input copies contiguous runs of tokens
+        out = x.new_empty(groups, g, tokens)
+        tile = min(tokens, max(1, GROUP_GATHER_ELEMENTS // max(groups * width, 1)))
+        for t0 in range(0, tokens, tile):
+            xs = xt[:, t0:t0 + tile].contiguous()
+            selected = xs.index_select(0, self.columns.reshape(-1)).view(groups, width, -1)  # [G, L, t]
+            out[:, :, t0:t0 + tile] = torch.bmm(self.weights, selected)  # [G, g, L] @ [G, L, t]
+        return out.view(groups * g, tokens)[: self.out_features].T
 
     def dense_weight(self):
         groups, g, width = self.weights.shape

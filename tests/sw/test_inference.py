@@ -75,12 +75,13 @@ def test_float_inputs_agree_to_rounding():
         torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_gather_paths_chunk_tokens_without_changing_the_result(monkeypatch):
+def test_tiled_paths_give_the_same_result_in_small_tiles(monkeypatch):
     weight, mask, bias = integer_layer((24, 40), "pattern")
     x = torch.randint(-127, 128, (37, 40), generator=torch.Generator().manual_seed(4)).double()
     monkeypatch.setattr(inference, "GATHER_ELEMENTS", 64)  # several tiles of rows …
     monkeypatch.setattr(inference, "TILE_TOKENS", 8)  # … and of tokens
-    for path in ("ell", "pattern"):
+    monkeypatch.setattr(inference, "GROUP_GATHER_ELEMENTS", 200)  # token tiles of the group path
+    for path in ("ell", "pattern", "group"):
         layer = sparse_linear(path, weight, bias, mask, **OPTIONS.get(path, {}))
         assert torch.equal(layer(x), F.linear(x, weight * mask, bias))
 
