@@ -12,6 +12,7 @@ Each path gets the structure it is built for:
     group16  group-wise, 16 output rows per group (seed 002 Algorithm 2)
     group64  group-wise, 64 output rows per group
     pattern  4×4 patterns keeping 4, 8 or 12 of 16, a pool of 32
+    pattern-ell  the same pattern-pruned weights on the ell path
 
 For every (shape, batch, density) the dense layer and all paths are timed in interleaved rounds (one
 call each per round, after one warm-up call), so slow drift of the machine hits every path alike; a
@@ -51,6 +52,7 @@ PATHS = {  # name → (inference path, structure, projection for a density, path
     "group16": ("group", "group-wise g=16", lambda d: GroupWise(16, d), {"group_size": 16}),
     "group64": ("group", "group-wise g=64", lambda d: GroupWise(64, d), {"group_size": 64}),
     "pattern": ("pattern", "pattern 4×4, pool 32", lambda d: Pattern(4, round(16 * d), 32), {"block_size": 4}),
+    "pattern-ell": ("ell", "pattern 4×4, pool 32", lambda d: Pattern(4, round(16 * d), 32), {}),
 }
 
 

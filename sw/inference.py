@@ -108,29 +108,34 @@ def _support(weight: torch.Tensor, mask: torch.Tensor | None, path: str) -> torc
     return mask.bool()
 
 
-def _gather_dot(xt: torch.Tensor, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``out[r, :] = Σ_l values[r, l] · xt[columns[r, l], :]`` for every stored row ``r``.
+def _token_tiles(x: torch.Tensor):
+    """``(token slice, xs)`` per tile of up to ``TILE_TOKENS`` tokens, ``xs = x[tile].T`` contiguous
+    (``[in, t]``): a gathered input feature is then a contiguous run of tokens."""
+    for t0 in range(0, x.shape[0], TILE_TOKENS):
+        tokens = slice(t0, min(t0 + TILE_TOKENS, x.shape[0]))
+        yield tokens, x[tokens].T.contiguous()
 
-    ``xt`` is the input transposed (``[in, T]``), so a gathered input feature is a contiguous row of
-    tokens. The sum runs as one gather + fused multiply-add (``addcmul_``) per ``l`` into an
-    accumulator tile of at most ``GATHER_ELEMENTS`` values, which stays in cache; gathering all
-    ``rows × width × T`` operands first and reducing them with ``bmm`` measured 7× slower here.
+
+def _gather_dot(xs: torch.Tensor, columns_t: torch.Tensor, values_t: torch.Tensor):
+    """``acc[r, :] = Σ_l values[r, l] · xs[columns[r, l], :]``, yielded per tile of stored rows.
+
+    ``columns_t``/``values_t`` are the transposed ``[width, rows]`` (values ``[width, rows, 1]``).
+    Each tile is one gather + fused multiply-add (``addcmul_``) per ``l`` into an accumulator of at most
+    ``GATHER_ELEMENTS`` values, which stays in cache; gathering all ``rows × width × t`` operands first
+    and reducing them with ``bmm`` measured 7× slower here. Yields ``(row slice, acc [r, t])``.
     """
-    rows, width = columns.shape
-    tokens = xt.shape[1]
-    out = xt.new_zeros(rows, tokens)
-    columns_t, values_t = columns.T.contiguous(), values.T.unsqueeze(2).contiguous()  # [width, rows(, 1)]
-    # tiles of up to TILE_TOKENS tokens (gathered rows long enough to copy efficiently) × as many rows
-    # as fit the accumulator budget
-    tile_tokens = min(tokens, TILE_TOKENS)
-    tile_rows = max(1, GATHER_ELEMENTS // tile_tokens)
-    for t0 in range(0, tokens, tile_tokens):
-        xs = xt[:, t0:t0 + tile_tokens].contiguous()
-        for r0 in range(0, rows, tile_rows):
-            acc = out[r0:r0 + tile_rows, t0:t0 + tile_tokens]
-            for lane in range(width):
-                acc.addcmul_(values_t[lane, r0:r0 + tile_rows], xs.index_select(0, columns_t[lane, r0:r0 + tile_rows]))
-    return out
+    width, rows = columns_t.shape
+    tile_rows = max(1, GATHER_ELEMENTS // xs.shape[1])
+    for r0 in range(0, rows, tile_rows):
+        part = slice(r0, min(r0 + tile_rows, rows))
+        acc = xs.new_zeros(part.stop - part.start, xs.shape[1])
+        for lane in range(width):
+            acc.addcmul_(values_t[lane, part], xs.index_select(0, columns_t[lane, part]))
+        yield part, acc
+
+
+def _lanes_first(columns: torch.Tensor, values: torch.Tensor):
+    return columns.T.contiguous(), values.T.unsqueeze(2).contiguous()
 
 
 class DenseLinear(SparseLinear):
@@ -228,7 +233,12 @@ class ELLLinear(SparseLinear):
         self.padding = int((~valid).sum())
 
     def _matmul(self, x):
-        return _gather_dot(x.T, self.columns, self.values).T
+        columns_t, values_t = _lanes_first(self.columns, self.values)
+        out = x.new_empty(x.shape[0], self.out_features)
+        for tokens, xs in _token_tiles(x):
+            for rows, acc in _gather_dot(xs, columns_t, values_t):
+                out[tokens, rows] = acc.T
+        return out
 
     def dense_weight(self):
         w = self.values.new_zeros(self.out_features, self.in_features)
@@ -320,10 +330,15 @@ class PatternLinear(SparseLinear):
             yield getattr(self, f"{name}_rows"), getattr(self, f"{name}_columns"), getattr(self, f"{name}_values")
 
     def _matmul(self, x):
-        out = x.new_zeros(self.out_features, x.shape[0])
-        for rows, columns, values in self._groups():
-            out.index_add_(0, rows, _gather_dot(x.T, columns, values))
-        return out.T
+        kinds = [(rows, *_lanes_first(columns, values)) for rows, columns, values in self._groups()]
+        out = x.new_empty(x.shape[0], self.out_features)
+        for tokens, xs in _token_tiles(x):
+            acc_out = xs.new_zeros(self.out_features, xs.shape[1])  # [out, t]: one token tile
+            for rows, columns_t, values_t in kinds:
+                for part, acc in _gather_dot(xs, columns_t, values_t):
+                    acc_out.index_add_(0, rows[part], acc)
+            out[tokens] = acc_out.T
+        return out
 
     def dense_weight(self):
         w = torch.zeros(self.out_features, self.in_features, dtype=self.bias.dtype if self.bias is not None else torch.float32)
