@@ -41,6 +41,7 @@ from sw.atomic import write_atomic, write_between_markers
 
 DENSE = "dense"
 TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"
+METRIC_NAMES = {"mcc": "MCC", "f1": "F1", "accuracy": "acc", "spearman": "Spearman"}
 SCHEDULE_START, SCHEDULE_END = "<!-- glue-schedule:start -->", "<!-- glue-schedule:end -->"
 
 
@@ -276,7 +277,7 @@ def table(study: Study, records: list[dict]) -> str:
     current = {(r["row"], r["task"], r["seed"]): r for r in records
                if r["row"] in study.rows and r["task"] in study.tasks
                and r["fingerprint"] == fingerprint(study.config_dict(r["row"], r["task"], r["seed"]))}
-    header = ["row"] + [f"{glue.get_task(t).name} ({glue.primary_metric(t)})" for t in tasks] + [f"average ({study.average})", "seeds", "min / run"]
+    header = ["row"] + [f"{glue.get_task(t).folder} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({study.average})", "seeds", "min / run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     for name, row in study.rows.items():
         cells, per_seed_scores, minutes, seeds = [], {}, [], set()
@@ -321,7 +322,7 @@ def schedule(study: Study) -> str:
     for task, overrides in study.tasks.items():
         config = study.train_config(DENSE, task, study.seeds[0])
         limit = config.train_limit
-        lines.append(f"| {glue.get_task(task).name} | {config.max_length} | "
+        lines.append(f"| {glue.get_task(task).folder} | {config.max_length} | "
                      f"{'all' if limit is None else f'first {limit} (subsampled)'} | {'all' if config.eval_limit is None else config.eval_limit} |")
     rows = [f"- **{row.label}** (`{name}`): " + json.dumps(row.overrides) for name, row in study.rows.items() if row.overrides]
     return "\n".join(lines + ["", "Row overrides of this schedule:", ""] + rows)

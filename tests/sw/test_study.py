@@ -146,7 +146,7 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
     text = write_report(done).read_text()
     assert "My reading." in text
     schedule = text.split(study_mod.SCHEDULE_START)[1].split(study_mod.SCHEDULE_END)[0]
-    assert "| batch size | 16 |" in schedule and "| mrpc | 48 |" in schedule
+    assert "| batch size | 16 |" in schedule and "| MRPC | 48 |" in schedule
     assert "ADMM 1, retrain 1" in schedule and '"retrain_epochs": 2' in schedule
 
 
