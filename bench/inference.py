@@ -126,8 +126,8 @@ def bench_model(args, records: list[dict]) -> None:
             for name, (path, _, structure, options) in PATHS.items():
                 model = copy.deepcopy(base)
                 with torch.no_grad():
-                    for name, module in model.named_modules():
-                        if isinstance(module, torch.nn.Linear) and "encoder.layer." in name:
+                    for module_name, module in model.named_modules():
+                        if isinstance(module, torch.nn.Linear) and "encoder.layer." in module_name:
                             module.weight.copy_(structure(density)(module.weight).value)
                 convert_model(model, path, **options)
                 calls[name] = lambda model=model: model(input_ids=ids)
