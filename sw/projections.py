@@ -124,8 +124,15 @@ class VectorWise(Projection):
 
 @dataclass
 class NM(VectorWise):
-    """N:M sparsity: every ``m`` consecutive input weights of a row keep ``n`` (vector-wise along rows)."""
+    """N:M sparsity: every ``m`` consecutive input weights of a row keep ``n`` (vector-wise along rows).
 
+    ``NM(n, m)``: the vector fields are derived from ``n`` and ``m`` and are not arguments, so
+    ``NM(1, 4)`` means 1 of 4 (not a vector size of 1).
+    """
+
+    vector_size: int = field(default=4, init=False)
+    kept_per_vector: int = field(default=2, init=False)
+    axis: int = field(default=1, init=False)
     n: int = 2
     m: int = 4
     kind = "nm"

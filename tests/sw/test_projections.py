@@ -190,3 +190,10 @@ def test_round_trip_through_dict():
         assert type(again) is type(projection) and again.to_dict() == projection.to_dict()
         weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
         assert torch.equal(again(weight).value, projection(weight).value)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_nm_positional_arguments_are_n_and_m(n):
+    # NM(n, m) once bound n, m to the inherited vector fields and silently fell back to 2:4
+    mask = NM(n, 4)(torch.randn(6, 16)).mask
+    assert torch.equal(mask.view(6, 4, 4).sum(-1), torch.full((6, 4), n))
