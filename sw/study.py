@@ -169,9 +169,9 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
-def find_record(records: list[dict], row: str, task: str, seed: int, print_: str | None = None) -> dict | None:
+def find_record(records: list[dict], row: str, task: str, seed: int, config_key: str | None = None) -> dict | None:
     for record in records:
-        if (record["row"], record["task"], record["seed"]) == (row, task, seed) and (print_ is None or record["fingerprint"] == print_):
+        if (record["row"], record["task"], record["seed"]) == (row, task, seed) and (config_key is None or record["fingerprint"] == config_key):
             return record
     return None
 
@@ -210,12 +210,12 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
     from sw.train import plot_sparsity, resolve_model
 
     config_data = study.config_dict(row, task, seed)
-    print_ = fingerprint(config_data)
+    config_key = fingerprint(config_data)
     records = load_results(study.results)
-    done = find_record(records, row, task, seed, print_)
+    done = find_record(records, row, task, seed, config_key)
     dense_missing = row == DENSE and not study.dense_checkpoint(task, seed).joinpath("config.json").is_file()
     if done and not force and not dense_missing:
-        log(f"[{row} / {task} / seed {seed}] up to date ({print_}), skipped")
+        log(f"[{row} / {task} / seed {seed}] up to date ({config_key}), skipped")
         return done
     if row != DENSE:
         checkpoint = study.dense_checkpoint(task, seed)
@@ -227,7 +227,7 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
     config = study.train_config(row, task, seed)
     config.model = resolve_model(config.model) if row == DENSE else config_data["model"]
     spec = study.rows[row]
-    log(f"[{row} / {task} / seed {seed}] running ({print_})")
+    log(f"[{row} / {task} / seed {seed}] running ({config_key})")
     start = time.perf_counter()
     if row == DENSE:
         result = run(config, export=False, dense_only=True, save_finetuned=study.dense_checkpoint(task, seed))
@@ -239,7 +239,7 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
 
     scores = final_metrics(row, result.metrics)
     record = {
-        "row": row, "task": task, "seed": seed, "fingerprint": print_,
+        "row": row, "task": task, "seed": seed, "fingerprint": config_key,
         "score": scores[glue.primary_metric(task)], "metric": glue.primary_metric(task), "scores": scores,
         "metrics": result.metrics, "seconds": seconds,
         "phases": [{"name": p.name, "learning_rate": p.learning_rate, "steps": p.steps, "seconds": p.seconds} for p in result.phases],
@@ -345,8 +345,8 @@ def status(study: Study) -> list[tuple[str, str, int, str]]:
     for seed in study.seeds:
         for task in study.tasks:
             for row in study.rows:
-                print_ = fingerprint(study.config_dict(row, task, seed))
-                if find_record(records, row, task, seed, print_):
+                config_key = fingerprint(study.config_dict(row, task, seed))
+                if find_record(records, row, task, seed, config_key):
                     state = "done"
                 elif find_record(records, row, task, seed):
                     state = "stale"
