@@ -271,32 +271,40 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def table(study: Study, records: list[dict]) -> str:
-    """The markdown table: one line per row, the primary metric per task (mean ± sample std over seeds),
-    the average as the study defines it, and the minutes per run."""
+    """Markdown: one line per row with the primary metric per task (mean ± sample std over seeds), the
+    average as the study defines it (and the arithmetic mean beside it when that is another); then the
+    minutes per run, per row and task."""
     tasks = list(study.tasks)
+    averages = list(dict.fromkeys([study.average, "arithmetic"]))
     current = {(r["row"], r["task"], r["seed"]): r for r in records
                if r["row"] in study.rows and r["task"] in study.tasks
                and r["fingerprint"] == fingerprint(study.config_dict(r["row"], r["task"], r["seed"]))}
-    header = ["row"] + [f"{glue.get_task(t).folder} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({study.average})", "seeds", "min / run"]
+    header = ["row"] + [f"{glue.get_task(t).folder} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({kind})" for kind in averages] + ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    time_header = ["row"] + [glue.get_task(t).folder for t in tasks]
+    time_lines = ["| " + " | ".join(time_header) + " |", "|" + "---|" + "---:|" * len(tasks)]
     for name, row in study.rows.items():
         cells, per_seed_scores, minutes, seeds = [], {}, [], set()
         for task in tasks:
             values = [current[(name, task, s)]["score"] for s in study.seeds if (name, task, s) in current]
-            minutes += [current[(name, task, s)]["seconds"] / 60 for s in study.seeds if (name, task, s) in current]
+            times = [current[(name, task, s)]["seconds"] / 60 for s in study.seeds if (name, task, s) in current]
+            minutes.append(f"{np.median(times):.1f}" if times else "—")
             seeds |= {s for s in study.seeds if (name, task, s) in current}
             cells.append(_mean_spread(values) if values else "—")
             for s in study.seeds:
                 if (name, task, s) in current:
                     per_seed_scores.setdefault(s, {})[task] = current[(name, task, s)]["score"]
         complete = [scores for scores in per_seed_scores.values() if len(scores) == len(tasks)]
-        try:
-            average = _mean_spread([glue.glue_average(s, study.average) for s in complete]) if complete else "—"
-        except ValueError:  # a negative MCC has no geometric mean
-            average = "n/a (negative score)"
-        time_cell = f"{np.median(minutes):.1f}" if minutes else "—"
-        lines.append("| " + " | ".join([row.label] + cells + [average, str(len(seeds)), time_cell]) + " |")
-    return "\n".join(lines)
+        average_cells = []
+        for kind in averages:
+            try:
+                average_cells.append(_mean_spread([glue.glue_average(s, kind) for s in complete]) if complete else "—")
+            except ValueError:  # a negative MCC has no geometric mean
+                average_cells.append("n/a (negative score)")
+        lines.append("| " + " | ".join([row.label] + cells + average_cells + [str(len(seeds))]) + " |")
+        time_lines.append("| " + " | ".join([row.label] + minutes) + " |")
+    return "\n".join(lines + ["", "Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
+                     + time_lines)
 
 
 def schedule(study: Study) -> str:
