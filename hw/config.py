@@ -27,7 +27,8 @@ class EngineConfig:
     lanes : int
         Tokens processed in parallel; the engine has ``lanes × kept_per_block`` multipliers.
     max_in_features : int
-        Depth of the activation buffer, in input features (a multiple of ``block_size``).
+        Depth of each of the activation buffer's two banks, in input features (a multiple of
+        ``block_size``): the largest K of a RUN.
     pattern_id_bits : int or None
         Width of a pattern id; ``None`` uses the minimum, ``ceil(log2(pool_size))``.
     """

@@ -16,12 +16,15 @@ from sim import golden
 class PatternMatmulEngine(wiring.Component):
     """Token-parallel, weight-broadcast matmul over pattern-compressed weight blocks.
 
-    ``lanes`` tokens are processed together (a *tile*). Their activations are loaded into an on-chip
-    buffer; then the weight stream is consumed at one block per cycle, broadcast to every lane. Each
-    lane has ``kept_per_block`` multipliers fed by the block's kept weights, so in pattern mode every
+    ``lanes`` tokens are processed together (a *tile*). Their activations are loaded into one bank of
+    a two-bank buffer while the previous tile computes from the other bank, so loading costs no cycles
+    once the weight stream is longer than the activation stream (``lanes ≤ out_blocks · chunks``). A
+    tile consumes the weight stream at one block per cycle, broadcast to every lane. Each lane has
+    ``kept_per_block`` multipliers fed by the block's kept weights, so in pattern mode every
     multiplier does a useful MAC every cycle. After the ``in_blocks`` blocks of a block row, each lane
     holds the ``k`` accumulators of its token; these are handed to the output stage (bias,
     requantization, one output beat per lane) while the next block row accumulates.
+    :mod:`hw.cycle_model` gives the exact cycle count of a RUN.
 
     Dense mode uses the same array: a dense k×k block arrives as ``dense_chunks`` beats of
     ``kept_per_block`` values in row-major order, so it takes ``k²/n`` times the cycles.
@@ -30,6 +33,7 @@ class PatternMatmulEngine(wiring.Component):
 
     * ``cmd``: ``LOAD_PATTERN`` beats fill the pattern table; a ``RUN`` beat starts a matmul.
     * ``activations``: per tile, per token of the tile, ``in_blocks`` beats (block columns in order).
+      Tile ``t + 1`` is accepted while tile ``t`` computes; tile ``t + 2`` waits for tile ``t`` to finish.
     * ``weights``: per tile, for each block row ``bn`` and block column ``bk``, one beat (pattern mode)
       or ``dense_chunks`` beats (dense mode). The same sequence is replayed for every tile.
     * ``params``: per tile, one beat per block row (bias, multiplier, shift of its ``k`` channels).
@@ -80,8 +84,10 @@ class PatternMatmulEngine(wiring.Component):
         table_write = pattern_table.write_port()
         table_read = pattern_table.read_port(domain="comb")
 
+        # Two banks of one tile each: the next tile loads into one while the current tile computes
+        # from the other, so the activation load is off the critical path.
         block_bits = 8 * k
-        m.submodules.x_buffer = x_buffer = Memory(shape=unsigned(block_bits * lanes), depth=cfg.max_in_blocks, init=[])
+        m.submodules.x_buffer = x_buffer = Memory(shape=unsigned(block_bits * lanes), depth=2 * cfg.max_in_blocks, init=[])
         x_write = x_buffer.write_port(granularity=block_bits)
         x_read = x_buffer.read_port()
 
@@ -91,20 +97,80 @@ class PatternMatmulEngine(wiring.Component):
         out_blocks = Signal(COUNT_BITS)
         dense = Signal()
         raw = Signal()
-        tile_base = Signal(COUNT_BITS + 1)
-        tile_tokens = Signal(lane_bits)
+        running = Signal()
+        bank_full = Signal(2)
+        bank_tokens = Array(Signal(lane_bits, name=f"bank_tokens_{i}") for i in range(2))
+
+        # loader: fills the free bank with the next tile's activations
+        load_base = Signal(COUNT_BITS + 1)
+        load_bank = Signal()
         load_lane = Signal(lane_bits)
         load_bk = Signal(COUNT_BITS)
+        load_remaining = Signal(COUNT_BITS + 1)
+        load_tile_tokens = Signal(lane_bits)
+        m.d.comb += [
+            load_remaining.eq(tokens - load_base),
+            load_tile_tokens.eq(Mux(load_remaining > lanes, lanes, load_remaining)),
+        ]
+
+        # compute: streams the weights once per tile over the full bank
+        compute_base = Signal(COUNT_BITS + 1)
+        compute_bank = Signal()
+        tile_tokens = Signal(lane_bits)
         bn = Signal(COUNT_BITS)
         bk = Signal(COUNT_BITS)
         chunk = Signal(range(cfg.dense_chunks))
         results_reserved = Signal()
+        m.d.comb += tile_tokens.eq(bank_tokens[compute_bank])
 
-        remaining = Signal(COUNT_BITS + 1)
-        m.d.comb += remaining.eq(tokens - tile_base)
-
-        # --- command intake and tile sequencing -----------------------------------------------------
+        # --- command intake ---------------------------------------------------------------------
         cmd = self.cmd.payload
+        m.d.comb += self.cmd.ready.eq(~running)
+        with m.If(self.cmd.valid & ~running):
+            with m.Switch(cmd.op):
+                with m.Case(Opcode.LOAD_PATTERN):
+                    m.d.comb += [
+                        table_write.addr.eq(cmd.pattern_id),
+                        table_write.data.eq(cmd.positions),
+                        table_write.en.eq(cmd.pattern_id < cfg.pool_size),
+                    ]
+                    with m.If(cmd.pattern_id >= cfg.pool_size):
+                        m.d.sync += self.error.eq(1)
+                with m.Case(Opcode.RUN):
+                    refused = ((cmd.tokens == 0) | (cmd.in_blocks == 0) | (cmd.out_blocks == 0)
+                               | (cmd.in_blocks > cfg.max_in_blocks))
+                    with m.If(refused):
+                        m.d.sync += self.error.eq(1)
+                    with m.Else():
+                        m.d.sync += [
+                            tokens.eq(cmd.tokens), in_blocks.eq(cmd.in_blocks), out_blocks.eq(cmd.out_blocks),
+                            dense.eq(cmd.dense), raw.eq(cmd.raw), running.eq(1),
+                            load_base.eq(0), load_bank.eq(0), load_lane.eq(0), load_bk.eq(0),
+                            compute_base.eq(0), compute_bank.eq(0), bn.eq(0), bk.eq(0), chunk.eq(0),
+                        ]
+
+        # --- loader ---------------------------------------------------------------------------------
+        loading = running & (load_base < tokens) & ~bank_full.bit_select(load_bank, 1)
+        load_done = Signal()  # the beat that completes the tile in the loading bank
+        m.d.comb += [
+            self.activations.ready.eq(loading),
+            x_write.addr.eq(Mux(load_bank, cfg.max_in_blocks, 0) + load_bk),
+            x_write.data.eq(self.activations.payload.as_value().replicate(lanes)),
+        ]
+        with m.If(self.activations.valid & loading):
+            m.d.comb += x_write.en.eq(1 << load_lane)
+            with m.If(load_bk == in_blocks - 1):
+                m.d.sync += [load_bk.eq(0), load_lane.eq(load_lane + 1)]
+                with m.If(load_lane == load_tile_tokens - 1):
+                    m.d.comb += load_done.eq(1)
+                    m.d.sync += [
+                        bank_tokens[load_bank].eq(load_tile_tokens),
+                        load_lane.eq(0), load_bank.eq(~load_bank), load_base.eq(load_base + lanes),
+                    ]
+            with m.Else():
+                m.d.sync += load_bk.eq(load_bk + 1)
+
+        # --- compute sequencing -------------------------------------------------------------------
         last_chunk = Signal()
         last_bk = Signal()
         last_bn = Signal()
@@ -115,77 +181,36 @@ class PatternMatmulEngine(wiring.Component):
         ]
         ends_row = last_chunk & last_bk
         accept_weight = Signal()
-
-        with m.FSM(name="control") as fsm:
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    with m.Switch(cmd.op):
-                        with m.Case(Opcode.LOAD_PATTERN):
-                            m.d.comb += [
-                                table_write.addr.eq(cmd.pattern_id),
-                                table_write.data.eq(cmd.positions),
-                                table_write.en.eq(cmd.pattern_id < cfg.pool_size),
-                            ]
-                            with m.If(cmd.pattern_id >= cfg.pool_size):
-                                m.d.sync += self.error.eq(1)
-                        with m.Case(Opcode.RUN):
-                            refused = ((cmd.tokens == 0) | (cmd.in_blocks == 0) | (cmd.out_blocks == 0)
-                                       | (cmd.in_blocks > cfg.max_in_blocks))
-                            with m.If(refused):
-                                m.d.sync += self.error.eq(1)
-                            with m.Else():
-                                m.d.sync += [
-                                    tokens.eq(cmd.tokens), in_blocks.eq(cmd.in_blocks), out_blocks.eq(cmd.out_blocks),
-                                    dense.eq(cmd.dense), raw.eq(cmd.raw),
-                                    tile_base.eq(0),
-                                    tile_tokens.eq(Mux(cmd.tokens > lanes, lanes, cmd.tokens)),
-                                    load_lane.eq(0), load_bk.eq(0),
-                                ]
-                                m.next = "LOAD"
-
-            with m.State("LOAD"):
-                m.d.comb += [
-                    self.activations.ready.eq(1),
-                    x_write.addr.eq(load_bk),
-                    x_write.data.eq(self.activations.payload.as_value().replicate(lanes)),
-                ]
-                with m.If(self.activations.valid):
-                    m.d.comb += x_write.en.eq(1 << load_lane)
-                    with m.If(load_bk == in_blocks - 1):
-                        m.d.sync += [load_bk.eq(0), load_lane.eq(load_lane + 1)]
-                        with m.If(load_lane == tile_tokens - 1):
-                            m.d.sync += [bn.eq(0), bk.eq(0), chunk.eq(0)]
-                            m.next = "COMPUTE"
+        compute_done = Signal()  # the beat that completes the tile in the computing bank
+        # The beat that completes a block row needs the output stage free: reserve it on accept.
+        m.d.comb += [
+            self.weights.ready.eq(running & bank_full.bit_select(compute_bank, 1) & ~(ends_row & results_reserved)),
+            accept_weight.eq(self.weights.valid & self.weights.ready),
+        ]
+        with m.If(accept_weight):
+            with m.If(~last_chunk):
+                m.d.sync += chunk.eq(chunk + 1)
+            with m.Else():
+                m.d.sync += chunk.eq(0)
+                with m.If(~last_bk):
+                    m.d.sync += bk.eq(bk + 1)
+                with m.Else():
+                    m.d.sync += bk.eq(0)
+                    with m.If(~last_bn):
+                        m.d.sync += bn.eq(bn + 1)
                     with m.Else():
-                        m.d.sync += load_bk.eq(load_bk + 1)
+                        m.d.comb += compute_done.eq(1)
+                        m.d.sync += [bn.eq(0), compute_bank.eq(~compute_bank), compute_base.eq(compute_base + lanes)]
+                        with m.If(compute_base + lanes >= tokens):
+                            m.d.sync += running.eq(0)
 
-            with m.State("COMPUTE"):
-                # The beat that completes a block row needs the output stage free: reserve it on accept.
-                m.d.comb += self.weights.ready.eq(~(ends_row & results_reserved))
-                m.d.comb += accept_weight.eq(self.weights.valid & self.weights.ready)
-                with m.If(accept_weight):
-                    with m.If(~last_chunk):
-                        m.d.sync += chunk.eq(chunk + 1)
-                    with m.Else():
-                        m.d.sync += chunk.eq(0)
-                        with m.If(~last_bk):
-                            m.d.sync += bk.eq(bk + 1)
-                        with m.Else():
-                            m.d.sync += bk.eq(0)
-                            with m.If(~last_bn):
-                                m.d.sync += bn.eq(bn + 1)
-                            with m.Else():
-                                next_remaining = remaining - lanes
-                                m.d.sync += [
-                                    tile_base.eq(tile_base + lanes),
-                                    tile_tokens.eq(Mux(next_remaining > lanes, lanes, next_remaining)),
-                                    load_lane.eq(0), load_bk.eq(0),
-                                ]
-                                with m.If(remaining > lanes):
-                                    m.next = "LOAD"
-                                with m.Else():
-                                    m.next = "IDLE"
+        # A bank is filled by the loader and emptied by compute, never both in one cycle: the loader
+        # only writes an empty bank and compute only reads a full one.
+        for bank in range(2):
+            with m.If(load_done & (load_bank == bank)):
+                m.d.sync += bank_full[bank].eq(1)
+            with m.Elif(compute_done & (compute_bank == bank)):
+                m.d.sync += bank_full[bank].eq(0)
 
         # --- stage 0: accept a weight beat, look up its positions, read the activations ---------------
         dense_positions = Array(
@@ -196,7 +221,7 @@ class PatternMatmulEngine(wiring.Component):
         )
         m.d.comb += [
             table_read.addr.eq(self.weights.payload.pattern),
-            x_read.addr.eq(bk),
+            x_read.addr.eq(Mux(compute_bank, cfg.max_in_blocks, 0) + bk),
         ]
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
         s1_lanes = Signal(lane_bits)
@@ -274,5 +299,5 @@ class PatternMatmulEngine(wiring.Component):
             m.d.comb += self.params.ready.eq(1)
             m.d.sync += [results_valid.eq(0), results_reserved.eq(0), out_lane.eq(0)]
 
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | results_reserved | s1_valid | s2_valid | s3_valid)
+        m.d.comb += self.busy.eq(running | results_reserved | s1_valid | s2_valid | s3_valid)
         return m

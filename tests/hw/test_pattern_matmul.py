@@ -56,3 +56,34 @@ def test_refused_run_raises_error_flag():
     sim.add_testbench(bench)
     sim.run()
     assert seen == {"error": 1, "busy": 0}
+
+
+def test_back_to_back_runs_reuse_both_banks():
+    # Two RUNs in one command stream: 7 then 4 tokens on 3 lanes (odd tile counts, short last tiles),
+    # so the second run starts with the banks in the state the first left them.
+    from dataclasses import dataclass
+
+    first_image, first_x = random_case(7, 13, 10, SMALL.pattern_config, seed=21)
+    second_image, second_x = random_case(4, 20, 6, SMALL.pattern_config, seed=22)
+    first = build_program(first_image, first_x, SMALL)
+    second = build_program(second_image, second_x, SMALL, raw=True)
+
+    @dataclass
+    class Concatenated:
+        config: EngineConfig
+        output_beats: int
+
+        def streams(self):
+            out = {}
+            for name in ("cmd", "activations", "weights", "params"):
+                beats = []
+                for program in (first, second):
+                    stream_beats, replays = program.streams()[name]
+                    beats += stream_beats * replays
+                out[name] = (beats, 1)
+            return out
+
+    both = Concatenated(SMALL, first.output_beats + second.output_beats)
+    beats, _ = run_in_amaranth_sim(both, stall_probability=0.25, seed=3)
+    assert torch.equal(first.decode_outputs(beats[: first.output_beats]), first_image.golden(first_x)[1])
+    assert torch.equal(second.decode_outputs(beats[first.output_beats:]), second_image.golden(second_x)[0])

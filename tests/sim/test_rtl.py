@@ -12,6 +12,7 @@ import torch
 from firmware_gen.image import LinearImage
 from firmware_gen.program import build_program
 from hw.config import EngineConfig
+from hw.cycle_model import matmul_cycles
 from sim.cases import random_case
 from sim.rtl import build_harness, run_program
 from sim.toolchain import icarus_available
@@ -48,6 +49,23 @@ def test_random_cases_equal_golden(verilator_harness, tokens, in_features, out_f
     name = f"m{tokens}_k{in_features}_n{out_features}_s{stall}{'_x' if extremes else ''}{'_dense' if dense else ''}{'_raw' if raw else ''}"
     result = _run(verilator_harness, image, x_q, name, dense=dense, raw=raw, stall=stall, seed=seed)
     assert result["passed"] and result["mismatches"] == 0
+
+
+@pytest.mark.parametrize("tokens, in_features, out_features, dense", [
+    (1, 4, 4, False),        # one block
+    (33, 257, 65, False),    # many tiles, short last tile, loading hidden
+    (64, 384, 384, False),   # a MiniLM layer's tiles
+    (64, 64, 8, False),      # loading slower than compute
+    (24, 16, 64, False),     # rows shorter than the output drain
+    (8, 64, 64, True),       # dense mode
+    (5, 100, 7, True),       # dense, one partial tile
+])
+def test_cycle_model_equals_simulated_cycles(verilator_harness, tokens, in_features, out_features, dense):
+    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern_config, seed=tokens + in_features)
+    result = _run(verilator_harness, image, x_q, f"cycles_m{tokens}_k{in_features}_n{out_features}{'_dense' if dense else ''}",
+                  dense=dense)
+    assert result["passed"]
+    assert result["cycles"] == matmul_cycles(CONFIG, tokens, in_features, out_features, dense=dense).cycles
 
 
 def test_bert_base_shape_from_the_training_side(verilator_harness):
