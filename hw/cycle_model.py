@@ -15,7 +15,7 @@ streams that never stall:
 So, when loading hides behind compute (``L · kb ≤ nb · kb · c``) and rows are longer than their drain
 (``kb · c ≥ m + 5``)::
 
-    cycles = m_0·kb + T · nb·kb·c + m_last + 6
+    cycles = m_0·kb + T · nb·kb·c + m_last + 10
 
 and MAC utilization in pattern mode tends to ``nb·kb / (nb·kb + m_0·kb/T)``, i.e. 1 for many tiles.
 :func:`matmul_cycles` follows the engine's handshakes exactly (a per-tile, per-row recurrence), so it
@@ -32,8 +32,8 @@ from hw.config import EngineConfig
 #: row's output beats: three pipeline stages, the results register, and the output stage's release.
 ROW_DRAIN_CYCLES = 5
 #: Cycles from a run's last row-ending beat to ``done`` in the harness, beyond the last tile's output
-#: beats (pipeline, output register, the sink's registered ``done``).
-RUN_TAIL_CYCLES = 6
+#: beats (MAC pipeline, output pipeline, the sink's registered ``done``).
+RUN_TAIL_CYCLES = 10
 
 
 @dataclass(frozen=True)

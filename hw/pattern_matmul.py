@@ -1,6 +1,6 @@
 """The pattern-sparse matmul engine: ``Y[M, N] = requantize(X[M, K] · Wᵀ + b)`` with W in pattern form."""
 
-from amaranth import Array, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -9,7 +9,7 @@ from hw.block_mac import PatternBlockMAC
 from hw.config import COUNT_BITS, EngineConfig
 from hw.layouts import (Opcode, activation_layout, channel_params_layout, command_layout, output_layout,
                         pattern_layout, weight_layout)
-from hw.requantizer import Requantizer
+from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
 from sim import golden
 
 
@@ -58,7 +58,7 @@ class PatternMatmulEngine(wiring.Component):
     error : Out(1)
         A refused command was seen (sticky).
 
-    Latency: a block row's outputs start 5 cycles after its last weight beat is accepted.
+    Latency: a block row's first output beat is valid 9 cycles after its last weight beat is accepted.
     """
 
     def __init__(self, config: EngineConfig):
@@ -274,30 +274,48 @@ class PatternMatmulEngine(wiring.Component):
             with m.If(s3_last):
                 m.d.sync += [results_valid.eq(1), results_lanes.eq(s3_lanes), results_raw.eq(raw)]
 
-        # --- output stage: bias, requantization, one beat per valid lane ---------------------------
+        # --- output pipeline: lane select + bias, requantization (3 stages), output register --------
+        # Every stage advances together whenever the output register is free or being taken, so the
+        # pipeline stalls as one block and valid never depends on ready.
         out_lane = Signal(lane_bits)
         params = self.params.payload
-        can_load = ~self.outputs.valid | self.outputs.ready
-        with m.If(self.outputs.valid & self.outputs.ready):
-            m.d.sync += self.outputs.valid.eq(0)
+        advance = ~self.outputs.valid | self.outputs.ready
+        issue = results_valid & self.params.valid & advance & (out_lane < results_lanes)
         selected = Array(results[lane] for lane in range(lanes))[out_lane]
+        with_bias = Signal(data.ArrayLayout(signed(golden.ACC_BITS), k))
+        stage_multiplier = Signal.like(params.multiplier)
+        stage_shift = Signal.like(params.shift)
+        depth = REQUANTIZER_LATENCY + 1  # the with-bias stage, then the requantizer's stages
+        valid_line = [Signal(name=f"out_valid_{i}") for i in range(depth)]
+        raw_line = [Signal(name=f"out_raw_{i}") for i in range(depth)]
+        value_line = [with_bias] + [Signal.like(with_bias, name=f"out_value_{i}") for i in range(1, depth)]
+        with m.If(advance):
+            m.d.sync += [valid_line[0].eq(issue), raw_line[0].eq(results_raw),
+                         stage_multiplier.eq(params.multiplier), stage_shift.eq(params.shift)]
+            for r in range(k):
+                m.d.sync += with_bias[r].eq(selected[r] + params.bias[r])  # 32-bit wrap, as the contract says
+            for i in range(1, depth):
+                m.d.sync += [valid_line[i].eq(valid_line[i - 1]), raw_line[i].eq(raw_line[i - 1]),
+                             value_line[i].eq(value_line[i - 1])]
+            m.d.sync += self.outputs.valid.eq(valid_line[-1])
+        with m.If(issue):
+            m.d.sync += out_lane.eq(out_lane + 1)
         for r in range(k):
             requantizer = Requantizer()
             m.submodules[f"requantizer_{r}"] = requantizer
-            with_bias = Signal(golden.ACC_BITS, name=f"with_bias_{r}")
             m.d.comb += [
-                with_bias.eq(selected[r] + params.bias[r].as_unsigned()),
-                requantizer.value.eq(with_bias),
-                requantizer.multiplier.eq(params.multiplier[r]),
-                requantizer.shift.eq(params.shift[r]),
+                requantizer.en.eq(advance),
+                requantizer.value.eq(with_bias[r]),
+                requantizer.multiplier.eq(stage_multiplier[r]),
+                requantizer.shift.eq(stage_shift[r]),
             ]
-            with m.If(results_valid & self.params.valid & can_load & (out_lane < results_lanes)):
-                m.d.sync += self.outputs.payload.values[r].eq(Mux(results_raw, with_bias.as_signed(), requantizer.result))
-        with m.If(results_valid & self.params.valid & can_load & (out_lane < results_lanes)):
-            m.d.sync += [self.outputs.valid.eq(1), out_lane.eq(out_lane + 1)]
-        with m.If(results_valid & self.params.valid & can_load & (out_lane == results_lanes)):
+            with m.If(advance):
+                m.d.sync += self.outputs.payload.values[r].eq(Mux(raw_line[-1], value_line[-1][r], requantizer.result))
+        # All lanes of the row are in the pipeline: release the results and the row's params.
+        with m.If(results_valid & self.params.valid & (out_lane == results_lanes)):
             m.d.comb += self.params.ready.eq(1)
             m.d.sync += [results_valid.eq(0), results_reserved.eq(0), out_lane.eq(0)]
 
-        m.d.comb += self.busy.eq(running | results_reserved | s1_valid | s2_valid | s3_valid)
+        m.d.comb += self.busy.eq(running | results_reserved | s1_valid | s2_valid | s3_valid | Cat(*valid_line).any()
+                                 | self.outputs.valid)
         return m

@@ -1,17 +1,26 @@
 """Per-channel requantization of an int32 accumulator to int8 (see ``sim.golden.requantize``)."""
 
-from amaranth import Const, Module, Mux, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from sim import golden
 
+#: Cycles from ``value``/``multiplier``/``shift`` to ``result`` while ``en`` stays high.
+REQUANTIZER_LATENCY = 3
+
 
 class Requantizer(wiring.Component):
-    """``saturate_int8((value · multiplier + 2**(shift-1)) >> shift)``; purely combinational.
+    """``saturate_int8((value · multiplier + 2**(shift-1)) >> shift)``, in three pipeline stages.
+
+    Stage 1 multiplies, stage 2 adds the rounding half, stage 3 shifts and saturates, so no stage has
+    more than one wide operation. All stages advance together when ``en`` is high and hold otherwise
+    (a stall of the stream around it).
 
     Interface attributes
     --------------------
+    en : In(1)
+        Advance the pipeline by one stage.
     value : In(signed(32))
         Accumulator including bias.
     multiplier : In(unsigned(16))
@@ -21,9 +30,10 @@ class Requantizer(wiring.Component):
     result : Out(signed(8))
         Rounded half up, saturated to [-128, 127].
 
-    Latency: 0 cycles.
+    Latency: ``REQUANTIZER_LATENCY`` (3) enabled cycles.
     """
 
+    en: In(1)
     value: In(signed(golden.ACC_BITS))
     multiplier: In(unsigned(golden.MULTIPLIER_BITS))
     shift: In(unsigned(golden.SHIFT_MAX.bit_length()))
@@ -31,11 +41,17 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        product = self.value * self.multiplier  # exact: signed 32 × unsigned 16
         width = golden.ACC_BITS + golden.MULTIPLIER_BITS + 1
-        half = (Const(1, width) << self.shift) >> 1  # 0 when shift == 0
-        rounded = (product + half) >> self.shift  # arithmetic shift: floor
-        m.d.comb += self.result.eq(
-            Mux(rounded > golden.INT8_MAX, golden.INT8_MAX, Mux(rounded < golden.INT8_MIN, golden.INT8_MIN, rounded))
-        )
+        product = Signal(signed(width))  # exact: signed 32 × unsigned 16
+        rounded = Signal(signed(width + 1))
+        shift_1, shift_2 = Signal.like(self.shift), Signal.like(self.shift)
+        with m.If(self.en):
+            half = (Const(1, width) << shift_1) >> 1  # 0 when shift == 0
+            shifted = rounded >> shift_2  # arithmetic shift: floor
+            m.d.sync += [
+                product.eq(self.value * self.multiplier), shift_1.eq(self.shift),
+                rounded.eq(product + half), shift_2.eq(shift_1),
+                self.result.eq(Mux(shifted > golden.INT8_MAX, golden.INT8_MAX,
+                                   Mux(shifted < golden.INT8_MIN, golden.INT8_MIN, shifted))),
+            ]
         return m
