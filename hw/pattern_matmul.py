@@ -87,14 +87,17 @@ class PatternMatmulEngine(wiring.Component):
         # Two banks of one tile each: the next tile loads into one while the current tile computes
         # from the other, so the activation load is off the critical path.
         block_bits = 8 * k
-        m.submodules.x_buffer = x_buffer = Memory(shape=unsigned(block_bits * lanes), depth=2 * cfg.max_in_blocks, init=[])
+        # The bank is the address's top bit, so no adder sits in front of the memory.
+        bank_stride = 1 << max(0, (cfg.max_in_blocks - 1).bit_length())
+        m.submodules.x_buffer = x_buffer = Memory(shape=unsigned(block_bits * lanes), depth=2 * bank_stride, init=[])
         x_write = x_buffer.write_port(granularity=block_bits)
         x_read = x_buffer.read_port()
 
         # --- the RUN being executed ----------------------------------------------------------------
-        tokens = Signal(COUNT_BITS)
-        in_blocks = Signal(COUNT_BITS)
-        out_blocks = Signal(COUNT_BITS)
+        # Counters compare for equality against values registered at RUN, keeping adders off the
+        # handshake paths.
+        last_in_block = Signal(COUNT_BITS)
+        last_out_block = Signal(COUNT_BITS)
         dense = Signal()
         raw = Signal()
         running = Signal()
@@ -102,19 +105,15 @@ class PatternMatmulEngine(wiring.Component):
         bank_tokens = Array(Signal(lane_bits, name=f"bank_tokens_{i}") for i in range(2))
 
         # loader: fills the free bank with the next tile's activations
-        load_base = Signal(COUNT_BITS + 1)
+        load_remaining = Signal(COUNT_BITS)  # tokens not yet loaded
         load_bank = Signal()
         load_lane = Signal(lane_bits)
         load_bk = Signal(COUNT_BITS)
-        load_remaining = Signal(COUNT_BITS + 1)
         load_tile_tokens = Signal(lane_bits)
-        m.d.comb += [
-            load_remaining.eq(tokens - load_base),
-            load_tile_tokens.eq(Mux(load_remaining > lanes, lanes, load_remaining)),
-        ]
+        m.d.comb += load_tile_tokens.eq(Mux(load_remaining > lanes, lanes, load_remaining))
 
         # compute: streams the weights once per tile over the full bank
-        compute_base = Signal(COUNT_BITS + 1)
+        compute_remaining = Signal(COUNT_BITS)  # tokens not yet computed
         compute_bank = Signal()
         tile_tokens = Signal(lane_bits)
         bn = Signal(COUNT_BITS)
@@ -143,29 +142,29 @@ class PatternMatmulEngine(wiring.Component):
                         m.d.sync += self.error.eq(1)
                     with m.Else():
                         m.d.sync += [
-                            tokens.eq(cmd.tokens), in_blocks.eq(cmd.in_blocks), out_blocks.eq(cmd.out_blocks),
+                            last_in_block.eq(cmd.in_blocks - 1), last_out_block.eq(cmd.out_blocks - 1),
                             dense.eq(cmd.dense), raw.eq(cmd.raw), running.eq(1),
-                            load_base.eq(0), load_bank.eq(0), load_lane.eq(0), load_bk.eq(0),
-                            compute_base.eq(0), compute_bank.eq(0), bn.eq(0), bk.eq(0), chunk.eq(0),
+                            load_remaining.eq(cmd.tokens), load_bank.eq(0), load_lane.eq(0), load_bk.eq(0),
+                            compute_remaining.eq(cmd.tokens), compute_bank.eq(0), bn.eq(0), bk.eq(0), chunk.eq(0),
                         ]
 
         # --- loader ---------------------------------------------------------------------------------
-        loading = running & (load_base < tokens) & ~bank_full.bit_select(load_bank, 1)
+        loading = running & (load_remaining != 0) & ~bank_full.bit_select(load_bank, 1)
         load_done = Signal()  # the beat that completes the tile in the loading bank
         m.d.comb += [
             self.activations.ready.eq(loading),
-            x_write.addr.eq(Mux(load_bank, cfg.max_in_blocks, 0) + load_bk),
+            x_write.addr.eq(load_bank * bank_stride | load_bk),
             x_write.data.eq(self.activations.payload.as_value().replicate(lanes)),
         ]
         with m.If(self.activations.valid & loading):
             m.d.comb += x_write.en.eq(1 << load_lane)
-            with m.If(load_bk == in_blocks - 1):
+            with m.If(load_bk == last_in_block):
                 m.d.sync += [load_bk.eq(0), load_lane.eq(load_lane + 1)]
                 with m.If(load_lane == load_tile_tokens - 1):
                     m.d.comb += load_done.eq(1)
                     m.d.sync += [
                         bank_tokens[load_bank].eq(load_tile_tokens),
-                        load_lane.eq(0), load_bank.eq(~load_bank), load_base.eq(load_base + lanes),
+                        load_lane.eq(0), load_bank.eq(~load_bank), load_remaining.eq(load_remaining - load_tile_tokens),
                     ]
             with m.Else():
                 m.d.sync += load_bk.eq(load_bk + 1)
@@ -176,8 +175,8 @@ class PatternMatmulEngine(wiring.Component):
         last_bn = Signal()
         m.d.comb += [
             last_chunk.eq(~dense | (chunk == cfg.dense_chunks - 1)),
-            last_bk.eq(bk == in_blocks - 1),
-            last_bn.eq(bn == out_blocks - 1),
+            last_bk.eq(bk == last_in_block),
+            last_bn.eq(bn == last_out_block),
         ]
         ends_row = last_chunk & last_bk
         accept_weight = Signal()
@@ -200,8 +199,9 @@ class PatternMatmulEngine(wiring.Component):
                         m.d.sync += bn.eq(bn + 1)
                     with m.Else():
                         m.d.comb += compute_done.eq(1)
-                        m.d.sync += [bn.eq(0), compute_bank.eq(~compute_bank), compute_base.eq(compute_base + lanes)]
-                        with m.If(compute_base + lanes >= tokens):
+                        m.d.sync += [bn.eq(0), compute_bank.eq(~compute_bank),
+                                     compute_remaining.eq(compute_remaining - tile_tokens)]
+                        with m.If(compute_remaining <= lanes):
                             m.d.sync += running.eq(0)
 
         # A bank is filled by the loader and emptied by compute, never both in one cycle: the loader
@@ -221,7 +221,7 @@ class PatternMatmulEngine(wiring.Component):
         )
         m.d.comb += [
             table_read.addr.eq(self.weights.payload.pattern),
-            x_read.addr.eq(Mux(compute_bank, cfg.max_in_blocks, 0) + bk),
+            x_read.addr.eq(compute_bank * bank_stride | bk),
         ]
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
         s1_lanes = Signal(lane_bits)
