@@ -8,6 +8,10 @@ from hw.config import EngineConfig
 from hw.layouts import pattern_layout
 
 
+#: Cycles from a block at the inputs to its row sums at ``sums``.
+MAC_LATENCY = 3
+
+
 def row_sum_shape(cfg: EngineConfig):
     """Signed width of a block's row sum: an int8×int8 product (16 bits) summed over n terms."""
     return signed(16 + (cfg.kept_per_block - 1).bit_length())
@@ -34,8 +38,9 @@ class PatternBlockMAC(wiring.Component):
     sums : Out(ArrayLayout(row_sum_shape, k))
         ``sums[r] = Σ_{j: row_j = r} values[j] · x[col_j]``.
 
-    Latency: 2 cycles (products registered, then row sums registered); no stall input, a new block
-    can enter every cycle.
+    Latency: ``MAC_LATENCY`` (3) cycles: the selected activations, the products, then the row sums
+    are registered, so no stage has more than one multiplexer, multiplier or adder tree. No stall
+    input: a new block can enter every cycle.
     """
 
     def __init__(self, config: EngineConfig):
@@ -51,12 +56,18 @@ class PatternBlockMAC(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         k, n = self._config.block_size, self._config.kept_per_block
+        selected = [Signal(signed(8), name=f"selected_{j}") for j in range(n)]
+        weights = [Signal(signed(8), name=f"weight_{j}") for j in range(n)]
         products = [Signal(signed(16), name=f"product_{j}") for j in range(n)]
+        selected_rows = [Signal.like(self.positions[j].row, name=f"selected_row_{j}") for j in range(n)]
         rows = [Signal.like(self.positions[j].row, name=f"row_{j}") for j in range(n)]
         for j in range(n):
             m.d.sync += [
-                products[j].eq(self.values[j] * self.x[self.positions[j].col]),
-                rows[j].eq(self.positions[j].row),
+                selected[j].eq(self.x[self.positions[j].col]),
+                weights[j].eq(self.values[j]),
+                selected_rows[j].eq(self.positions[j].row),
+                products[j].eq(weights[j] * selected[j]),
+                rows[j].eq(selected_rows[j]),
             ]
         for r in range(k):
             terms = [Mux(rows[j] == r, products[j], 0) for j in range(n)]

@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.block_mac import PatternBlockMAC
+from hw.block_mac import MAC_LATENCY, PatternBlockMAC
 from hw.config import COUNT_BITS, EngineConfig
 from hw.layouts import (Opcode, activation_layout, channel_params_layout, command_layout, output_layout,
                         pattern_layout, weight_layout)
@@ -58,7 +58,7 @@ class PatternMatmulEngine(wiring.Component):
     error : Out(1)
         A refused command was seen (sticky).
 
-    Latency: a block row's first output beat is valid 9 cycles after its last weight beat is accepted.
+    Latency: a block row's first output beat is valid 12 cycles after its last weight beat is accepted.
     """
 
     def __init__(self, config: EngineConfig):
@@ -238,41 +238,47 @@ class PatternMatmulEngine(wiring.Component):
         with m.If(accept_weight & ends_row):
             m.d.sync += results_reserved.eq(1)
 
-        # --- stages 1–2: per-lane pattern MACs (latency 2) -----------------------------------------
+        # --- the activation buffer's output is registered (block RAM clock-to-out is slow), then the
+        # per-lane pattern MACs ------------------------------------------------------------------------
+        x_data = Signal.like(x_read.data)
+        mac_values = Signal.like(s1_values)
+        mac_positions = Signal.like(s1_positions)
+        m.d.sync += [x_data.eq(x_read.data), mac_values.eq(s1_values), mac_positions.eq(s1_positions)]
         macs = []
         for lane in range(lanes):
             mac = PatternBlockMAC(cfg)
             m.submodules[f"mac_{lane}"] = mac
             m.d.comb += [
-                mac.x.eq(x_read.data[lane * block_bits:(lane + 1) * block_bits]),
-                mac.values.eq(s1_values),
-                mac.positions.eq(s1_positions),
+                mac.x.eq(x_data[lane * block_bits:(lane + 1) * block_bits]),
+                mac.values.eq(mac_values),
+                mac.positions.eq(mac_positions),
             ]
             macs.append(mac)
-        s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
-        s3_valid, s3_first, s3_last = Signal(), Signal(), Signal()
-        s2_lanes, s3_lanes = Signal(lane_bits), Signal(lane_bits)
-        m.d.sync += [
-            s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_lanes.eq(s1_lanes),
-            s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last), s3_lanes.eq(s2_lanes),
-        ]
+        # The control of a block travels beside it: one stage for the buffer register, then the MAC's.
+        control = [(s1_valid, s1_first, s1_last, s1_lanes)]
+        for i in range(1 + MAC_LATENCY):
+            stage = (Signal(name=f"mac_valid_{i}"), Signal(name=f"mac_first_{i}"), Signal(name=f"mac_last_{i}"),
+                     Signal(lane_bits, name=f"mac_lanes_{i}"))
+            m.d.sync += [new.eq(old) for new, old in zip(stage, control[-1])]
+            control.append(stage)
+        sums_valid, sums_first, sums_last, sums_lanes = control[-1]
 
-        # --- stage 3: accumulate; hand finished block rows to the output stage ---------------------
+        # --- accumulate; hand finished block rows to the output stage ---------------------
         acc_layout = data.ArrayLayout(data.ArrayLayout(unsigned(golden.ACC_BITS), k), lanes)
         accumulators = Signal(acc_layout)
         results = Signal(acc_layout)
         results_valid = Signal()
         results_lanes = Signal(lane_bits)
         results_raw = Signal()
-        with m.If(s3_valid):
+        with m.If(sums_valid):
             for lane, mac in enumerate(macs):
                 for r in range(k):
-                    total = Mux(s3_first, 0, accumulators[lane][r]) + mac.sums[r]
+                    total = Mux(sums_first, 0, accumulators[lane][r]) + mac.sums[r]
                     m.d.sync += accumulators[lane][r].eq(total)  # 32-bit wrap, as the contract says
-                    with m.If(s3_last):
+                    with m.If(sums_last):
                         m.d.sync += results[lane][r].eq(total)
-            with m.If(s3_last):
-                m.d.sync += [results_valid.eq(1), results_lanes.eq(s3_lanes), results_raw.eq(raw)]
+            with m.If(sums_last):
+                m.d.sync += [results_valid.eq(1), results_lanes.eq(sums_lanes), results_raw.eq(raw)]
 
         # --- output pipeline: lane select + bias, requantization (3 stages), output register --------
         # Every stage advances together whenever the output register is free or being taken, so the
@@ -316,6 +322,6 @@ class PatternMatmulEngine(wiring.Component):
             m.d.comb += self.params.ready.eq(1)
             m.d.sync += [results_valid.eq(0), results_reserved.eq(0), out_lane.eq(0)]
 
-        m.d.comb += self.busy.eq(running | results_reserved | s1_valid | s2_valid | s3_valid | Cat(*valid_line).any()
+        m.d.comb += self.busy.eq(running | results_reserved | Cat(*(stage[0] for stage in control)).any() | Cat(*valid_line).any()
                                  | self.outputs.valid)
         return m

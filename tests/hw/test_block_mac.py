@@ -2,7 +2,7 @@ import random
 
 from amaranth.sim import Simulator
 
-from hw.block_mac import PatternBlockMAC
+from hw.block_mac import MAC_LATENCY, PatternBlockMAC
 from hw.config import EngineConfig
 
 
@@ -13,7 +13,7 @@ def _reference(x, values, positions, k):
     return sums
 
 
-def test_block_mac_sums_products_per_row_with_two_cycle_latency():
+def test_block_mac_sums_products_per_row_after_its_latency():
     cfg = EngineConfig()
     k, n = cfg.block_size, cfg.kept_per_block
     rng = random.Random(2)
@@ -39,7 +39,7 @@ def test_block_mac_sums_products_per_row_with_two_cycle_latency():
             await ctx.tick()
 
     async def check(ctx):
-        await ctx.tick().repeat(2)  # latency
+        await ctx.tick().repeat(MAC_LATENCY)
         for _ in cases:
             await ctx.delay(1e-9)
             got.append([ctx.get(dut.sums[r]) for r in range(k)])
