@@ -37,8 +37,12 @@ test: setup
 demo: setup
 	$(PY) -m sim.demo
 
+# Performance and cost (docs/results/performance.md): simulated cycles against the cycle model, simulation
+# speed, resources and Fmax for several lane counts, then the doc, its JSON and its plot.
 bench: setup
-	$(PY) bench/matmul.py
+	@start=$$(date +%s); \
+	$(PY) bench/matmul.py && $(PY) bench/simspeed.py && $(PY) bench/synth.py --lanes 2 4 8 --freq 80 && $(PY) bench/performance.py \
+	&& echo "make bench: $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf build sim_build results .pytest_cache
