@@ -41,7 +41,7 @@ demo: setup
 # speed, resources and Fmax for several lane counts, then the doc, its JSON and its plot.
 bench: setup
 	@start=$$(date +%s); \
-	$(PY) bench/matmul.py && $(PY) bench/simspeed.py && $(PY) bench/synth.py --lanes 2 4 8 --freq 80 && $(PY) bench/performance.py \
+	$(PY) bench/matmul.py && $(PY) bench/simspeed.py && $(PY) bench/synth.py --lanes 2 4 8 --freq 80 --router router2 && $(PY) bench/performance.py \
 	&& echo "make bench: $$(( $$(date +%s) - start )) s"
 
 clean:

@@ -87,8 +87,9 @@ def _fold(word, width, bits):
     return reduce(xor, ((word >> i) & ((1 << bits) - 1) for i in range(0, width, bits)), 0)
 
 
-def test_harness_runs_a_matmul_through_the_pins():
-    tokens = 3  # two tiles of a 2-lane engine
+def _case():
+    """A 3-token matmul (two tiles of the 2-lane engine) and the checksum of its golden output beats."""
+    tokens = 3
     image, x_q = random_case(tokens, 8, 8, SMALL.pattern_config, seed=4)
     _, y = image.golden(x_q)
     program = build_program(image, x_q, SMALL)
@@ -99,11 +100,21 @@ def test_harness_runs_a_matmul_through_the_pins():
             for token in range(tile * lanes, min(tokens, (tile + 1) * lanes)):
                 beat = encode(output_layout(SMALL), {"values": y[token, bn * k:(bn + 1) * k].tolist()})
                 expected ^= _fold(beat, output_layout(SMALL).size, 8)
-    assert expected != 0  # a checksum of 0 would not show that outputs arrived
+    return program, expected
 
-    dut = SynthTop(SMALL)
-    seen = _drive(dut, _serial_beats(program))
+
+def test_harness_runs_a_matmul_through_the_pins():
+    program, expected = _case()
+    assert expected != 0  # a checksum of 0 would not show that outputs arrived
+    seen = _drive(SynthTop(SMALL), _serial_beats(program))
     assert seen == {"checksum": expected, "busy": 0, "error": 0, "pending": 0}
+
+
+def test_checksum_sees_one_flipped_weight_bit():
+    program, expected = _case()
+    program.weights[1] ^= 1 << 10  # one bit of one kept weight
+    seen = _drive(SynthTop(SMALL), _serial_beats(program))
+    assert seen["checksum"] != expected and seen["error"] == 0
 
 
 def test_harness_refused_command_reaches_error_pin():
