@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from hw.config import EngineConfig  # noqa: E402
 from hw.cycle_model import BERT_BASE, MINILM_L6, encoder_cycles  # noqa: E402
@@ -133,7 +134,8 @@ def plot(synth: dict, rows: list[dict], path: Path) -> None:
     ax.plot(lanes, [r["xc7"]["lut"] for r in results], "o--", label="xc7 LUT")
     ax.plot(lanes, [r["xc7"]["ff"] for r in results], "s--", label="xc7 FF")
     ax.set(xscale="log", yscale="log", xlabel="lanes", ylabel="count", title="Logic")
-    ax.set_xticks(lanes, [str(x) for x in lanes])
+    ax.set_xticks(lanes, [str(x) for x in lanes], minor=False)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(lanes, [r["ecp5_synth"]["mult18x18d"] for r in results], "o-", label="MULT18X18D")
@@ -141,13 +143,14 @@ def plot(synth: dict, rows: list[dict], path: Path) -> None:
     ax.plot(lanes, [r["ecp5_synth"]["dp16kd"] for r in results], "s-", label="DP16KD")
     ax.set(xscale="log", yscale="log", xlabel="lanes", ylabel="count", title="Multipliers and block RAM")
     ax.set_xticks(lanes, [str(x) for x in lanes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     twin = ax.twinx()
     fmax = [(r["lanes"], r["pnr"]["fmax_mhz"]) for r in results if r.get("pnr")]
     twin.plot([f[0] for f in fmax], [f[1] for f in fmax], "k^:", label="Fmax ECP5 (MHz)")
     twin.set_ylabel("Fmax (MHz)")
     twin.set_ylim(bottom=0)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
     ax = axes[2]
     for encoder, style in zip(ENCODERS, ("-", "--")):
         mine = [r for r in rows if r["encoder"] == encoder.name]
@@ -157,6 +160,7 @@ def plot(synth: dict, rows: list[dict], path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="lanes", ylabel=f"matmul cycles per sequence ({SEQ} tokens)",
            title="Whole-encoder cycles (model)")
     ax.set_xticks(PROJECTION_LANES, [str(x) for x in PROJECTION_LANES])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
