@@ -81,6 +81,7 @@ class Study:
     rows: dict[str, Row]
     seeds: list[int]
     average: str = "geometric"
+    differences: list[tuple[str, str]] = field(default_factory=list)  # (row, reference): paired by seed in the report
 
     @classmethod
     def load(cls, path: str | Path) -> "Study":
@@ -104,12 +105,16 @@ class Study:
             raise ValueError(f"study config {path}: needs a {DENSE!r} row (the shared fine-tuned start)")
         for task in data["tasks"]:
             glue.get_task(task)  # unknown task names fail here, not hours later
+        differences = [tuple(pair) for pair in data.get("differences", [])]
+        for pair in differences:
+            if len(pair) != 2 or any(name not in rows for name in pair):
+                raise ValueError(f"study config {path}: differences entry {list(pair)} must name two of the rows {sorted(rows)}")
         study = cls(
             path=path, model=data["model"], data_dir=data.get("data_dir", "../shared/data/glue"),
             work_dir=Path(data.get("work_dir", "build/glue")), results=Path(data.get("results", "docs/results/glue_runs.json")),
             doc=Path(data.get("doc", "docs/results/glue.md")), figures_dir=Path(data.get("figures_dir", "docs/results/figures")),
             base=data["base"], tasks=data["tasks"], rows=rows, seeds=list(data.get("seeds", [0])),
-            average=data.get("average", "geometric"),
+            average=data.get("average", "geometric"), differences=differences,
         )
         for row in rows:  # every merged config must be valid before anything runs
             for task in study.tasks:
@@ -270,41 +275,83 @@ def _mean_spread(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
+def _current(study: Study, records: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """The records that match the study's present config, by (row, task, seed)."""
+    return {(r["row"], r["task"], r["seed"]): r for r in records
+            if r["row"] in study.rows and r["task"] in study.tasks and r["seed"] in study.seeds
+            and r["fingerprint"] == fingerprint(study.config_dict(r["row"], r["task"], r["seed"]))}
+
+
+def _scores_by_seed(study: Study, current: dict, row: str) -> dict[int, dict[str, float]]:
+    return {s: {t: current[(row, t, s)]["score"] for t in study.tasks if (row, t, s) in current} for s in study.seeds}
+
+
+def _average_cells(study: Study, per_seed: dict[int, dict[str, float]], most_seeds: int) -> list[str]:
+    """The study's averages over the seeds that have every task; the seed count is given when some
+    task has more seeds than the average could use."""
+    complete = [scores for scores in per_seed.values() if len(scores) == len(study.tasks)]
+    cells = []
+    for kind in dict.fromkeys([study.average, "arithmetic"]):
+        if not complete:
+            cells.append("—")
+            continue
+        try:
+            cell = _mean_spread([glue.glue_average(s, kind) for s in complete])
+        except ValueError:  # a negative MCC has no geometric mean
+            cell = "n/a (negative score)"
+        cells.append(cell + (f" ({len(complete)} seed{'s' * (len(complete) > 1)})" if len(complete) < most_seeds else ""))
+    return cells
+
+
 def table(study: Study, records: list[dict]) -> str:
     """Markdown: one line per row with the primary metric per task (mean ± sample std over seeds), the
-    average as the study defines it (and the arithmetic mean beside it when that is another); then the
-    minutes per run, per row and task."""
+    average as the study defines it (and the arithmetic mean beside it when that is another) over the
+    seeds that have every task, and the seed count (per task when they differ); then the differences the
+    study asks for, paired by seed; then the minutes per run, per row and task."""
     tasks = list(study.tasks)
+    current = _current(study, records)
     averages = list(dict.fromkeys([study.average, "arithmetic"]))
-    current = {(r["row"], r["task"], r["seed"]): r for r in records
-               if r["row"] in study.rows and r["task"] in study.tasks
-               and r["fingerprint"] == fingerprint(study.config_dict(r["row"], r["task"], r["seed"]))}
-    header = ["row"] + [f"{glue.get_task(t).folder} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({kind})" for kind in averages] + ["seeds"]
+    folder = {t: glue.get_task(t).folder for t in tasks}
+    header = ["row"] + [f"{folder[t]} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({kind})" for kind in averages] + ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
-    time_header = ["row"] + [glue.get_task(t).folder for t in tasks]
-    time_lines = ["| " + " | ".join(time_header) + " |", "|" + "---|" + "---:|" * len(tasks)]
+    time_lines = ["| " + " | ".join(["row"] + [folder[t] for t in tasks]) + " |", "|" + "---|" + "---:|" * len(tasks)]
     for name, row in study.rows.items():
-        cells, per_seed_scores, minutes, seeds = [], {}, [], set()
-        for task in tasks:
-            values = [current[(name, task, s)]["score"] for s in study.seeds if (name, task, s) in current]
-            times = [current[(name, task, s)]["seconds"] / 60 for s in study.seeds if (name, task, s) in current]
-            minutes.append(f"{np.median(times):.1f}" if times else "—")
-            seeds |= {s for s in study.seeds if (name, task, s) in current}
-            cells.append(_mean_spread(values) if values else "—")
-            for s in study.seeds:
-                if (name, task, s) in current:
-                    per_seed_scores.setdefault(s, {})[task] = current[(name, task, s)]["score"]
-        complete = [scores for scores in per_seed_scores.values() if len(scores) == len(tasks)]
-        average_cells = []
-        for kind in averages:
-            try:
-                average_cells.append(_mean_spread([glue.glue_average(s, kind) for s in complete]) if complete else "—")
-            except ValueError:  # a negative MCC has no geometric mean
-                average_cells.append("n/a (negative score)")
-        lines.append("| " + " | ".join([row.label] + cells + average_cells + [str(len(seeds))]) + " |")
+        per_seed = _scores_by_seed(study, current, name)
+        counts = [sum(task in scores for scores in per_seed.values()) for task in tasks]
+        cells = [_mean_spread([scores[task] for scores in per_seed.values() if task in scores]) if n else "—" for task, n in zip(tasks, counts)]
+        minutes = [f"{np.median(times):.1f}" if (times := [current[(name, t, s)]["seconds"] / 60 for s in study.seeds if (name, t, s) in current]) else "—"
+                   for t in tasks]
+        seeds = str(counts[0]) if len(set(counts)) == 1 else " / ".join(map(str, counts))
+        lines.append("| " + " | ".join([row.label] + cells + _average_cells(study, per_seed, max(counts)) + [seeds]) + " |")
         time_lines.append("| " + " | ".join([row.label] + minutes) + " |")
-    return "\n".join(lines + ["", "Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
+    out = lines + [""]
+    if study.differences:
+        out += ["Differences, paired by seed (both runs of a pair start from the same dense checkpoint); mean ± sample std "
+                "over the seeds that have both, their number in brackets:", "",
+                "| difference | " + " | ".join(folder[t] for t in tasks) + " | " + " | ".join(f"average ({kind})" for kind in averages) + " |",
+                "|---|" + "---:|" * (len(tasks) + len(averages))]
+        for name, reference in study.differences:
+            a, b = _scores_by_seed(study, current, name), _scores_by_seed(study, current, reference)
+            cells = []
+            for task in tasks:
+                paired = [a[s][task] - b[s][task] for s in study.seeds if task in a[s] and task in b[s]]
+                cells.append(f"{_signed(paired)} ({len(paired)})" if paired else "—")
+            both = [s for s in study.seeds if len(a[s]) == len(b[s]) == len(tasks)]
+            for kind in averages:
+                try:
+                    paired = [glue.glue_average(a[s], kind) - glue.glue_average(b[s], kind) for s in both]
+                    cells.append(f"{_signed(paired)} ({len(paired)})" if paired else "—")
+                except ValueError:
+                    cells.append("n/a (negative score)")
+            out.append(f"| {study.rows[name].label} − {study.rows[reference].label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out + ["Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
                      + time_lines)
+
+
+def _signed(values: list[float]) -> str:
+    mean = f"{np.mean(values):+.1f}"
+    return mean if len(values) == 1 else f"{mean} ± {np.std(values, ddof=1):.1f}"
 
 
 def schedule(study: Study) -> str:

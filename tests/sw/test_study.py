@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sw import glue, study as study_mod
@@ -153,11 +154,39 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
     assert "ADMM 1, retrain 1" in schedule and '"retrain_epochs": 2' in schedule
 
 
+def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, tmp_path):
+    """Two tasks, MRPC with seeds 0 and 1, RTE with seed 0 only: cells are mean ± sample std over their
+    seeds, the averages use only the seeds that have every task, and differences pair runs by seed."""
+    study = Study.load(study_config(tmp_path, checkpoint, seeds=[0, 1], tasks={"mrpc": {"max_length": 48}, "rte": {"max_length": 48}},
+                                    differences=[["pattern_admm", "pattern_no_admm"]]))
+    seed0 = {r["row"]: r for r in load_results(done.results)}
+    scores = {}  # (row, task, seed) -> score, derived from the real seed-0 runs
+    records = []
+    for row, record in seed0.items():
+        for task, seed, shift in [("mrpc", 0, 0.0), ("mrpc", 1, 3.0 + len(row)), ("rte", 0, -2.0)]:
+            scores[(row, task, seed)] = record["score"] + shift
+            records.append(dict(record, task=task, seed=seed, score=scores[(row, task, seed)],
+                                fingerprint=fingerprint(study.config_dict(row, task, seed))))
+    records.append(dict(records[0], seed=1, fingerprint="stale"))  # a record of another schedule is left out
+    text = study_mod.table(study, records).split("Minutes per run")[0]
+    lines = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("|").split("|")[1:]] for line in text.splitlines() if line.startswith("| ")}
+    for row, spec in study.rows.items():
+        mrpc = [scores[(row, "mrpc", 0)], scores[(row, "mrpc", 1)]]
+        both = {"mrpc": scores[(row, "mrpc", 0)], "rte": scores[(row, "rte", 0)]}
+        assert lines[spec.label] == [f"{np.mean(mrpc):.1f} ± {np.std(mrpc, ddof=1):.1f}", f"{scores[(row, 'rte', 0)]:.1f}",
+                                     f"{glue.glue_average(both):.1f} (1 seed)", f"{glue.glue_average(both, 'arithmetic'):.1f} (1 seed)", "2 / 1"]
+    paired = [scores[("pattern_admm", "mrpc", s)] - scores[("pattern_no_admm", "mrpc", s)] for s in (0, 1)]
+    rte = scores[("pattern_admm", "rte", 0)] - scores[("pattern_no_admm", "rte", 0)]
+    label = f"{study.rows['pattern_admm'].label} − {study.rows['pattern_no_admm'].label}"
+    assert lines[label][:2] == [f"{np.mean(paired):+.1f} ± {np.std(paired, ddof=1):.1f} (2)", f"{rte:+.1f} (1)"]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"rows": {"pattern": {"overrides": {}}}}, "needs a 'dense' row"),
     ({"rows": {"dense": {"colour": "red"}}}, "unknown keys ['colour']"),
     ({"tasks": {"nosuchtask": {}}}, "nosuchtask"),
     ({"base": {"admm_epochs": -1}}, "admm_epochs must be ≥ 0"),
+    ({"differences": [["pattern_admm", "nosuchrow"]]}, "differences entry ['pattern_admm', 'nosuchrow'] must name two of the rows"),
 ])
 def test_bad_study_configs_are_refused_with_the_reason(checkpoint, tmp_path, change, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
