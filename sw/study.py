@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 
 from sw import glue
@@ -327,7 +328,7 @@ def table(study: Study, records: list[dict]) -> str:
     out = lines + [""]
     if study.differences:
         out += ["Differences, paired by seed (both runs of a pair start from the same dense checkpoint); mean ± sample std "
-                "over the seeds that have both, their number in brackets:", "",
+                "over the seeds that have both, the 95 % Student-t interval of the mean in square brackets, the number of seeds in round ones:", "",
                 "| difference | " + " | ".join(folder[t] for t in tasks) + " | " + " | ".join(f"average ({kind})" for kind in averages) + " |",
                 "|---|" + "---:|" * (len(tasks) + len(averages))]
         for name, reference in study.differences:
@@ -350,8 +351,14 @@ def table(study: Study, records: list[dict]) -> str:
 
 
 def _signed(values: list[float]) -> str:
-    mean = f"{np.mean(values):+.1f}"
-    return mean if len(values) == 1 else f"{mean} ± {np.std(values, ddof=1):.1f}"
+    """Mean difference; with two or more seeds also the sample std and the 95 % Student-t interval of
+    the mean, so a reader sees at once whether zero is inside it."""
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:+.1f}"
+    std = float(np.std(values, ddof=1))
+    half = float(scipy.stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
+    return f"{mean:+.1f} ± {std:.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
 def schedule(study: Study) -> str:

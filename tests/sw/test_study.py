@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from sw import glue, study as study_mod
 from sw.study import DENSE, Study, fingerprint, load_results, run_one, status, write_report
@@ -178,7 +179,9 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
     paired = [scores[("pattern_admm", "mrpc", s)] - scores[("pattern_no_admm", "mrpc", s)] for s in (0, 1)]
     rte = scores[("pattern_admm", "rte", 0)] - scores[("pattern_no_admm", "rte", 0)]
     label = f"{study.rows['pattern_admm'].label} − {study.rows['pattern_no_admm'].label}"
-    assert lines[label][:2] == [f"{np.mean(paired):+.1f} ± {np.std(paired, ddof=1):.1f} (2)", f"{rte:+.1f} (1)"]
+    half = scipy.stats.t.ppf(0.975, 1) * np.std(paired, ddof=1) / np.sqrt(2)
+    interval = f"[{np.mean(paired) - half:+.1f}, {np.mean(paired) + half:+.1f}]"
+    assert lines[label][:2] == [f"{np.mean(paired):+.1f} ± {np.std(paired, ddof=1):.1f} {interval} (2)", f"{rte:+.1f} (1)"]
 
 
 @pytest.mark.parametrize("change, message", [
