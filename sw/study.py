@@ -347,7 +347,30 @@ def table(study: Study, records: list[dict]) -> str:
             out.append(f"| {study.rows[name].label} − {study.rows[reference].label} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out + ["Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
-                     + time_lines)
+                     + time_lines + ["", PHASES_INTRO, ""] + phase_lines(study, current))
+
+
+PHASES = {"admm": "after ADMM", "pruned": "after the hard cut", "retrain": "after retraining"}
+PHASES_INTRO = ("Scores after each phase of the compressed rows (mean ± sample std over seeds), and the mean ADMM "
+                "residual ‖W − Z‖/‖W‖ at the last Z/U update: where each row gains and loses.")
+
+
+def phase_lines(study: Study, current: dict) -> list[str]:
+    """Markdown lines: per compressed row and task, the primary metric at the end of every phase it ran."""
+    lines = ["| row | task | " + " | ".join(PHASES.values()) + " | ADMM residual at the last update | seeds |",
+             "|---|---|" + "---:|" * (len(PHASES) + 2)]
+    for name, row in study.rows.items():
+        for task in study.tasks:
+            runs = [current[(name, task, s)] for s in study.seeds if (name, task, s) in current]
+            if name == DENSE or not runs:
+                continue
+            metric = glue.primary_metric(task)
+            cells = [_mean_spread(values) if (values := [r["metrics"][phase][metric] for r in runs if phase in r["metrics"]]) else "—"
+                     for phase in PHASES]
+            residuals = [r["residual_mean"][-1] for r in runs if r["residual_mean"]]
+            cells.append(f"{np.mean(residuals):.2f}" if residuals else "—")
+            lines.append(f"| {row.label} | {glue.get_task(task).folder} | " + " | ".join(cells) + f" | {len(runs)} |")
+    return lines
 
 
 def _signed(values: list[float]) -> str:

@@ -135,11 +135,20 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
     text = doc.read_text()
     assert study_mod.TABLE_START in text and study_mod.TABLE_END in text
     scores, minutes = text.split("Minutes per run")
+    minutes, phases = minutes.split(study_mod.PHASES_INTRO)
     lines = [line for line in scores.splitlines() if line.startswith("| ")]
     time_lines = [line for line in minutes.splitlines() if line.startswith("| ")]
+    phase_lines = [line for line in phases.splitlines() if line.startswith("| ")]
     assert len(lines) == len(time_lines) == 1 + len(done.rows)
+    assert len(phase_lines) == len(done.rows)  # a header and every row but dense
     for record in load_results(done.results):
         label = done.rows[record["row"]].label
+        if record["row"] != DENSE:  # every phase the run went through, in order, and its last residual
+            cells = [c.strip() for c in next(l for l in phase_lines if l.startswith(f"| {label} |")).strip("|").split("|")]
+            metrics = record["metrics"]
+            with_admm = record["row"] != "pattern_no_admm"
+            after_admm, residual = (f"{metrics['admm']['f1']:.1f}", f"{record['residual_mean'][-1]:.2f}") if with_admm else ("—", "—")
+            assert cells[1:] == ["MRPC", after_admm, f"{metrics['pruned']['f1']:.1f}", f"{metrics['retrain']['f1']:.1f}", residual, "1"]
         cells = [c.strip() for c in next(l for l in lines if l.startswith(f"| {label} |")).strip("|").split("|")]
         assert cells[1] == f"{record['score']:.1f}"
         assert cells[2] == f"{glue.glue_average({'mrpc': record['score']}):.1f}"
@@ -194,3 +203,29 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
 def test_bad_study_configs_are_refused_with_the_reason(checkpoint, tmp_path, change, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Study.load(study_config(tmp_path, checkpoint, **change))
+
+
+def test_phase_table_gives_each_phase_per_row_and_task_over_seeds(checkpoint, tmp_path):
+    """Scores after ADMM, the hard cut and retraining are averaged per (row, task) over the seeds that ran;
+    a row without ADMM shows no ADMM score and no residual, dense has no line."""
+    study = Study.load(study_config(tmp_path, checkpoint, seeds=[0, 1]))
+    rng = np.random.default_rng(0)
+    current = {}
+    for row in study.rows:
+        for seed in (0, 1):
+            phases = ["finetune"] if row == DENSE else ["pruned", "retrain"] if row == "pattern_no_admm" else ["admm", "pruned", "retrain"]
+            current[(row, "mrpc", seed)] = {"metrics": {p: {"f1": float(rng.uniform(50, 90))} for p in phases},
+                                            "residual_mean": [] if len(phases) < 3 else [0.5, float(rng.uniform(0.1, 0.3))]}
+    lines = study_mod.phase_lines(study, current)
+    cells = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[2:]}
+    assert set(cells) == {spec.label for name, spec in study.rows.items() if name != DENSE}
+    for name, spec in study.rows.items():
+        if name == DENSE:
+            continue
+        runs = [current[(name, "mrpc", s)] for s in (0, 1)]
+        expected = []
+        for phase in ("admm", "pruned", "retrain"):
+            values = [r["metrics"][phase]["f1"] for r in runs if phase in r["metrics"]]
+            expected.append(f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}" if values else "—")
+        residual = f"{np.mean([r['residual_mean'][-1] for r in runs]):.2f}" if name != "pattern_no_admm" else "—"
+        assert cells[spec.label] == ["MRPC"] + expected + [residual, "2"]
