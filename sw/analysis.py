@@ -196,7 +196,8 @@ def _short(name: str) -> str:
     return name.removesuffix(".weight").replace("attention.self.", "attention.")
 
 
-def _save_png(fig: Figure, path) -> Path:
+def save_png(fig: Figure, path) -> Path:
+    """Render ``fig`` to ``path`` as PNG, atomically, creating parent folders."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     path = Path(path)
@@ -266,7 +267,7 @@ def plot_block_sparsity(before: dict[str, torch.Tensor], after: dict[str, torch.
         ax.set_ylabel("share of blocks")
         ax.set_title(f"{_short(name)}: pruned-energy fraction", fontsize="small")
         ax.legend(fontsize="small")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_weight_distribution(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -308,7 +309,7 @@ def plot_weight_distribution(before: dict[str, torch.Tensor], after: dict[str, t
         ax.set_ylabel("count")
         ax.set_title(_short(name), fontsize="small")
         ax.legend(fontsize="small")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_submatrix_sparsity(before: torch.Tensor, after: torch.Tensor, path: str | os.PathLike, grid: int = 3,
@@ -380,4 +381,4 @@ def plot_submatrix_sparsity(before: torch.Tensor, after: torch.Tensor, path: str
             col_start += part_before.shape[1]
         row_start += parts[0][i][0].shape[0]
     axes[0, 0].legend(fontsize="x-small")
-    return _save_png(fig, path)
+    return save_png(fig, path)

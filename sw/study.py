@@ -413,10 +413,61 @@ def schedule(study: Study) -> str:
     return "\n".join(lines + ["", "Row overrides of this schedule:", ""] + rows)
 
 
+PLOT_PHASES = {"finetune": "dense", "admm": "after ADMM", "pruned": "hard cut", "retrain": "retrained"}
+
+
+def plot_scores(study: Study, records: list[dict], path: Path) -> Path:
+    """A PNG with a column per task. Top: every row's final score, one dot per seed and a bar at the mean,
+    so the spread between seeds is seen beside the gaps between rows. Bottom: the rows named in the
+    study's ``differences`` through their phases (fine-tuned, after ADMM, after the hard cut, retrained),
+    one line per seed."""
+    from matplotlib.figure import Figure
+
+    from sw.analysis import save_png
+
+    current = _current(study, records)
+    tasks = list(study.tasks)
+    traced = list(dict.fromkeys(name for pair in study.differences for name in pair if name != DENSE))
+    fig = Figure(figsize=(4.2 * len(tasks), 7.5 if traced else 4.2), layout="constrained")
+    axes = fig.subplots(2 if traced else 1, len(tasks), squeeze=False)
+    colours = {name: f"C{i}" for i, name in enumerate(study.rows)}
+    for column, task in enumerate(tasks):
+        metric = glue.primary_metric(task)
+        title = f"{glue.get_task(task).folder} ({METRIC_NAMES.get(metric, metric)}, dev)"
+        top = axes[0][column]
+        for x, name in enumerate(study.rows):
+            scores = [current[(name, task, s)]["score"] for s in study.seeds if (name, task, s) in current]
+            if scores:
+                top.scatter([x] * len(scores), scores, color=colours[name], s=18, zorder=3)
+                top.hlines(np.mean(scores), x - 0.3, x + 0.3, color=colours[name], linewidth=2)
+        top.set_xticks(range(len(study.rows)), [row.name for row in study.rows.values()], rotation=60, ha="right", fontsize=7)
+        top.set_title(title, fontsize=9)
+        top.grid(axis="y", alpha=0.3)
+        if not traced:
+            continue
+        bottom = axes[1][column]
+        for name in traced:
+            for i, seed in enumerate(s for s in study.seeds if (name, task, s) in current):
+                metrics = current[(name, task, seed)]["metrics"]
+                dense = current.get((DENSE, task, seed), {}).get("metrics", {}).get("finetune")
+                points = [(x, (dense if phase == "finetune" else metrics.get(phase) or {}).get(metric))
+                          for x, phase in enumerate(PLOT_PHASES) if phase != "finetune" or dense]
+                points = [(x, y) for x, y in points if y is not None]
+                bottom.plot(*zip(*points), marker="o", color=colours[name], alpha=0.8, label=study.rows[name].label if i == 0 else None)
+        bottom.set_xticks(range(len(PLOT_PHASES)), list(PLOT_PHASES.values()), fontsize=8)
+        bottom.set_title(f"{title}: through the phases, a line per seed", fontsize=9)
+        bottom.grid(alpha=0.3)
+        if column == 0:
+            bottom.legend(fontsize=7, loc="lower left")
+    return save_png(fig, path)
+
+
 def write_report(study: Study) -> Path:
     """Put the schedule and the results table between their markers in the results doc (the prose
-    around them is kept)."""
-    write_between_markers(study.doc, TABLE_START, TABLE_END, table(study, load_results(study.results)), title="# GLUE study")
+    around them is kept), and draw the scores (``<figures_dir>/<doc name>_scores.png``)."""
+    records = load_results(study.results)
+    write_between_markers(study.doc, TABLE_START, TABLE_END, table(study, records), title="# GLUE study")
+    plot_scores(study, records, study.figures_dir / f"{study.doc.stem}_scores.png")
     text = study.doc.read_text()
     if SCHEDULE_START in text:
         write_between_markers(study.doc, SCHEDULE_START, SCHEDULE_END, schedule(study))

@@ -133,6 +133,7 @@ def test_a_lost_dense_checkpoint_is_fine_tuned_again_to_the_same_score(done, tmp
 def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
     doc = write_report(done)
     text = doc.read_text()
+    assert (done.figures_dir / "glue_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert study_mod.TABLE_START in text and study_mod.TABLE_END in text
     scores, minutes = text.split("Minutes per run")
     minutes, phases = minutes.split(study_mod.PHASES_INTRO)
@@ -191,6 +192,8 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
     half = scipy.stats.t.ppf(0.975, 1) * np.std(paired, ddof=1) / np.sqrt(2)
     interval = f"[{np.mean(paired) - half:+.1f}, {np.mean(paired) + half:+.1f}]"
     assert lines[label][:2] == [f"{np.mean(paired):+.1f} ± {np.std(paired, ddof=1):.1f} {interval} (2)", f"{rte:+.1f} (1)"]
+    # the plot draws the same records, with the phase lines of the rows the differences name
+    assert study_mod.plot_scores(study, records, tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("change, message", [
