@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sw import glue  # noqa: E402
 from sw.admm import ADMM, ADMMSettings  # noqa: E402
-from sw.atomic import write_atomic  # noqa: E402
+from core.atomic import write_atomic  # noqa: E402
 from sw.pipeline import DEFAULT_INCLUDE, TrainConfig, find_targets, load_model_and_tokenizer, make_projections  # noqa: E402
 from sw.train import resolve_model  # noqa: E402
 

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sw.atomic import write_atomic, write_between_markers  # noqa: E402
+from core.atomic import write_atomic, write_between_markers  # noqa: E402
 from sw.inference import convert_model, sparse_linear  # noqa: E402
 from sw.projections import NM, BlockWise, GroupWise, Pattern, Unstructured  # noqa: E402
 

@@ -23,7 +23,7 @@ from hw.config import EngineConfig
 from hw.cycle_model import BERT_BASE, MINILM_L6, matmul_cycles
 from sim.cases import random_case
 from sim.rtl import build_harness, run_program
-from sw.atomic import write_atomic
+from core.atomic import write_atomic
 
 OUT = Path("build/bench")
 TARGETS = {"utilization": 0.95, "pattern_vs_dense": 1.9}
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     harness = build_harness(config, OUT / "verilator")
     rows = []
     for model, tokens, k_in, n_out in linear_shapes(args.tokens):
-        image, x_q = random_case(tokens, k_in, n_out, config.pattern_config, seed=tokens + k_in + n_out)
+        image, x_q = random_case(tokens, k_in, n_out, config.pattern, seed=tokens + k_in + n_out)
         _, expected = image.golden(x_q)
         row = {"model": model, "tokens": tokens, "in_features": k_in, "out_features": n_out}
         for mode in ("pattern", "dense"):
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     write_atomic(OUT / "matmul.json", json.dumps(report, indent=2) + "\n")
     table = markdown_table(rows)
     write_atomic(OUT / "matmul.md", f"# Pattern-sparse matmul engine: {config.multipliers} multipliers "
-                                    f"({config.lanes} lanes × {config.kept_per_block})\n\n{table}\n")
+                                    f"({config.lanes} lanes × {config.pattern.kept_per_block})\n\n{table}\n")
     print("\n" + table)
     print(f"\nwrote {OUT / 'matmul.json'} and {OUT / 'matmul.md'}")
     return 0

@@ -21,7 +21,7 @@ import matplotlib.ticker  # noqa: E402
 
 from hw.config import EngineConfig  # noqa: E402
 from hw.cycle_model import BERT_BASE, MINILM_L6, encoder_cycles  # noqa: E402
-from sw.atomic import write_atomic, write_between_markers  # noqa: E402
+from core.atomic import write_atomic, write_between_markers  # noqa: E402
 
 BENCH = Path("build/bench")
 DOC = Path("docs/results/performance.md")

@@ -33,7 +33,7 @@ from firmware_gen.program import build_program
 from hw.config import EngineConfig
 from sim import rtl
 from sim.cases import random_case
-from sw.atomic import write_atomic
+from core.atomic import write_atomic
 
 SHAPES = [(128, 768, 768), (128, 768, 3072)]  # tokens, in_features, out_features (as bench/matmul.py)
 TARGET_RATIO = 0.5
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     cases, ok = [], True
     for tokens, k_in, n_out in SHAPES:
         shape = f"{tokens}x{k_in}x{n_out}"
-        image, x_q = random_case(tokens, k_in, n_out, config.pattern_config, seed=tokens + k_in + n_out)
+        image, x_q = random_case(tokens, k_in, n_out, config.pattern, seed=tokens + k_in + n_out)
         _, expected = image.golden(x_q)
         program = build_program(image, x_q, config)
         runs = {v.name: [] for v in variants}

@@ -37,7 +37,7 @@ from amaranth.back import verilog
 
 from hw.config import EngineConfig
 from hw.synth_top import SynthTop
-from sw.atomic import write_atomic
+from core.atomic import write_atomic
 
 TOP = "synth_top"
 LANES = (2, 4, 8)
@@ -308,7 +308,7 @@ def measure(config: EngineConfig, folder: Path, *, freq_mhz: float, seed: int, r
 def throughput(config: EngineConfig, fmax_mhz: float, mult18: int, dsp48: int) -> dict:
     """Peak rates with every engine multiplier busy on a kept weight each cycle, at ``fmax_mhz``."""
     gmacs = config.multipliers * fmax_mhz / 1e3
-    dense_per_kept = config.block_size**2 / config.kept_per_block
+    dense_per_kept = config.pattern.block_size**2 / config.pattern.kept_per_block
     return {
         "useful_gmac_per_s": gmacs,
         "useful_gops": 2 * gmacs,

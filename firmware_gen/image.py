@@ -23,7 +23,7 @@ Byte layout, version 1 (all little-endian)::
       kept values       Nb × Kb × n i8  per block, in its pattern's position order
 
 ``N' = Nb·k`` and ``K' = Kb·k`` are N and K rounded up to multiples of k (padding rule of
-``sw.pattern``); padded channels have bias, multiplier and shift 0.
+``core.pattern``); padded channels have bias, multiplier and shift 0.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim import golden
-from sw.atomic import write_atomic
-from sw.pattern import PatternConfig, PatternPool, padded_shape, unpack_pattern_blocks
-from sw.quantize import QuantizedPatternLinear
+from core import golden
+from core.atomic import write_atomic
+from core.pattern import PatternConfig, PatternPool, padded_shape, unpack_pattern_blocks
+from core.quantize import QuantizedPatternLinear
 
 MAGIC = b"TSLW"
 VERSION = 1

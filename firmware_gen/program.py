@@ -13,8 +13,8 @@ from firmware_gen.image import LinearImage
 from hw.config import COUNT_BITS, EngineConfig
 from hw.layouts import (Opcode, activation_layout, channel_params_layout, command_layout, output_layout,
                         weight_layout)
-from sw.atomic import write_atomic
-from sw.pattern import pad_to_blocks, to_blocks
+from core.atomic import write_atomic
+from core.pattern import pad_to_blocks, to_blocks
 
 
 @dataclass
@@ -52,7 +52,7 @@ class MatmulProgram:
         """Output beats in stream order → ``[tokens, out_features]`` (int32 in raw mode, else int8)."""
         if len(beats) != self.output_beats:
             raise ValueError(f"expected {self.output_beats} output beats, got {len(beats)}")
-        cfg, k, lanes = self.config, self.config.block_size, self.config.lanes
+        cfg, k, lanes = self.config, self.config.pattern.block_size, self.config.lanes
         layout = output_layout(cfg)
         y = torch.zeros(self.tokens, self.out_blocks * k, dtype=torch.int64)
         i = 0
@@ -90,15 +90,15 @@ def build_program(image: LinearImage, x_q: torch.Tensor, config: EngineConfig, *
     ``dense=True`` streams every block whole (the same weights, no pattern skipping), for comparison.
     """
     pc = image.config
-    if (pc.block_size, pc.kept_per_block) != (config.block_size, config.kept_per_block):
+    if (pc.block_size, pc.kept_per_block) != (config.pattern.block_size, config.pattern.kept_per_block):
         raise ValueError(f"image blocks are {pc.block_size}×{pc.block_size} keeping {pc.kept_per_block}; "
-                         f"the engine is built for {config.block_size}×{config.block_size} keeping {config.kept_per_block}")
-    if pc.pool_size > config.pool_size:
-        raise ValueError(f"image pool has {pc.pool_size} patterns; the engine's table holds {config.pool_size}")
+                         f"the engine is built for {config.pattern.block_size}×{config.pattern.block_size} keeping {config.pattern.kept_per_block}")
+    if pc.pool_size > config.pattern.pool_size:
+        raise ValueError(f"image pool has {pc.pool_size} patterns; the engine's table holds {config.pattern.pool_size}")
     if x_q.dtype != torch.int8 or x_q.dim() != 2 or x_q.shape[1] != image.in_features:
         raise ValueError(f"x_q must be int8 [tokens, {image.in_features}], got {x_q.dtype} {tuple(x_q.shape)}")
     tokens = x_q.shape[0]
-    k, n = config.block_size, config.kept_per_block
+    k, n = config.pattern.block_size, config.pattern.kept_per_block
     nb, kb = image.block_grid
     for name, value in (("tokens", tokens), ("out_blocks", nb), ("in_blocks", kb)):
         if not 1 <= value < 2**COUNT_BITS:

@@ -14,7 +14,7 @@ MAC_LATENCY = 3
 
 def row_sum_shape(cfg: EngineConfig):
     """Signed width of a block's row sum: an int8×int8 product (16 bits) summed over n terms."""
-    return signed(16 + (cfg.kept_per_block - 1).bit_length())
+    return signed(16 + (cfg.pattern.kept_per_block - 1).bit_length())
 
 
 class PatternBlockMAC(wiring.Component):
@@ -45,7 +45,7 @@ class PatternBlockMAC(wiring.Component):
 
     def __init__(self, config: EngineConfig):
         self._config = config
-        k, n = config.block_size, config.kept_per_block
+        k, n = config.pattern.block_size, config.pattern.kept_per_block
         super().__init__({
             "x": In(data.ArrayLayout(signed(8), k)),
             "values": In(data.ArrayLayout(signed(8), n)),
@@ -55,7 +55,7 @@ class PatternBlockMAC(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        k, n = self._config.block_size, self._config.kept_per_block
+        k, n = self._config.pattern.block_size, self._config.pattern.kept_per_block
         selected = [Signal(signed(8), name=f"selected_{j}") for j in range(n)]
         weights = [Signal(signed(8), name=f"weight_{j}") for j in range(n)]
         products = [Signal(signed(16), name=f"product_{j}") for j in range(n)]

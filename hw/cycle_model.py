@@ -63,7 +63,7 @@ def matmul_cycles(config: EngineConfig, tokens: int, in_features: int, out_featu
     for name, value in (("tokens", tokens), ("in_features", in_features), ("out_features", out_features)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    k, lanes = config.block_size, config.lanes
+    k, lanes = config.pattern.block_size, config.lanes
     kb, nb = -(-in_features // k), -(-out_features // k)
     if kb > config.max_in_blocks:
         raise ValueError(f"in_features={in_features} exceeds the engine's activation buffer ({config.max_in_features})")
@@ -90,7 +90,7 @@ def matmul_cycles(config: EngineConfig, tokens: int, in_features: int, out_featu
             start = row_end + 1
         compute_end.append(last_row_end)
     cycles = last_row_end + last_row_tokens + RUN_TAIL_CYCLES
-    useful = tokens * out_features * in_features * config.kept_per_block // k**2
+    useful = tokens * out_features * in_features * config.pattern.kept_per_block // k**2
     return MatmulCycles(tokens, in_features, out_features, dense, cycles, useful, config.multipliers)
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from core.pattern import PatternConfig
 from hw.config import EngineConfig
 from hw.pattern_matmul import PatternMatmulEngine
-from sw.atomic import write_atomic
+from core.atomic import write_atomic
 
 TOP_NAME = "pattern_matmul"
 
@@ -36,21 +37,25 @@ def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_N
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw.gen", description="Generate the engine's Verilog.")
     parser.add_argument("--config", type=Path, help="engine config JSON (flags below override its fields)")
+    for f in fields(PatternConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.pattern.{f.name}")
     for f in fields(EngineConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.{f.name}")
+        if f.name != "pattern":
+            parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.{f.name}")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
     parser.add_argument("--name", default=TOP_NAME, help=f"top module name (default {TOP_NAME})")
     args = parser.parse_args(argv)
     try:
         config = EngineConfig.from_json(args.config.read_text()) if args.config else EngineConfig()
-        overrides = {f.name: getattr(args, f.name) for f in fields(EngineConfig) if getattr(args, f.name) is not None}
-        config = replace(config, **overrides)
+        given = lambda cls: {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        pattern = replace(config.pattern, **given(PatternConfig))
+        config = replace(config, **{**given(EngineConfig), "pattern": pattern})
     except (ValueError, OSError) as e:
         print(f"error: invalid engine config: {e}", file=sys.stderr)
         return 2
     path = generate(config, args.out, args.name)
-    print(f"wrote {path} ({config.multipliers} multipliers, {config.block_size}x{config.block_size} blocks keeping "
-          f"{config.kept_per_block}, pool {config.pool_size})")
+    print(f"wrote {path} ({config.multipliers} multipliers, {config.pattern.block_size}x{config.pattern.block_size} blocks keeping "
+          f"{config.pattern.kept_per_block}, pool {config.pattern.pool_size})")
     return 0
 
 

@@ -8,7 +8,7 @@ from amaranth import signed, unsigned
 from amaranth.lib import data, enum
 
 from hw.config import COUNT_BITS, EngineConfig
-from sim import golden
+from core import golden
 
 
 class Opcode(enum.Enum, shape=2):
@@ -20,7 +20,7 @@ class Opcode(enum.Enum, shape=2):
 def pattern_layout(cfg: EngineConfig) -> data.ArrayLayout:
     """Kept positions of one pattern, in storage order: ``n × {row, col}`` inside the block."""
     coord = unsigned(cfg.coord_bits)
-    return data.ArrayLayout(data.StructLayout({"row": coord, "col": coord}), cfg.kept_per_block)
+    return data.ArrayLayout(data.StructLayout({"row": coord, "col": coord}), cfg.pattern.kept_per_block)
 
 
 def command_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -40,18 +40,18 @@ def weight_layout(cfg: EngineConfig) -> data.StructLayout:
     """One weight block (pattern mode) or one chunk of a dense block (dense mode)."""
     return data.StructLayout({
         "pattern": unsigned(cfg.id_bits),
-        "values": data.ArrayLayout(signed(8), cfg.kept_per_block),
+        "values": data.ArrayLayout(signed(8), cfg.pattern.kept_per_block),
     })
 
 
 def activation_layout(cfg: EngineConfig) -> data.StructLayout:
     """``k`` int8 activations of one token: one block column."""
-    return data.StructLayout({"values": data.ArrayLayout(signed(8), cfg.block_size)})
+    return data.StructLayout({"values": data.ArrayLayout(signed(8), cfg.pattern.block_size)})
 
 
 def channel_params_layout(cfg: EngineConfig) -> data.StructLayout:
     """Bias and requantization parameters of the ``k`` output channels of one block row."""
-    k = cfg.block_size
+    k = cfg.pattern.block_size
     return data.StructLayout({
         "bias": data.ArrayLayout(signed(golden.ACC_BITS), k),
         "multiplier": data.ArrayLayout(unsigned(golden.MULTIPLIER_BITS), k),
@@ -61,4 +61,4 @@ def channel_params_layout(cfg: EngineConfig) -> data.StructLayout:
 
 def output_layout(cfg: EngineConfig) -> data.StructLayout:
     """``k`` outputs of one token: int8 results sign-extended, or int32 accumulators in raw mode."""
-    return data.StructLayout({"values": data.ArrayLayout(signed(golden.ACC_BITS), cfg.block_size)})
+    return data.StructLayout({"values": data.ArrayLayout(signed(golden.ACC_BITS), cfg.pattern.block_size)})

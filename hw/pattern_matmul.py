@@ -10,7 +10,7 @@ from hw.config import COUNT_BITS, EngineConfig
 from hw.layouts import (Opcode, activation_layout, channel_params_layout, command_layout, output_layout,
                         pattern_layout, weight_layout)
 from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
-from sim import golden
+from core import golden
 
 
 class PatternMatmulEngine(wiring.Component):
@@ -76,11 +76,11 @@ class PatternMatmulEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        k, n, lanes = cfg.block_size, cfg.kept_per_block, cfg.lanes
+        k, n, lanes = cfg.pattern.block_size, cfg.pattern.kept_per_block, cfg.lanes
         lane_bits = max(1, (lanes).bit_length())
 
         # --- storage -----------------------------------------------------------------------------
-        m.submodules.pattern_table = pattern_table = Memory(shape=pattern_layout(cfg), depth=cfg.pool_size, init=[])
+        m.submodules.pattern_table = pattern_table = Memory(shape=pattern_layout(cfg), depth=cfg.pattern.pool_size, init=[])
         table_write = pattern_table.write_port()
         table_read = pattern_table.read_port(domain="comb")
 
@@ -131,9 +131,9 @@ class PatternMatmulEngine(wiring.Component):
                     m.d.comb += [
                         table_write.addr.eq(cmd.pattern_id),
                         table_write.data.eq(cmd.positions),
-                        table_write.en.eq(cmd.pattern_id < cfg.pool_size),
+                        table_write.en.eq(cmd.pattern_id < cfg.pattern.pool_size),
                     ]
-                    with m.If(cmd.pattern_id >= cfg.pool_size):
+                    with m.If(cmd.pattern_id >= cfg.pattern.pool_size):
                         m.d.sync += self.error.eq(1)
                 with m.Case(Opcode.RUN):
                     refused = ((cmd.tokens == 0) | (cmd.in_blocks == 0) | (cmd.out_blocks == 0)

@@ -1,10 +1,10 @@
-"""Per-channel requantization of an int32 accumulator to int8 (see ``sim.golden.requantize``)."""
+"""Per-channel requantization of an int32 accumulator to int8 (see ``core.golden.requantize``)."""
 
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from sim import golden
+from core import golden
 
 #: Cycles from ``value``/``multiplier``/``shift`` to ``result`` while ``en`` stays high.
 REQUANTIZER_LATENCY = 4

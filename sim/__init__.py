@@ -1,1 +1,1 @@
-"""Golden model (the arithmetic contract) and RTL verification harnesses."""
+"""RTL verification harnesses: cocotb + Verilator runs of the generated Verilog against the golden model."""

@@ -7,8 +7,8 @@ import math
 import torch
 
 from firmware_gen.image import LinearImage
-from sim import golden
-from sw.pattern import PatternConfig, padded_shape
+from core import golden
+from core.pattern import PatternConfig, padded_shape
 
 
 def random_pool_positions(config: PatternConfig, generator: torch.Generator) -> torch.Tensor:
@@ -59,5 +59,5 @@ def random_case(tokens: int, in_features: int, out_features: int, config: Patter
 
 
 def _repack(weight: torch.Tensor, image: LinearImage) -> torch.Tensor:
-    from sw.pattern import pack_pattern_blocks
+    from core.pattern import pack_pattern_blocks
     return pack_pattern_blocks(weight, image.pattern_ids, image.pool())

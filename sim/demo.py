@@ -20,8 +20,8 @@ from hw.config import EngineConfig
 from hw.gen import generate
 from sim.rtl import build_harness, run_program
 from sim.toolchain import LINT_WAIVERS, configure_verilator
-from sw.pattern import PatternConfig
-from sw.quantize import compress_linear
+from core.pattern import PatternConfig
+from core.quantize import compress_linear
 
 OUT = Path("build/demo")
 TOKENS, IN_FEATURES, OUT_FEATURES, SEED = 64, 256, 192, 0
@@ -44,11 +44,11 @@ def main() -> int:
     x = torch.randn(TOKENS, IN_FEATURES)
 
     step(f"sw: pattern pruning + int8 of a {IN_FEATURES}→{OUT_FEATURES} linear layer "
-         f"({config.block_size}×{config.block_size} blocks, {config.kept_per_block} kept, pool {config.pool_size})")
-    layer = compress_linear(linear, x, PatternConfig(config.block_size, config.kept_per_block, config.pool_size))
+         f"({config.pattern.block_size}×{config.pattern.block_size} blocks, {config.pattern.kept_per_block} kept, pool {config.pattern.pool_size})")
+    layer = compress_linear(linear, x, config.pattern)
     kept = float((layer.weight_q.double() * layer.weight_scale[:, None]).pow(2).sum() / linear.weight.detach().double().pow(2).sum())
     used = len(torch.unique(layer.pattern_ids))
-    print(f"   {layer.pattern_ids.numel()} blocks, {used} of {config.pool_size} patterns used, "
+    print(f"   {layer.pattern_ids.numel()} blocks, {used} of {config.pattern.pool_size} patterns used, "
           f"{kept:.1%} of the squared weight magnitude kept")
 
     step("sim: golden integer model against the float model")
@@ -87,7 +87,7 @@ def main() -> int:
         program = build_program(loaded, x_q, config, dense=mode == "dense")
         result = run_program(harness, program, y_q, OUT / "cases" / mode, stall_percent=0)
         results[mode] = result
-        useful = TOKENS * OUT_FEATURES * IN_FEATURES * config.kept_per_block / config.block_size**2
+        useful = TOKENS * OUT_FEATURES * IN_FEATURES * config.pattern.kept_per_block / config.pattern.block_size**2
         print(f"   {mode:7s}: {'bit-exact' if result['passed'] else 'MISMATCH'} "
               f"({result['elements'] - (result['mismatches'] or 0)}/{result['elements']} outputs equal), "
               f"{result['cycles']} cycles, MAC utilization {useful / (config.multipliers * result['cycles']):.1%}")

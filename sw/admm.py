@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sw.pattern import PatternPool
+from core.pattern import PatternPool
 from sw.projections import Pattern, Projection
 
 

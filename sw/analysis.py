@@ -4,7 +4,7 @@ The claim checked here: a fine-tuned dense matrix has an uneven, polarized sprea
 while after ADMM every ``k×k`` block has about ``k² − n`` (near-)zero entries, so pattern pruning to
 ``n`` kept per block removes almost nothing.
 
-Two per-block measures, both on the block grid of :mod:`sw.pattern` (zero padding at the bottom and
+Two per-block measures, both on the block grid of :mod:`core.pattern` (zero padding at the bottom and
 right when a side is not a multiple of ``k``):
 
 * :func:`block_sparsity`: the fraction of a block's real entries that count as zero, relative to the
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sw.atomic import write_atomic
-from sw.pattern import pad_to_blocks, to_blocks
+from core.atomic import write_atomic
+from core.pattern import PatternConfig, pad_to_blocks, to_blocks
 
 DEFAULT_NEAR_ZERO_THRESHOLD = 0.1
 """Default ``threshold`` of :func:`block_sparsity`: ``|w| ≤ 0.1 · RMS(W)`` counts as zero.
@@ -80,7 +80,7 @@ def _real_positions(shape: tuple[int, int], block_size: int) -> torch.Tensor:
     return to_blocks(pad_to_blocks(ones, block_size), block_size) > 0
 
 
-def block_sparsity(weight: torch.Tensor, block_size: int = 4, threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD) -> torch.Tensor:
+def block_sparsity(weight: torch.Tensor, block_size: int = PatternConfig.block_size, threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD) -> torch.Tensor:
     """Fraction of each block's entries that count as zero.
 
     Parameters
@@ -108,11 +108,11 @@ def block_sparsity(weight: torch.Tensor, block_size: int = 4, threshold: float =
     return near_zero.sum(-1, dtype=torch.float64) / real.sum(-1, dtype=torch.float64)
 
 
-def pruned_energy_fraction(weight: torch.Tensor, block_size: int = 4, kept: int = 8) -> torch.Tensor:
+def pruned_energy_fraction(weight: torch.Tensor, block_size: int = PatternConfig.block_size, kept: int = PatternConfig.kept_per_block) -> torch.Tensor:
     """Share of each block's squared magnitude outside its ``kept`` largest entries.
 
     This is what pattern pruning of the block removes at best (with its own top-n pattern); ADMM
-    drives it towards 0. Padded positions are zero, as in :mod:`sw.pattern`, so a partial block with
+    drives it towards 0. Padded positions are zero, as in :mod:`core.pattern`, so a partial block with
     at most ``kept`` real entries gives 0. Blocks of all zeros give 0.
 
     Parameters
@@ -139,7 +139,7 @@ def pruned_energy_fraction(weight: torch.Tensor, block_size: int = 4, kept: int 
     return torch.where(total > 0, removed / torch.where(total > 0, total, 1.0), torch.zeros_like(total))
 
 
-def sparsity_summary(weight: torch.Tensor, block_size: int = 4, kept: int = 8,
+def sparsity_summary(weight: torch.Tensor, block_size: int = PatternConfig.block_size, kept: int = PatternConfig.kept_per_block,
                      threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD) -> dict:
     """Scalar per-block sparsity statistics of one matrix, JSON-ready.
 
@@ -219,7 +219,7 @@ def _overlaid_hist(ax, before: torch.Tensor, after: torch.Tensor, bins) -> None:
 
 
 def plot_block_sparsity(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], path: str | os.PathLike,
-                        title: str = "Per-block sparsity before and after ADMM", block_size: int = 4, kept: int = 8,
+                        title: str = "Per-block sparsity before and after ADMM", block_size: int = PatternConfig.block_size, kept: int = PatternConfig.kept_per_block,
                         threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD) -> Path:
     """Histograms of per-block sparsity before vs after ADMM, one row per layer; writes a PNG.
 
@@ -314,7 +314,7 @@ def plot_weight_distribution(before: dict[str, torch.Tensor], after: dict[str, t
 
 def plot_submatrix_sparsity(before: torch.Tensor, after: torch.Tensor, path: str | os.PathLike, grid: int = 3,
                             title: str = "Per-block sparsity of each sub-matrix before and after ADMM",
-                            block_size: int = 4, kept: int = 8, threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD,
+                            block_size: int = PatternConfig.block_size, kept: int = PatternConfig.kept_per_block, threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD,
                             measure: str = "near_zero") -> Path:
     """Fig. 5 style: the matrix split into ``grid×grid`` sub-matrices, one histogram panel per part; writes a PNG.
 

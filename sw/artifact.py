@@ -1,71 +1,34 @@
-"""The artifact of a compressed model: ``tensors.safetensors`` + ``manifest.json`` (format version 1).
+"""Export of a trained Hugging Face model into an artifact, and the model back from one.
 
-One folder per trained model::
-
-    tensors.safetensors
-      linear.<module>.weight_q      int8  [N, K]   per-row symmetric levels, zero outside the mask
-      linear.<module>.weight_scale  f64   [N]      weight ≈ weight_q · weight_scale[:, None]
-      linear.<module>.bias          f32   [N]
-      linear.<module>.mask          bool  [N, K]   the fixed support of retraining
-      linear.<module>.pool          bool  [P, k²]  pattern kinds only: the layer's pattern pool
-      linear.<module>.pattern_ids   i32   [N/k, K/k] pattern kinds only: pattern id per block (padded grid)
-      attention.pool                bool  [Pa, ka²] when attention-map pruning is on
-      dense.<parameter>             f32            every other parameter/buffer (embeddings, LayerNorms,
-                                                   pooler, classifier)
-    manifest.json
-      format, version, model (config dict, architecture), task and metrics, training config,
-      layers: {module: out/in features, bits, projection spec, calibrated input/output scales},
-      attention_pruning config, sha256 of the tensors file
-
-The manifest is written last and holds the tensors' hash, so an interrupted export is refused on
-load. :func:`load_artifact` checks everything it can (hash, version, shapes, dtypes, level range, values
-inside masks, ids within the pool, every block's mask equal to its pattern) and raises
-:class:`ArtifactError` naming the tensor and the problem.
+The format, its reader and its validation are the contract's (:mod:`core.artifact`); this module holds
+the two steps that need the training side: reading the effective weights out of a trained (masked,
+fake-quantized) model, and rebuilding the Hugging Face model from an artifact.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-from sw.atomic import write_atomic
-from sw.masking import masked_weights
-from sw.pattern import PatternConfig, PatternPool, from_blocks, padded_shape
-from sw.projections import Pattern, Quantize
-
-FORMAT = "tessera-artifact"
-VERSION = 1
-TENSORS = "tensors.safetensors"
-MANIFEST = "manifest.json"
+from core.artifact import TOKENIZER, Artifact, ArtifactError, write_artifact
+from core.encoder import build_integer_encoder, linear_edges
+from core.pattern import PatternPool
+from core.quantize import quantize_rows
+from sw import attention as attention_pruning
+from sw.masking import apply_masks, masked_weights
+from sw.calibration import encoder_floats as calibration_floats
+from sw.projections import Pattern
 
 
-class ArtifactError(ValueError):
-    """An artifact is missing, corrupt, of another version, or inconsistent."""
-
-
-def _quantize_rows(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    quantizer = Quantize(bits)
-    w = weight.detach().to(torch.float64)
-    scale = quantizer.scales(w)
-    q = 2 ** (bits - 1) - 1
-    return torch.round(w / scale[:, None]).clamp(-q, q).to(torch.int8), scale
-
-
-def save_artifact(path, model, config, projections, scales, metrics, attention=None) -> Path:
+def save_artifact(path, model, config, projections, scales, metrics, attention=None, tokenizer=None,
+                  calibration: str = "") -> Path:
     """Write the artifact of ``model`` (its effective, masked weights) into the folder ``path``.
 
-    ``projections``: ``{"<module>.weight": (param, projection)}`` of the run; ``scales``: calibrated
-    ``{module: {"input_scale", "output_scale"}}``; ``attention``: ``(AttentionPruningConfig, PatternPool)``.
+    ``projections``: ``{"<module>.weight": (param, projection)}`` of the run; ``scales``: the calibrated
+    scale of every tensor edge of the integer encoder (:func:`sw.calibration.calibrate`);
+    ``attention``: ``(AttentionPruningConfig, PatternPool)``; ``tokenizer`` is saved beside the tensors.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     bits = config.compression.quant_bits or 8
     masks = {name: p.mask for name, p in masked_weights(model).items()}
     tensors, layers = {}, {}
@@ -75,7 +38,7 @@ def save_artifact(path, model, config, projections, scales, metrics, attention=N
         module = model.get_submodule(module_name)
         weight = module.weight.detach()  # effective weight (masked, fake-quantized)
         mask = masks.get(name, torch.ones_like(weight, dtype=torch.bool))
-        weight_q, weight_scale = _quantize_rows(weight * mask, bits)
+        weight_q, weight_scale = quantize_rows(weight * mask, bits)
         bias = module.bias.detach() if module.bias is not None else torch.zeros(weight.shape[0])
         prefix = f"linear.{module_name}."
         tensors.update({
@@ -84,7 +47,7 @@ def save_artifact(path, model, config, projections, scales, metrics, attention=N
         })
         entry = {
             "out_features": weight.shape[0], "in_features": weight.shape[1], "bits": bits,
-            "projection": projection.to_dict(), **scales[module_name],
+            "projection": projection.to_dict(),
         }
         if isinstance(projection, Pattern):
             tensors[prefix + "pool"] = projection.pool.masks.contiguous()
@@ -99,17 +62,42 @@ def save_artifact(path, model, config, projections, scales, metrics, attention=N
         tensors["attention.pool"] = pool.masks.contiguous()
         attention_config = attention_config.to_dict()
 
-    blob = save_safetensors(tensors)
-    write_atomic(path / TENSORS, blob)
     manifest = {
-        "format": FORMAT, "version": VERSION,
         "model": {"architecture": type(model).__name__, "config": model.config.to_dict()},
         "task": config.task, "metrics": metrics, "training": config.to_dict(),
         "layers": layers, "attention_pruning": attention_config,
-        "tensors": {"file": TENSORS, "sha256": hashlib.sha256(blob).hexdigest()},
     }
-    write_atomic(path / MANIFEST, json.dumps(manifest, indent=1, default=str))
-    return path
+    return write_integer_artifact(path, tensors, manifest, model, scales, tokenizer, calibration)
+
+
+def write_integer_artifact(path, tensors: dict, manifest: dict, model, scales: dict[str, float], tokenizer=None,
+                           calibration: str = "") -> Path:
+    """Add the integer encoder (``int.*`` tensors, the manifest's ``integer`` section, every linear's
+    edge scales) to a float artifact's ``tensors`` and ``manifest`` and write the folder ``path``.
+
+    ``model`` is the float model those tensors came from (embeddings, LayerNorms, pooler and classifier
+    are read from it); the tokenizer, when given, goes to ``path/tokenizer``.
+    """
+    tensors = {name: t for name, t in tensors.items() if not name.startswith("int.")}
+    layers = manifest["layers"]
+    linears = {}
+    for module, entry in layers.items():
+        if entry["bits"] != 8:
+            raise ValueError(f"layer {module} has {entry['bits']}-bit weights; the integer encoder runs int8")
+        linears[module] = {"weight_q": tensors[f"linear.{module}.weight_q"], "weight_scale": tensors[f"linear.{module}.weight_scale"],
+                           "bias": tensors[f"linear.{module}.bias"]}
+    floats = calibration_floats(model)
+    pool = tensors.get("attention.pool") if manifest.get("attention_pruning") else None
+    int_tensors, spec = build_integer_encoder(linears, floats, scales, pool)
+    spec["calibration"] = calibration
+    for i, layer in enumerate(floats.layers):
+        for role, (edge_in, edge_out) in linear_edges(i).items():
+            layers[layer.modules[role]].update(input_scale=scales[edge_in], output_scale=scales[edge_out])
+    manifest = {**manifest, "integer": spec}
+    path = Path(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path / TOKENIZER)
+    return write_artifact(path, {**tensors, **int_tensors}, manifest)
 
 
 def _dense_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
@@ -122,154 +110,28 @@ def _dense_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-# --------------------------------------------------------------------------------------------- load
+def to_model(artifact: Artifact, masked: bool = True, decay: float = 2e-4, bits: int | None = None):
+    """The Hugging Face model with the artifact's weights; with ``masked`` the masks are applied as
+    SR-STE parametrizations, so training can continue on the same supports."""
+    import transformers
 
+    config_dict = dict(artifact.manifest["model"]["config"])
+    config = transformers.AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    config._attn_implementation = "eager"
+    architecture = getattr(transformers, artifact.manifest["model"]["architecture"])
+    model = architecture(config)
+    state = {name[len("dense."):]: value for name, value in artifact.tensors.items() if name.startswith("dense.")}
+    for module in artifact.layers:
+        state[f"{module}.weight"] = artifact.weight(module)
+        state[f"{module}.bias"] = artifact.tensor(module, "bias")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{artifact.path}: tensors do not fit the model config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if masked:
+        apply_masks(model, artifact.masks(), decay, bits)
+    if artifact.manifest.get("attention_pruning"):
+        config = attention_pruning.AttentionPruningConfig.from_dict(artifact.manifest["attention_pruning"])
+        attention_pruning.enable_attention_pruning(model, PatternPool(config.pattern, artifact.tensors["attention.pool"]), config)
+    model.eval()
+    return model
 
-@dataclass
-class Artifact:
-    path: Path
-    manifest: dict
-    tensors: dict[str, torch.Tensor]
-
-    @property
-    def layers(self) -> dict[str, dict]:
-        return self.manifest["layers"]
-
-    def tensor(self, module: str, field: str) -> torch.Tensor:
-        return self.tensors[f"linear.{module}.{field}"]
-
-    def weight(self, module: str) -> torch.Tensor:
-        """Dequantized weight ``weight_q · scale`` (float32)."""
-        return (self.tensor(module, "weight_q").to(torch.float64) * self.tensor(module, "weight_scale")[:, None]).float()
-
-    def masks(self) -> dict[str, torch.Tensor]:
-        return {f"{m}.weight": self.tensor(m, "mask") for m in self.layers}
-
-    def pool(self, module: str) -> PatternPool:
-        spec = self.layers[module]["pattern"]
-        return PatternPool(PatternConfig(spec["block_size"], spec["kept_per_block"], spec["pool_size"]), self.tensor(module, "pool"))
-
-    def to_model(self, masked: bool = True, decay: float = 2e-4, bits: int | None = None):
-        """The Hugging Face model with the artifact's weights; with ``masked`` the masks are applied as
-        SR-STE parametrizations, so training can continue on the same supports."""
-        import transformers
-
-        from sw.masking import apply_masks
-
-        config_dict = dict(self.manifest["model"]["config"])
-        config = transformers.AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-        config._attn_implementation = "eager"
-        architecture = getattr(transformers, self.manifest["model"]["architecture"])
-        model = architecture(config)
-        state = {name[len("dense."):]: value for name, value in self.tensors.items() if name.startswith("dense.")}
-        for module in self.layers:
-            state[f"{module}.weight"] = self.weight(module)
-            state[f"{module}.bias"] = self.tensor(module, "bias")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ArtifactError(f"{self.path}: tensors do not fit the model config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        if masked:
-            apply_masks(model, self.masks(), decay, bits)
-        if self.manifest.get("attention_pruning"):
-            from sw import attention
-
-            config = attention.AttentionPruningConfig.from_dict(self.manifest["attention_pruning"])
-            attention.enable_attention_pruning(model, PatternPool(config.pattern, self.tensors["attention.pool"]), config)
-        model.eval()
-        return model
-
-    def quantized_linear(self, module: str):
-        """The layer as ``sw.quantize.QuantizedPatternLinear`` (what firmware_gen and the golden model take)."""
-        from sw.quantize import QuantizedPatternLinear, quantize_bias, requant_parameters
-
-        entry = self.layers[module]
-        if "pattern" not in entry or entry["bits"] != 8:
-            raise ArtifactError(f"layer {module} is not an 8-bit pattern layer (projection {entry['projection']['kind']}, {entry['bits']} bits)")
-        scale = self.tensor(module, "weight_scale")
-        multiplier, shift = requant_parameters(entry["input_scale"], scale, entry["output_scale"])
-        return QuantizedPatternLinear(
-            pool=self.pool(module), pattern_ids=self.tensor(module, "pattern_ids").to(torch.int64),
-            weight_q=self.tensor(module, "weight_q"), weight_scale=scale,
-            bias_q=quantize_bias(self.tensor(module, "bias"), entry["input_scale"], scale),
-            input_scale=entry["input_scale"], output_scale=entry["output_scale"], multiplier=multiplier, shift=shift,
-        )
-
-
-def load_artifact(path) -> Artifact:
-    """Load and validate an artifact folder; raises :class:`ArtifactError` on anything wrong."""
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact, or its export was interrupted)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({error})") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("version") != VERSION:
-        raise ArtifactError(f"{manifest_path}: version {manifest.get('version')!r} is not supported (this reader knows {VERSION})")
-    for key in ("model", "layers", "tensors", "task"):
-        if key not in manifest:
-            raise ArtifactError(f"{manifest_path}: missing key {key!r}")
-    tensors_path = path / manifest["tensors"]["file"]
-    if not tensors_path.is_file():
-        raise ArtifactError(f"{path}: tensors file {tensors_path.name} is missing")
-    blob = tensors_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != manifest["tensors"]["sha256"]:
-        raise ArtifactError(f"{tensors_path}: sha256 does not match the manifest (corrupt or replaced file)")
-    try:
-        tensors = load_safetensors(blob)
-    except Exception as error:  # safetensors raises its own error types
-        raise ArtifactError(f"{tensors_path}: unreadable safetensors ({error})") from None
-    artifact = Artifact(path, manifest, tensors)
-    for module, entry in manifest["layers"].items():
-        _validate_layer(artifact, module, entry)
-    if manifest.get("attention_pruning") is not None and "attention.pool" not in tensors:
-        raise ArtifactError(f"{path}: attention pruning is configured but attention.pool is missing")
-    return artifact
-
-
-def _expect(artifact: Artifact, name: str, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
-    if name not in artifact.tensors:
-        raise ArtifactError(f"{artifact.path}: tensor {name} is missing")
-    t = artifact.tensors[name]
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ArtifactError(f"{artifact.path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
-    return t
-
-
-def _validate_layer(artifact: Artifact, module: str, entry: dict) -> None:
-    n, k, bits = entry["out_features"], entry["in_features"], entry["bits"]
-    p = f"linear.{module}."
-    weight_q = _expect(artifact, p + "weight_q", torch.int8, (n, k))
-    scale = _expect(artifact, p + "weight_scale", torch.float64, (n,))
-    _expect(artifact, p + "bias", torch.float32, (n,))
-    mask = _expect(artifact, p + "mask", torch.bool, (n, k))
-    limit = 2 ** (bits - 1) - 1
-    if bool((weight_q.to(torch.int16).abs() > limit).any()):  # int8 abs(-128) wraps to -128
-        raise ArtifactError(f"{artifact.path}: {p}weight_q has values outside ±{limit} ({bits}-bit levels)")
-    if bool((weight_q[~mask] != 0).any()):
-        raise ArtifactError(f"{artifact.path}: {p}weight_q has nonzero weights outside its mask")
-    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
-        raise ArtifactError(f"{artifact.path}: {p}weight_scale must be finite and positive")
-    for key in ("input_scale", "output_scale"):
-        value = entry.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ArtifactError(f"{artifact.path}: layer {module} has a bad {key} {value!r}")
-    if "pattern" not in entry:
-        return
-    spec = entry["pattern"]
-    kb = spec["block_size"]
-    try:
-        pool = PatternPool(PatternConfig(kb, spec["kept_per_block"], spec["pool_size"]), _expect(artifact, p + "pool", torch.bool, (spec["pool_size"], kb * kb)))
-    except ValueError as error:
-        raise ArtifactError(f"{artifact.path}: {p}pool is not a valid pattern pool: {error}") from None
-    n_pad, k_pad = padded_shape(n, k, kb)
-    ids = _expect(artifact, p + "pattern_ids", torch.int32, (n_pad // kb, k_pad // kb))
-    if bool(((ids < 0) | (ids >= spec["pool_size"])).any()):
-        raise ArtifactError(f"{artifact.path}: {p}pattern_ids has ids outside the pool of {spec['pool_size']}")
-    expected = from_blocks(pool.masks[ids.to(torch.int64)], kb)[:n, :k]
-    if not torch.equal(expected, mask):
-        rows, cols = torch.nonzero(expected != mask)[0].tolist()
-        raise ArtifactError(f"{artifact.path}: {p}mask does not follow its block patterns (first difference at [{rows}, {cols}], block ({rows // kb}, {cols // kb}))")

@@ -7,7 +7,7 @@ hardware. The pool is fixed (built offline from calibration attention maps); the
 chosen per input, at run time.
 
 Block selection rule (the contract of this module; positions row-major ``p = row·k + col`` as in
-:mod:`sw.pattern`):
+:mod:`core.pattern`):
 
 1. Dense probabilities ``A = softmax(S)`` over the valid keys of each query row (keys the attention mask
    allows), computed without gradient. Invalid keys have ``A = 0``.
@@ -46,21 +46,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from sw.pattern import PatternConfig, PatternPool, build_pool_from_energy
+from core.pattern import PatternConfig, PatternPool, build_pool_from_energy, from_blocks, pad_to_blocks, to_blocks
 
 ATTENTION_IMPLEMENTATION = "tessera_pattern"
 
 # 4×4 blocks keeping 8 (50 % density, as for the weights) but a pool of 16 rather than 32: attention
 # patterns are chosen at run time, so every block is scored against every pool pattern on the device, and
 # a 4-bit pattern id halves that work and the id storage.
-DEFAULT_ATTENTION_PATTERN = PatternConfig(block_size=4, kept_per_block=8, pool_size=16)
+DEFAULT_ATTENTION_PATTERN = replace(PatternConfig(), pool_size=16)
 
 # Names of the per-module state set by `enable_attention_pruning` (a non-persistent buffer keeps the pool
 # on the module's device without entering the state dict).
@@ -149,25 +149,6 @@ def _block_size(masks: torch.Tensor) -> int:
     return k
 
 
-def _pad_maps(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero-pad ``[..., Lq, Lk]`` at the bottom and right to multiples of ``k``."""
-    pad_q, pad_k = -maps.shape[-2] % k, -maps.shape[-1] % k
-    return nn.functional.pad(maps, (0, pad_k, 0, pad_q)) if pad_q or pad_k else maps
-
-
-def _to_blocks(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """``[..., Lq, Lk]`` (multiples of k) → ``[..., Lq/k, Lk/k, k²]``, row-major inside each block."""
-    *lead, lq, lk = maps.shape
-    blocks = maps.reshape(*lead, lq // k, k, lk // k, k).transpose(-3, -2)
-    return blocks.reshape(*lead, lq // k, lk // k, k * k)
-
-
-def _from_blocks(blocks: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`_to_blocks`."""
-    *lead, qb, kb, _ = blocks.shape
-    return blocks.reshape(*lead, qb, kb, k, k).transpose(-3, -2).reshape(*lead, qb * k, kb * k)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Selection and the pruned softmax
 # ----------------------------------------------------------------------------------------------------------
@@ -189,7 +170,7 @@ def select_attention_patterns(probs: torch.Tensor, masks: torch.Tensor) -> torch
         ``[..., ceil(Lq/k), ceil(Lk/k)]`` int64 pattern ids.
     """
     k = _block_size(masks)
-    blocks = _to_blocks(_pad_maps(probs.detach(), k), k).to(torch.float64)
+    blocks = to_blocks(pad_to_blocks(probs.detach(), k), k).to(torch.float64)
     kept_mass = blocks @ masks.to(device=blocks.device, dtype=torch.float64).T
     return kept_mass.argmax(-1)  # argmax returns the first maximum: ties → lower id
 
@@ -208,7 +189,7 @@ def attention_keep_mask(probs: torch.Tensor, valid: torch.Tensor | None, masks: 
     """
     k = _block_size(masks)
     ids = select_attention_patterns(probs, masks)
-    keep = _from_blocks(masks.to(ids.device)[ids], k)[..., : probs.shape[-2], : probs.shape[-1]]
+    keep = from_blocks(masks.to(ids.device)[ids], k)[..., : probs.shape[-2], : probs.shape[-1]]
     return keep & valid if valid is not None else keep
 
 
@@ -489,7 +470,7 @@ def build_attention_pool(
     """Attention pattern pool from calibration probability maps.
 
     Every map ``[..., Lq, Lk]`` (padding rows/columns zero) is zero-padded to multiples of ``k`` and cut into
-    blocks; the per-block probabilities are the energies of :func:`sw.pattern.build_pool_from_energy`, so the
+    blocks; the per-block probabilities are the energies of :func:`core.pattern.build_pool_from_energy`, so the
     pool maximises kept probability mass, the same objective as the run-time selection. Blocks with zero
     mass (all padding) are dropped: they carry no information but would vote for the lowest-index pattern.
 
@@ -499,7 +480,7 @@ def build_attention_pool(
     k = pattern.block_size
     energies = []
     for prob_map in prob_maps:
-        blocks = _to_blocks(_pad_maps(prob_map.detach().to("cpu", torch.float64), k), k).reshape(-1, k * k)
+        blocks = to_blocks(pad_to_blocks(prob_map.detach().to("cpu", torch.float64), k), k).reshape(-1, k * k)
         energies.append(blocks[blocks.sum(-1) > 0])
     energy = torch.cat(energies) if energies else torch.zeros(0, k * k, dtype=torch.float64)
     if energy.shape[0] == 0:

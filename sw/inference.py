@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.pattern import PatternConfig
+
 GATHER_ELEMENTS = 1 << 18  # accumulator tile of the gather paths (256 K values: 1 MB in float32)
 TILE_TOKENS = 256  # tokens per tile of the gather paths
 GROUP_GATHER_ELEMENTS = 1 << 21  # gathered inputs per token tile of the group path (8 MB in float32)
@@ -184,7 +186,7 @@ class BSRLinear(SparseLinear):
 
     path = "bsr"
 
-    def __init__(self, weight, bias=None, mask=None, block_size: int = 4):
+    def __init__(self, weight, bias=None, mask=None, block_size: int = PatternConfig.block_size):
         weight = _check_weight(weight, self.path)
         super().__init__(weight.shape[1], weight.shape[0], bias)
         b = block_size
@@ -303,7 +305,7 @@ class PatternLinear(SparseLinear):
 
     path = "pattern"
 
-    def __init__(self, weight, bias=None, mask=None, block_size: int = 4):
+    def __init__(self, weight, bias=None, mask=None, block_size: int = PatternConfig.block_size):
         weight = _check_weight(weight, self.path)
         super().__init__(weight.shape[1], weight.shape[0], bias)
         k = block_size

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrize
 
+from core.quantize import level_max, row_scales
+
 
 class _SRSTE(torch.autograd.Function):
     @staticmethod
@@ -48,10 +50,9 @@ class _RoundSTE(torch.autograd.Function):
 
 
 def fake_quantize_rows(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-row symmetric ``bits``-bit rounding (same rule as ``sw.projections.Quantize``), straight-through."""
-    q = 2 ** (bits - 1) - 1
-    scale = weight.detach().abs().amax(1, keepdim=True) / q
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    """Per-row symmetric ``bits``-bit rounding (the rule of ``core.quantize.row_scales``), straight-through."""
+    q = level_max(bits)
+    scale = row_scales(weight, bits)[:, None]
     return _RoundSTE.apply(weight / scale).clamp(-q, q) * scale
 
 

@@ -9,7 +9,8 @@ Phases (each optional by its epoch count), all on the same data, optimizer setti
                the support becomes a fixed mask
     retrain    masked retraining with SR-STE (and int-b fake quantization when ``quant_bits`` is set);
                attention-map pattern pruning is switched on here when configured
-    export     calibrated activation scales, int8 weights and everything else into an artifact
+    export     calibrated per-edge activation scales, int8 weights, the integer encoder and the tokenizer
+               into an artifact (format 2)
 
 Targets are the ``torch.nn.Linear`` modules whose names match one of ``include`` and none of
 ``exclude`` (regular expressions, ``re.search``); by default every linear layer of the encoder (Q, K,
@@ -34,7 +35,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sw import glue
+from core.artifact import load_artifact
+from core.pattern import PatternConfig
+from sw import calibration, glue
 from sw.admm import ADMM, ADMMSettings
 from sw.masking import apply_masks
 from sw.projections import Projection, projection_from_dict
@@ -46,7 +49,7 @@ DEFAULT_INCLUDE = (r"encoder\.layer\.\d+\.",)
 class CompressionConfig:
     """What to compress and how. ``projection`` is the JSON form of a ``sw.projections`` class."""
 
-    projection: dict = field(default_factory=lambda: {"kind": "pattern", "block_size": 4, "kept_per_block": 8, "pool_size": 32})
+    projection: dict = field(default_factory=lambda: {"kind": "pattern", **asdict(PatternConfig())})
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = field(default_factory=list)
     admm: ADMMSettings = field(default_factory=ADMMSettings)
@@ -82,6 +85,7 @@ class TrainConfig:
     train_limit: int | None = None  # first N training rows (deterministic subsampling); None: all
     eval_limit: int | None = None
     calibration_batches: int = 8
+    calibration: str = "max"  # per-edge activation scales of the integer encoder: max | percentile | mse
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads; None: library default
     compression: CompressionConfig = field(default_factory=CompressionConfig)
@@ -89,6 +93,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.compression, dict):
             self.compression = CompressionConfig(**self.compression)
+        if self.calibration not in calibration.METHODS:
+            raise ValueError(f"calibration must be one of {calibration.METHODS}, got {self.calibration!r}")
         for name in ("finetune_epochs", "admm_epochs", "retrain_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
@@ -246,30 +252,6 @@ def hard_prune(model, projections: dict[str, tuple[torch.nn.Parameter, Projectio
     return masks
 
 
-@torch.no_grad()
-def calibrate_linear_scales(model, data: TaskData, targets: list[str], batches: int) -> dict[str, dict[str, float]]:
-    """Peak |input| and |output| of every target linear over ``batches`` training batches → scales /127."""
-    peaks = {t: [0.0, 0.0] for t in targets}
-
-    def hook(name):
-        def record(module, inputs, output):
-            peaks[name][0] = max(peaks[name][0], float(inputs[0].abs().max()))
-            peaks[name][1] = max(peaks[name][1], float(output.abs().max()))
-        return record
-
-    handles = [model.get_submodule(t).register_forward_hook(hook(t)) for t in targets]
-    model.eval()
-    try:
-        for i, batch in enumerate(data.train):
-            if i >= batches:
-                break
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        for h in handles:
-            h.remove()
-    return {t: {"input_scale": p[0] / 127, "output_scale": p[1] / 127} for t, p in peaks.items()}
-
-
 def load_model_and_tokenizer(config: TrainConfig):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -380,11 +362,11 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
 
     artifact_path = None
     if export:
-        scales = calibrate_linear_scales(model, data, targets, config.calibration_batches)
+        scales = calibration.calibrate(model, data.train, config.calibration_batches, (config.calibration,))[config.calibration]
         artifact_path = artifact_io.save_artifact(
             Path(config.output_dir) / "artifact", model, config, projections, scales, metrics, attention_state,
+            tokenizer, config.calibration,
         )
-        loaded = artifact_io.load_artifact(artifact_path)
-        metrics["artifact"] = evaluate(loaded.to_model(), data)
+        metrics["artifact"] = evaluate(artifact_io.to_model(load_artifact(artifact_path)), data)
         tqdm.write(f"[artifact] {json.dumps(metrics['artifact'])}")
     return RunResult(config, phases, metrics, artifact_path, snapshots)

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sw.pattern import PatternConfig, PatternPool, build_pattern_pool, from_blocks, pad_to_blocks, to_blocks
+from core.quantize import level_max, row_scales
+from core.pattern import PatternConfig, PatternPool, build_pattern_pool, from_blocks, pad_to_blocks, to_blocks
 
 
 def kept_count(total: int, density: float) -> int:
@@ -251,7 +252,7 @@ class GroupWise(Projection):
 
 @dataclass
 class Pattern(Projection):
-    """Pattern sparsity (``sw.pattern``): every k×k block keeps one of the ``pool_size`` patterns.
+    """Pattern sparsity (``core.pattern``): every k×k block keeps one of the ``pool_size`` patterns.
 
     The pool is built from the matrix it first projects (clustering of per-block top-n masks). Pool
     rebuilding during ADMM is the caller's choice (``ADMM`` rebuilds it from ``W + U`` every
@@ -259,9 +260,9 @@ class Pattern(Projection):
     exact. ``pool`` and ``pattern_ids`` of the last projection are kept for export.
     """
 
-    block_size: int = 4
-    kept_per_block: int = 8
-    pool_size: int = 32
+    block_size: int = PatternConfig.block_size
+    kept_per_block: int = PatternConfig.kept_per_block
+    pool_size: int = PatternConfig.pool_size
     pool: PatternPool | None = field(default=None, repr=False, compare=False)
     pattern_ids: torch.Tensor | None = field(default=None, repr=False, compare=False)
     kind = "pattern"
@@ -298,10 +299,6 @@ class Pattern(Projection):
         return blocks
 
 
-def _int_max(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
-
-
 @dataclass
 class Quantize(Projection):
     """Symmetric integer levels per output channel: ``Z[a] ∈ s_a · {−q, …, q}``, ``q = 2^(bits−1) − 1``.
@@ -315,16 +312,13 @@ class Quantize(Projection):
     kind = "quantize"
 
     def __post_init__(self):
-        if not 2 <= self.bits <= 16:
-            raise ValueError(f"bits must be in 2..16, got {self.bits}")
+        level_max(self.bits)  # validates
 
     def scales(self, weight: torch.Tensor) -> torch.Tensor:
-        peak = weight.detach().reshape(weight.shape[0], -1).abs().amax(1)
-        scale = peak / _int_max(self.bits)
-        return torch.where(scale > 0, scale, torch.ones_like(scale))
+        return row_scales(weight, self.bits)
 
     def quantize(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        q = _int_max(self.bits)
+        q = level_max(self.bits)
         s = scale.reshape(-1, *[1] * (weight.dim() - 1))
         return torch.round(weight.detach() / s).clamp(-q, q) * s
 

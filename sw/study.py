@@ -38,7 +38,7 @@ import scipy.stats
 import torch
 
 from sw import glue
-from sw.atomic import write_atomic, write_between_markers
+from core.atomic import write_atomic, write_between_markers
 
 DENSE = "dense"
 TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"

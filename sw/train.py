@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from sw.atomic import write_atomic
+from core.atomic import write_atomic
 from sw.pipeline import TrainConfig, run
 
 

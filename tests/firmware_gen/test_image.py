@@ -9,8 +9,8 @@ from firmware_gen.program import build_program
 from hw.config import EngineConfig
 from hw.layouts import weight_layout
 from sim.cases import random_case
-from sw.pattern import PatternConfig
-from sw.quantize import compress_linear
+from core.pattern import PatternConfig
+from core.quantize import compress_linear
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_beat_encoder_refuses_values_that_do_not_fit():
 def test_program_refuses_mismatched_engine():
     image, x_q = random_case(4, 8, 8, PatternConfig(), seed=0)
     with pytest.raises(ValueError, match="table holds 16"):
-        build_program(image, x_q, EngineConfig(pool_size=16))
+        build_program(image, x_q, EngineConfig(pattern=PatternConfig(pool_size=16)))
     with pytest.raises(ValueError, match="activation buffer"):
         build_program(image, x_q, EngineConfig(max_in_features=4))
     with pytest.raises(ValueError, match="x_q must be int8"):

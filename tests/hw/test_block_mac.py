@@ -15,7 +15,7 @@ def _reference(x, values, positions, k):
 
 def test_block_mac_sums_products_per_row_after_its_latency():
     cfg = EngineConfig()
-    k, n = cfg.block_size, cfg.kept_per_block
+    k, n = cfg.pattern.block_size, cfg.pattern.kept_per_block
     rng = random.Random(2)
     cases = []
     for i in range(300):

@@ -13,7 +13,7 @@ CONFIG = EngineConfig()
     (128, 768, 768, False), (128, 768, 3072, True), (100, 3072, 768, False), (9, 384, 1536, True),
 ])
 def test_closed_form_when_loading_hides_behind_compute(tokens, in_features, out_features, dense):
-    k, lanes = CONFIG.block_size, CONFIG.lanes
+    k, lanes = CONFIG.pattern.block_size, CONFIG.lanes
     kb, nb = in_features // k, out_features // k
     chunks = CONFIG.dense_chunks if dense else 1
     tiles = [min(lanes, tokens - base) for base in range(0, tokens, lanes)]

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from core.pattern import PatternConfig
 from hw.config import EngineConfig
 from hw.gen import generate
 from sim.toolchain import LINT_WAIVERS, configure_verilator
@@ -22,13 +23,13 @@ def test_generator_refuses_invalid_config(flags, message, tmp_path):
 
 
 def test_config_json_round_trip():
-    config = EngineConfig(lanes=3, pool_size=16)
+    config = EngineConfig(pattern=PatternConfig(pool_size=16), lanes=3)
     assert EngineConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="unknown engine config keys"):
         EngineConfig.from_json('{"lane": 3}')
 
 
-@pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(block_size=2, kept_per_block=2, pool_size=4, lanes=3, max_in_features=32)],
+@pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(pattern=PatternConfig(block_size=2, kept_per_block=2, pool_size=4), lanes=3, max_in_features=32)],
                          ids=["default", "k2"])
 def test_verilog_is_lint_clean_with_wall(config, tmp_path):
     verilog = generate(config, tmp_path)

@@ -4,17 +4,18 @@ import pytest
 import torch
 
 from firmware_gen.program import build_program
+from core.pattern import PatternConfig
 from hw.config import EngineConfig
 from sim.amaranth_driver import run_in_amaranth_sim
 from sim.cases import random_case
 
-SMALL = EngineConfig(block_size=4, kept_per_block=8, pool_size=8, lanes=3, max_in_features=64)
+SMALL = EngineConfig(pattern=PatternConfig(block_size=4, kept_per_block=8, pool_size=8), lanes=3, max_in_features=64)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["pattern", "dense"])
 @pytest.mark.parametrize("raw", [False, True], ids=["int8", "raw"])
 def test_engine_equals_golden_with_stalls(dense, raw):
-    image, x_q = random_case(7, 13, 10, SMALL.pattern_config, seed=11, extremes=raw)
+    image, x_q = random_case(7, 13, 10, SMALL.pattern, seed=11, extremes=raw)
     acc, y = image.golden(x_q)
     program = build_program(image, x_q, SMALL, dense=dense, raw=raw)
     beats, _ = run_in_amaranth_sim(program, stall_probability=0.3, seed=5)
@@ -22,8 +23,8 @@ def test_engine_equals_golden_with_stalls(dense, raw):
 
 
 def test_other_block_geometry():
-    config = EngineConfig(block_size=2, kept_per_block=3, pool_size=4, lanes=2, max_in_features=16)
-    image, x_q = random_case(3, 5, 6, config.pattern_config, seed=3)
+    config = EngineConfig(pattern=PatternConfig(block_size=2, kept_per_block=3, pool_size=4), lanes=2, max_in_features=16)
+    image, x_q = random_case(3, 5, 6, config.pattern, seed=3)
     _, y = image.golden(x_q)
     program = build_program(image, x_q, config)
     beats, _ = run_in_amaranth_sim(program, stall_probability=0.2, seed=1)
@@ -63,8 +64,8 @@ def test_back_to_back_runs_reuse_both_banks():
     # so the second run starts with the banks in the state the first left them.
     from dataclasses import dataclass
 
-    first_image, first_x = random_case(7, 13, 10, SMALL.pattern_config, seed=21)
-    second_image, second_x = random_case(4, 20, 6, SMALL.pattern_config, seed=22)
+    first_image, first_x = random_case(7, 13, 10, SMALL.pattern, seed=21)
+    second_image, second_x = random_case(4, 20, 6, SMALL.pattern, seed=22)
     first = build_program(first_image, first_x, SMALL)
     second = build_program(second_image, second_x, SMALL, raw=True)
 

@@ -4,7 +4,7 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
-from sim import golden
+from core import golden
 
 
 def _cases():

@@ -14,12 +14,13 @@ from amaranth.sim import Simulator
 
 from firmware_gen.beats import encode
 from firmware_gen.program import build_program
+from core.pattern import PatternConfig
 from hw.config import EngineConfig
 from hw.layouts import Opcode, command_layout, output_layout
 from hw.synth_top import INPUT_STREAMS, SynthTop
 from sim.cases import random_case
 
-SMALL = EngineConfig(block_size=4, kept_per_block=8, pool_size=4, lanes=2, max_in_features=16)
+SMALL = EngineConfig(pattern=PatternConfig(block_size=4, kept_per_block=8, pool_size=4), lanes=2, max_in_features=16)
 
 
 def _load_bench_synth():
@@ -90,10 +91,10 @@ def _fold(word, width, bits):
 def _case():
     """A 3-token matmul (two tiles of the 2-lane engine) and the checksum of its golden output beats."""
     tokens = 3
-    image, x_q = random_case(tokens, 8, 8, SMALL.pattern_config, seed=4)
+    image, x_q = random_case(tokens, 8, 8, SMALL.pattern, seed=4)
     _, y = image.golden(x_q)
     program = build_program(image, x_q, SMALL)
-    k, lanes = SMALL.block_size, SMALL.lanes
+    k, lanes = SMALL.pattern.block_size, SMALL.lanes
     expected = 0
     for tile in range(program.tiles):  # output beats in stream order: tile, block row, lane
         for bn in range(program.out_blocks):
@@ -121,7 +122,7 @@ def test_harness_refused_command_reaches_error_pin():
     dut = SynthTop(SMALL)
     run = encode(command_layout(SMALL), {"op": Opcode.RUN.value, "dense": 0, "raw": 0, "pattern_id": 0, "tokens": 1,
                                          "in_blocks": SMALL.max_in_blocks + 1, "out_blocks": 1,
-                                         "positions": [{"row": 0, "col": 0}] * SMALL.kept_per_block})
+                                         "positions": [{"row": 0, "col": 0}] * SMALL.pattern.kept_per_block})
     seen = _drive(dut, [("cmd", run)])
     assert seen == {"checksum": 0, "busy": 0, "error": 1, "pending": 0}
 

@@ -16,7 +16,7 @@ from hw.cycle_model import matmul_cycles
 from sim.cases import random_case
 from sim.rtl import build_harness, run_program
 from sim.toolchain import icarus_available
-from sw.quantize import compress_linear
+from core.quantize import compress_linear
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests"
 CONFIG = EngineConfig()
@@ -45,7 +45,7 @@ def _run(harness, image, x_q, name, *, dense=False, raw=False, stall=0, seed=1):
 ])
 def test_random_cases_equal_golden(verilator_harness, tokens, in_features, out_features, stall, extremes, dense, raw):
     seed = tokens * 1000 + in_features
-    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern_config, seed, extremes)
+    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern, seed, extremes)
     name = f"m{tokens}_k{in_features}_n{out_features}_s{stall}{'_x' if extremes else ''}{'_dense' if dense else ''}{'_raw' if raw else ''}"
     result = _run(verilator_harness, image, x_q, name, dense=dense, raw=raw, stall=stall, seed=seed)
     assert result["passed"] and result["mismatches"] == 0
@@ -61,7 +61,7 @@ def test_random_cases_equal_golden(verilator_harness, tokens, in_features, out_f
     (5, 100, 7, True),       # dense, one partial tile
 ])
 def test_cycle_model_equals_simulated_cycles(verilator_harness, tokens, in_features, out_features, dense):
-    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern_config, seed=tokens + in_features)
+    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern, seed=tokens + in_features)
     result = _run(verilator_harness, image, x_q, f"cycles_m{tokens}_k{in_features}_n{out_features}{'_dense' if dense else ''}",
                   dense=dense)
     assert result["passed"]
@@ -80,7 +80,7 @@ def test_bert_base_shape_from_the_training_side(verilator_harness):
 
 
 def test_flipped_weight_in_the_image_is_caught(verilator_harness):
-    image, x_q = random_case(12, 40, 24, CONFIG.pattern_config, seed=99)
+    image, x_q = random_case(12, 40, 24, CONFIG.pattern, seed=99)
     _, expected = image.golden(x_q)
     mutated = LinearImage.from_bytes(image.to_bytes())
     mutated.values[2, 3, 4] = -mutated.values[2, 3, 4] if mutated.values[2, 3, 4] != 0 else 77
@@ -94,6 +94,6 @@ def test_icarus_cross_check():
     assert icarus_available(), "Icarus Verilog (iverilog, vvp) is not on PATH; 'make setup' installs it from Debian"
     config = EngineConfig(lanes=4, max_in_features=64)
     harness = build_harness(config, BUILD / "icarus", simulator="icarus")
-    image, x_q = random_case(6, 14, 9, config.pattern_config, seed=5, extremes=True)
+    image, x_q = random_case(6, 14, 9, config.pattern, seed=5, extremes=True)
     result = _run(harness, image, x_q, "icarus", stall=30)
     assert result["passed"] and result["mismatches"] == 0

@@ -26,7 +26,7 @@ def harnesses():
     (20, 36, 18, 30, True),
 ])
 def test_cpp_harness_and_both_cocotb_clocks_agree(harnesses, tokens, in_features, out_features, stall, extremes):
-    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern_config, seed=tokens + out_features,
+    image, x_q = random_case(tokens, in_features, out_features, CONFIG.pattern, seed=tokens + out_features,
                              extremes=extremes)
     _, expected = image.golden(x_q)
     program = build_program(image, x_q, CONFIG)
@@ -46,7 +46,7 @@ def test_cpp_harness_and_both_cocotb_clocks_agree(harnesses, tokens, in_features
 
 
 def test_cpp_harness_catches_a_flipped_weight(harnesses):
-    image, x_q = random_case(12, 40, 24, CONFIG.pattern_config, seed=99)
+    image, x_q = random_case(12, 40, 24, CONFIG.pattern, seed=99)
     _, expected = image.golden(x_q)
     mutated = LinearImage.from_bytes(image.to_bytes())
     mutated.values[2, 3, 4] = -mutated.values[2, 3, 4] if mutated.values[2, 3, 4] != 0 else 77
@@ -57,7 +57,7 @@ def test_cpp_harness_catches_a_flipped_weight(harnesses):
 
 
 def test_simulator_clock_needs_the_verilator_harness(harnesses):
-    image, x_q = random_case(2, 8, 8, CONFIG.pattern_config, seed=1)
+    image, x_q = random_case(2, 8, 8, CONFIG.pattern, seed=1)
     _, expected = image.golden(x_q)
     with pytest.raises(ValueError, match="clock"):
         run_program(harnesses["verilator-cpp"], build_program(image, x_q, CONFIG), expected,

@@ -4,7 +4,7 @@ import torch
 
 from sw.admm import ADMM, ADMMSettings
 from sw.masking import MaskedWeight, apply_masks, bake_masks, masked_weights, sr_ste
-from sw.pattern import PatternConfig, PatternPool
+from core.pattern import PatternConfig, PatternPool
 from sw.projections import NM, Pattern, Quantize, Unstructured
 
 

@@ -7,7 +7,7 @@ import torch
 
 from sw.analysis import (DEFAULT_NEAR_ZERO_THRESHOLD, block_sparsity, plot_block_sparsity, plot_submatrix_sparsity,
                          plot_weight_distribution, pruned_energy_fraction, sparsity_summary)
-from sw.pattern import PatternConfig, build_pattern_pool, project_onto_pool
+from core.pattern import PatternConfig, build_pattern_pool, project_onto_pool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -24,7 +24,7 @@ from sw.attention import (ATTENTION_IMPLEMENTATION, DEFAULT_ATTENTION_PATTERN, A
                           build_attention_pool, collect_attention_maps, disable_attention_pruning,
                           enable_attention_pruning, keep_mask_stats, pattern_attention_forward, pattern_pruned_softmax,
                           select_attention_patterns)
-from sw.pattern import PatternConfig, PatternPool
+from core.pattern import PatternConfig, PatternPool
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)  # float64 round-off of a different summation order (module docstring)
 

@@ -12,38 +12,13 @@ from safetensors.torch import load_file, save_file
 from firmware_gen.image import LinearImage
 from sw import glue
 from sw.admm import ADMM, ADMMSettings
-from sw.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
+from core.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
+from sw.artifact import to_model
 from sw.masking import masked_weights
 from sw.pipeline import DEFAULT_INCLUDE, CompressionConfig, TrainConfig, find_targets, make_projections, run
 from sw.tiny import make_tiny_checkpoint
 
-GLUE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "glue"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    examples = glue.load_glue_split(GLUE, "mrpc", "train", limit=300)
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), [e.text_a for e in examples] + [e.text_b for e in examples])
-
-
-def tiny_config(checkpoint, output_dir, **overrides):
-    compression = CompressionConfig(
-        projection={"kind": "pattern_quantize", "block_size": 4, "kept_per_block": 8, "pool_size": 16, "bits": 8},
-        admm=ADMMSettings(rho=0.05, rho_growth=1.5, update_every=2),
-        attention={"pattern": {"block_size": 4, "kept_per_block": 8, "pool_size": 8}},
-    )
-    settings = dict(
-        model=str(checkpoint), task="mrpc", data_dir=str(GLUE), output_dir=str(output_dir), max_length=64,
-        train_limit=64, eval_limit=32, batch_size=16, learning_rate=1e-3, finetune_epochs=1, admm_epochs=2,
-        retrain_epochs=1, calibration_batches=2, compression=compression,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-@pytest.fixture(scope="module")
-def result(checkpoint, tmp_path_factory):
-    return run(tiny_config(checkpoint, tmp_path_factory.mktemp("run")))
+from tests.sw.tiny_run import GLUE, tiny_config
 
 
 def test_every_phase_runs_and_is_measured(result):
@@ -65,7 +40,7 @@ def test_admm_moves_weights_towards_the_pattern_set(result):
 
 def test_artifact_holds_pattern_int8_layers_that_feed_the_golden_model(result):
     artifact = load_artifact(result.artifact)
-    model_targets = find_targets(artifact.to_model(), DEFAULT_INCLUDE, [])
+    model_targets = find_targets(to_model(artifact), DEFAULT_INCLUDE, [])
     assert sorted(artifact.layers) == sorted(model_targets)  # Q, K, V, attention output, FFN in/out per layer
     assert len(model_targets) == 12
     name = model_targets[0]
@@ -83,7 +58,7 @@ def test_artifact_holds_pattern_int8_layers_that_feed_the_golden_model(result):
 
 def test_masks_survive_save_load_and_continued_training(result):
     artifact = load_artifact(result.artifact)
-    model = artifact.to_model()
+    model = to_model(artifact)
     masks = artifact.masks()
     assert set(masked_weights(model)) == set(masks)
     model.train()
@@ -131,7 +106,14 @@ def test_loader_refuses_corrupted_artifacts(result, tmp_path):
         "values outside ±127": dict(edit_tensors=lambda t: t[p + "weight_q"].view(-1).index_fill_(0, t[p + "mask"].view(-1).nonzero()[0], -128)),
         "not a valid pattern pool": dict(edit_tensors=lambda t: t[p + "pool"][0].fill_(True)),
         "tensor .*weight_scale is missing": dict(edit_tensors=lambda t: t.pop(p + "weight_scale")),
-        "version 2 is not supported": dict(edit_manifest=lambda m: m.update(version=2)),
+        "version 3 is not supported": dict(edit_manifest=lambda m: m.update(version=3)),
+        "version 1 lacks the integer encoder: re-export it with `python -m sw.export": dict(edit_manifest=lambda m: m.update(version=1)),
+        "missing the integer encoder section": dict(edit_manifest=lambda m: m.pop("integer")),
+        "tensor int.layer.0.gelu_table is missing": dict(edit_tensors=lambda t: t.pop("int.layer.0.gelu_table")),
+        r"int.exp_table is torch.int64 .*, expected torch.int32": dict(edit_tensors=lambda t: t.update({"int.exp_table": t["int.exp_table"].long()})),
+        r"int.layer.1.ffn_output.shift has values in \[.*, 60\], outside \[0, 47\]": dict(edit_tensors=lambda t: t["int.layer.1.ffn_output.shift"].view(-1)[3].fill_(60)),
+        "int.embeddings.word_multiplier has values": dict(edit_tensors=lambda t: t["int.embeddings.word_multiplier"].view(-1)[7].fill_(-1)),
+        "layer 0 exp_multiplier 70000 is not a 16-bit multiplier": dict(edit_manifest=lambda m: m["integer"]["layers"][0].update(exp_multiplier=70000)),
         "bad input_scale": dict(edit_manifest=lambda m: m["layers"][layer].update(input_scale=-1.0)),
     }
     for message, edits in cases.items():
@@ -206,5 +188,5 @@ def test_regression_task_runs_end_to_end(checkpoint, tmp_path):
     config.compression.attention = None
     result = run(config)
     assert set(result.metrics["retrain"]) == {"spearman", "pearson"}
-    model = load_artifact(result.artifact).to_model()
+    model = to_model(load_artifact(result.artifact))
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"

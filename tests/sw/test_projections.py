@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from sw.pattern import PatternConfig, PatternPool
+from core.pattern import PatternConfig, PatternPool
 from sw.projections import (
     NM, BlockWise, Channels, Columns, GroupWise, Pattern, PatternQuantize, Quantize, Rows, Unstructured, VectorWise,
     projection_from_dict,

@@ -36,15 +36,34 @@ class AccumulatorOverflowError(OverflowError):
     """An exact accumulator value does not fit the 32-bit hardware accumulator."""
 
 
-def _require_int(name: str, tensor: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+#: Sums of integer products below this bound are exact in float64 (every partial sum is an integer of
+#: magnitude < 2^53), whatever the order of summation.
+FLOAT64_EXACT = 2**53
+
+
+def require_int(name: str, tensor: torch.Tensor, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
+    """``tensor`` as int64 after checking it is an integer tensor within ``[lo, hi]``; the error names it."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {tensor.dtype}")
     t = tensor.to(torch.int64)
-    if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+    if t.numel() and ((lo is not None and int(t.min()) < lo) or (hi is not None and int(t.max()) > hi)):
         raise ValueError(f"{name} has values in [{int(t.min())}, {int(t.max())}], outside [{lo}, {hi}]")
     return t
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact ``a @ b`` of integer tensors as int64 (batched like ``torch.matmul``).
+
+    When ``K · max|a| · max|b| < 2^53`` every partial sum is an integer that float64 holds exactly, so
+    the product runs on the BLAS path and converts back without loss; otherwise it runs in int64.
+    """
+    peak_a = int(a.abs().max()) if a.numel() else 0
+    peak_b = int(b.abs().max()) if b.numel() else 0
+    if a.shape[-1] * peak_a * peak_b < FLOAT64_EXACT:
+        return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
+    return torch.matmul(a.to(torch.int64), b.to(torch.int64))
 
 
 def linear_accumulate(x_q: torch.Tensor, w_q: torch.Tensor, bias_q: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,13 +72,13 @@ def linear_accumulate(x_q: torch.Tensor, w_q: torch.Tensor, bias_q: torch.Tensor
     ``x_q``: int8 ``[..., K]``; ``w_q``: int8 ``[N, K]``; ``bias_q``: int32 ``[N]`` or None.
     Raises :class:`AccumulatorOverflowError` when any exact result leaves int32.
     """
-    x = _require_int("x_q", x_q, INT8_MIN, INT8_MAX)
-    w = _require_int("w_q", w_q, INT8_MIN, INT8_MAX)
+    x = require_int("x_q", x_q, INT8_MIN, INT8_MAX)
+    w = require_int("w_q", w_q, INT8_MIN, INT8_MAX)
     if w.dim() != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x_q {tuple(x.shape)} and w_q {tuple(w.shape)} do not multiply (need x[..., K], w[N, K])")
-    acc = x @ w.T
+    acc = int_matmul(x, w.T)
     if bias_q is not None:
-        b = _require_int("bias_q", bias_q, ACC_MIN, ACC_MAX)
+        b = require_int("bias_q", bias_q, ACC_MIN, ACC_MAX)
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias_q has shape {tuple(b.shape)}, expected ({w.shape[0]},)")
         acc = acc + b
@@ -75,9 +94,9 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor)
 
     ``round_half_up(acc · multiplier / 2**shift)``, saturated to [-128, 127].
     """
-    a = _require_int("acc", acc, ACC_MIN, ACC_MAX)
-    mult = _require_int("multiplier", multiplier, 0, MULTIPLIER_MAX)
-    sh = _require_int("shift", shift, 0, SHIFT_MAX)
+    a = require_int("acc", acc, ACC_MIN, ACC_MAX)
+    mult = require_int("multiplier", multiplier, 0, MULTIPLIER_MAX)
+    sh = require_int("shift", shift, 0, SHIFT_MAX)
     if mult.shape != sh.shape or mult.shape[-1:] != a.shape[-1:]:
         raise ValueError(
             f"multiplier {tuple(mult.shape)} and shift {tuple(sh.shape)} must both be [N] with N = acc.shape[-1] = {a.shape[-1]}"

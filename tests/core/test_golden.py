@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sim import golden
+from core import golden
 
 
 def reference_requantize(acc: int, mult: int, shift: int) -> int:

@@ -60,28 +60,28 @@ def padded_shape(out_features: int, in_features: int, block_size: int) -> tuple[
     return -(-out_features // k) * k, -(-in_features // k) * k
 
 
-def pad_to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Zero-pad ``weight[N, K]`` at the bottom and right to multiples of ``block_size``."""
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-    n_pad, k_pad = padded_shape(*weight.shape, block_size)
-    out = weight.new_zeros(n_pad, k_pad)
-    out[: weight.shape[0], : weight.shape[1]] = weight
-    return out
+def pad_to_blocks(matrix: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Zero-pad ``matrix[..., R, C]`` at the bottom and right to multiples of ``block_size`` (leading dims
+    are a batch: weight matrices are ``[N, K]``, attention maps ``[B, H, Lq, Lk]``)."""
+    if matrix.dim() < 2:
+        raise ValueError(f"need a matrix [..., rows, cols], got shape {tuple(matrix.shape)}")
+    pad_rows, pad_cols = -matrix.shape[-2] % block_size, -matrix.shape[-1] % block_size
+    return torch.nn.functional.pad(matrix, (0, pad_cols, 0, pad_rows)) if pad_rows or pad_cols else matrix
 
 
-def to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``[N, K]`` (multiples of k) → ``[N/k, K/k, k²]`` with positions row-major inside each block."""
+def to_blocks(matrix: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``[..., R, C]`` (multiples of k) → ``[..., R/k, C/k, k²]``, positions row-major inside each block."""
     k = block_size
-    nb, kb = weight.shape[0] // k, weight.shape[1] // k
-    return weight.reshape(nb, k, kb, k).permute(0, 2, 1, 3).reshape(nb, kb, k * k)
+    *lead, rows, cols = matrix.shape
+    blocks = matrix.reshape(*lead, rows // k, k, cols // k, k).transpose(-3, -2)
+    return blocks.reshape(*lead, rows // k, cols // k, k * k)
 
 
 def from_blocks(blocks: torch.Tensor, block_size: int) -> torch.Tensor:
     """Inverse of :func:`to_blocks`."""
     k = block_size
-    nb, kb = blocks.shape[:2]
-    return blocks.reshape(nb, kb, k, k).permute(0, 2, 1, 3).reshape(nb * k, kb * k)
+    *lead, rb, cb, _ = blocks.shape
+    return blocks.reshape(*lead, rb, cb, k, k).transpose(-3, -2).reshape(*lead, rb * k, cb * k)
 
 
 def top_n_masks(energy: torch.Tensor, n: int) -> torch.Tensor:

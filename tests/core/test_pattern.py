@@ -3,9 +3,9 @@ import itertools
 import pytest
 import torch
 
-from sw.pattern import (PatternConfig, PatternPool, build_pattern_pool, from_blocks, pack_pattern_blocks, pad_to_blocks,
+from core.pattern import (PatternConfig, PatternPool, build_pattern_pool, from_blocks, pack_pattern_blocks, pad_to_blocks,
                         project_onto_pool, to_blocks, top_n_masks, unpack_pattern_blocks)
-from sw.quantize import quantize_weight_per_channel
+from core.quantize import quantize_rows
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -104,7 +104,7 @@ def test_refinement_never_loses_kept_energy():
 
 def test_weight_quantization_is_symmetric_per_channel():
     w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.5, -0.75]])
-    q, scale = quantize_weight_per_channel(w)
+    q, scale = quantize_rows(w)
     assert q.dtype == torch.int8
     assert q.abs().amax(1).tolist() == [127, 0, 127]
     assert scale[1] == 1.0  # all-zero row

@@ -1,9 +1,10 @@
-"""Symmetric int8 quantization and the compression of one linear layer.
+"""Symmetric integer quantization rules and the compression of one linear layer.
 
 Weights: per output channel, ``s_w[n] = max|W[n, :]| / 127`` and ``W_q = clamp(round_half_even(W / s_w),
--127, 127)``; an all-zero row gets ``s_w = 1``. Activations: one calibrated scale per tensor,
+-127, 127)``; an all-zero row gets ``s_w = 1`` (:func:`quantize_rows`, the one definition every side uses:
+the ADMM projection, the fake-quantized retraining and the export). Activations: one calibrated scale per tensor,
 ``s = max|x| / 127``. Bias: int32 in units of ``s_x · s_w[n]``. Requantization parameters come from
-:func:`sim.golden.quantize_multiplier` applied to ``s_x · s_w[n] / s_y``.
+:func:`core.golden.quantize_multiplier` applied to ``s_x · s_w[n] / s_y``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,35 @@ from dataclasses import dataclass
 
 import torch
 
-from sim import golden
-from sw.pattern import PatternConfig, PatternPool, build_pattern_pool, pack_pattern_blocks, project_onto_pool
+from core import golden
+from core.pattern import PatternConfig, PatternPool, build_pattern_pool, pack_pattern_blocks, project_onto_pool
 
 
-def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight[N, K]`` float → ``(int8 [N, K], scale float64 [N])``."""
+def level_max(bits: int) -> int:
+    """Largest level ``q = 2^(bits−1) − 1`` of symmetric ``bits``-bit quantization (levels −q … q)."""
+    if not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an integer in 2..16, got {bits!r}")
+    return 2 ** (bits - 1) - 1
+
+
+def row_scales(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-row (output channel) scale ``max|W[a]| / q``; 1 for an all-zero row. Rows are ``W[a]``
+    flattened, so N-D weights ``[out, in, *kernel]`` work too. Same dtype as ``weight``, no gradient."""
+    peak = weight.detach().reshape(weight.shape[0], -1).abs().amax(1)
+    scale = peak / level_max(bits)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize_rows(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule for every quantized weight: ``weight[N, K]`` → ``(levels int8 [N, K], scale float64 [N])``
+    with ``levels = clamp(round_half_even(W / scale), −q, q)`` and the scale of :func:`row_scales`
+    (computed in float64)."""
+    if bits > 8:
+        raise ValueError(f"quantize_rows stores int8 levels; bits={bits} does not fit")
     w = weight.detach().to(torch.float64)
-    scale = w.abs().amax(dim=1) / golden.WEIGHT_MAX
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(w / scale[:, None]).clamp(-golden.WEIGHT_MAX, golden.WEIGHT_MAX).to(torch.int8)
-    return q, scale
+    scale = row_scales(w, bits)
+    q = level_max(bits)
+    return torch.round(w / scale[:, None]).clamp(-q, q).to(torch.int8), scale
 
 
 def calibrate_scale(tensor: torch.Tensor, name: str = "tensor") -> float:
@@ -99,7 +118,7 @@ def compress_linear(layer: torch.nn.Linear, calibration_inputs: torch.Tensor, co
     weight = layer.weight.detach()
     pool = pool or build_pattern_pool(weight, config)
     projection = project_onto_pool(weight, pool)
-    weight_q, weight_scale = quantize_weight_per_channel(projection.weight)
+    weight_q, weight_scale = quantize_rows(projection.weight)
     bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0])
     input_scale = calibrate_scale(calibration_inputs, "calibration_inputs")
     pruned_out = torch.nn.functional.linear(calibration_inputs.to(torch.float64), projection.weight.to(torch.float64), bias.to(torch.float64))

@@ -1,0 +1,170 @@
+"""Integer operators of the encoder beyond the linear layer: the arithmetic contract of attention,
+residual adds, LayerNorm and the table activations.
+
+Every function takes and returns integer tensors (int8 data, int64 arithmetic) and is exact: no value
+is derived from floats at run time. The constants they take (multipliers, shifts, tables) are computed
+once at export (:mod:`core.encoder`) and stored in the artifact. ``docs/arithmetic.md`` states the same
+rules in prose, with the reason for each choice.
+
+Rounding is named everywhere: :func:`rounding_shift` and :func:`div_round` round half up (toward +∞),
+:func:`isqrt` and the integer exponential floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from core.golden import INT8_MAX, INT8_MIN, int_matmul, require_int
+from core.pattern import from_blocks, pad_to_blocks, to_blocks
+
+#: Probabilities are unsigned integers in [0, PROB_ONE]; PROB_ONE stands for 1.0 (scale 1/255).
+PROB_ONE = 255
+#: Fractional bits of the dense probabilities the attention pattern selection compares.
+SELECTION_BITS = 16
+
+
+def rounding_shift(x: torch.Tensor, shift) -> torch.Tensor:
+    """``x / 2^shift`` rounded half up: ``(x + 2^(shift−1)) >> shift`` for ``shift > 0`` (arithmetic
+    shift), ``x`` for ``shift = 0``. ``shift`` is an int or an int64 tensor broadcastable to ``x``."""
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    half = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0), torch.zeros_like(shift))
+    return (x + half) >> shift
+
+
+def div_round(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` rounded half up, for ``den > 0``: ``floor((2·num + den) / (2·den))``; 0 where
+    ``den = 0`` (the empty-row and constant-row rule of the callers)."""
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, torch.div(2 * num + safe, 2 * safe, rounding_mode="floor"), torch.zeros_like(num))
+
+
+def isqrt(x: torch.Tensor) -> torch.Tensor:
+    """``floor(√x)`` of every entry of an int64 tensor ``0 ≤ x < 2^62`` (``math.isqrt``, vectorized).
+
+    A float64 square root is within one of the answer over this range; one correction step each way
+    in exact int64 arithmetic makes it exact.
+    """
+    x = require_int("isqrt input", x, 0, 2**62 - 1)
+    r = torch.sqrt(x.to(torch.float64)).floor().to(torch.int64)
+    r = torch.where(r * r > x, r - 1, r)
+    return torch.where((r + 1) * (r + 1) <= x, r + 1, r)
+
+
+def saturate_int8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+
+
+# --------------------------------------------------------------------------------------- residual add
+
+
+def scaled_sum(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``Σ xᵢ · mᵢ`` of int8 tensors ``xᵢ`` with integer multipliers ``mᵢ`` (each broadcastable to
+    ``xᵢ``, e.g. a scalar or one multiplier per embedding row): the residual add (two terms) and the
+    embedding sum (three). The result is an int64 tensor at the common fine scale ``s_ref / 2^b`` of
+    :func:`core.encoder.sum_multipliers`; it feeds LayerNorm directly, which is scale-invariant, so no
+    rounding happens between the add and the normalization."""
+    total = None
+    for i, (x, m) in enumerate(terms):
+        term = require_int(f"residual term {i}", x, INT8_MIN, INT8_MAX) * require_int(f"residual multiplier {i}", m, 0, 2**16)
+        total = term if total is None else total + term
+    return total
+
+
+# --------------------------------------------------------------------------------------- LayerNorm
+
+
+def layer_norm(r: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, shift: int, z_bits: int) -> torch.Tensor:
+    """Integer LayerNorm over the last dimension of ``r[..., n]`` (int64, |r| < 2^24) → int8.
+
+    1. ``μ = div_round(Σ r, n)``; ``d = r − μ``.
+    2. ``V = Σ d²`` (exact int64); ``σ = isqrt(V)``.
+    3. ``z = div_round(d · 2^z_bits, σ)`` — the normalized value ``(r − μ)/√(n·var)`` with ``z_bits``
+       fractional bits; ``z = 0`` on a constant row (``σ = 0``), which then outputs β alone.
+    4. ``y = saturate_int8(rounding_shift(z · γ + β, shift))`` with per-channel integers ``γ``
+       (the LayerNorm weight times √n, in output units · 2^(shift − z_bits)) and ``β`` (the bias in output
+       units · 2^shift).
+    """
+    r = require_int("layer_norm input", r, -(2**24), 2**24)
+    n = r.shape[-1]
+    mean = div_round(r.sum(-1, keepdim=True), torch.tensor(n))
+    d = r - mean
+    sigma = isqrt((d * d).sum(-1, keepdim=True))
+    z = div_round(d << z_bits, sigma.expand_as(d))
+    return saturate_int8(rounding_shift(z * gamma + beta, shift))
+
+
+# --------------------------------------------------------------------------------------- tables
+
+
+def table_lookup(x: torch.Tensor, table: torch.Tensor, name: str = "table input") -> torch.Tensor:
+    """``table[x + 128]`` for int8 ``x``: the GELU and tanh activations (256-entry int8 tables)."""
+    x = require_int(name, x, INT8_MIN, INT8_MAX)
+    return table[x + 128]
+
+
+# --------------------------------------------------------------------------------------- softmax
+
+
+def int_exp(delta: torch.Tensor, multiplier: int, shift: int, table: torch.Tensor) -> torch.Tensor:
+    """Base-2 integer exponential ``≈ 2^out_bits · exp(−delta · c)`` of ``delta ≥ 0`` (int64).
+
+    ``t = rounding_shift(delta · multiplier, shift)`` is the exponent ``delta · c · log2(e)`` in fixed
+    point with ``F = log2(len(table))`` fractional bits; its integer part ``i`` becomes a right shift and
+    its fraction ``f`` indexes ``table[f] = round(2^(out_bits − f/2^F))``: ``e = table[f] >> i``
+    (floor). ``i`` beyond the table's width gives 0.
+    """
+    fraction_bits = int(table.shape[0]).bit_length() - 1
+    t = rounding_shift(delta * multiplier, shift)
+    whole = (t >> fraction_bits).clamp(max=62)
+    return table[t & ((1 << fraction_bits) - 1)] >> whole
+
+
+def select_patterns(weights: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Attention-map pattern of every k×k block of ``weights[..., Lq, Lk]`` (non-negative integers):
+    the pool pattern with the largest kept sum, ties to the lower id (seed 000 §3.4). Returns int64
+    ``[..., ceil(Lq/k), ceil(Lk/k)]``; the map is zero-padded at the bottom and right."""
+    k = math.isqrt(masks.shape[-1])
+    blocks = to_blocks(pad_to_blocks(weights, k), k)
+    kept = int_matmul(blocks, masks.to(torch.int64).T)
+    return kept.argmax(-1)  # the first maximum: ties → lower id
+
+
+def attention_probabilities(scores: torch.Tensor, valid: torch.Tensor, exp_multiplier: int, exp_shift: int,
+                            exp_table: torch.Tensor, pool_masks: torch.Tensor | None = None):
+    """Integer softmax of ``scores[B, H, L, L]`` (int32 Q·Kᵀ) with pattern pruning of the map.
+
+    ``valid[B, L]`` marks real tokens: an entry is valid when its query and its key are both real, so
+    padding never reaches a real token and a sequence's result does not depend on how far it is padded.
+
+    1. ``e = int_exp(max_row − S)`` over the valid entries of each row, 0 elsewhere.
+    2. With ``pool_masks[P, k²]``: the dense probabilities ``floor(e · 2^16 / Σ_row e)`` choose every
+       block's pattern (:func:`select_patterns`); the kept set is the chosen patterns ∩ valid.
+    3. ``prob = div_round(255 · e, Σ_kept e)`` over the kept entries (``PROB_ONE = 255`` is 1.0), 0
+       elsewhere; a row with nothing kept is all zero.
+
+    Returns ``(probs int64 [B, H, L, L] in [0, 255], pattern_ids int64 [B, H, ⌈L/k⌉, ⌈L/k⌉] or None)``.
+    """
+    s = require_int("scores", scores, -(2**31), 2**31 - 1)
+    length = s.shape[-1]
+    entry = valid[:, None, :, None] & valid[:, None, None, :]
+    row_max = s.masked_fill(~entry, torch.iinfo(torch.int64).min).amax(-1, keepdim=True)
+    delta = torch.where(entry, row_max - s, torch.zeros_like(s))
+    e = torch.where(entry, int_exp(delta, exp_multiplier, exp_shift, exp_table), torch.zeros_like(s))
+    ids = None
+    keep = entry
+    if pool_masks is not None:
+        dense = div_floor_rows(e << SELECTION_BITS, e.sum(-1, keepdim=True))
+        ids = select_patterns(dense, pool_masks)
+        k = math.isqrt(pool_masks.shape[-1])
+        keep = from_blocks(pool_masks[ids], k)[..., :length, :length] & entry
+    kept = torch.where(keep, e, torch.zeros_like(e))
+    return div_round(PROB_ONE * kept, kept.sum(-1, keepdim=True).expand_as(kept)), ids
+
+
+def div_floor_rows(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``floor(num / den)`` with ``den`` broadcast along rows; 0 where ``den = 0``."""
+    den = den.expand_as(num)
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, torch.div(num, safe, rounding_mode="floor"), torch.zeros_like(num))
