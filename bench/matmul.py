@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         for mode in ("pattern", "dense"):
             print(f"  {model} {tokens}×{k_in}×{n_out} {mode}…", flush=True)
             program = build_program(image, x_q, config, dense=mode == "dense")
-            run = run_program(harness, program, expected, OUT / "cases" / f"{tokens}x{k_in}x{n_out}_{mode}")
+            run = run_program(harness, program, expected, OUT / "cases" / f"{tokens}x{k_in}x{n_out}_{mode}", check=False)
             if not run["passed"]:
                 print(f"error: {mode} {tokens}×{k_in}×{n_out} does not match the golden model", file=sys.stderr)
                 return 1

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         runs = {v.name: [] for v in variants}
         for r in range(args.repeats):
             for v in variants:
-                result = rtl.run_program(v.harness, program, expected, work / "cases" / shape / v.name, clock=v.clock)
+                result = rtl.run_program(v.harness, program, expected, work / "cases" / shape / v.name, clock=v.clock, check=False)
                 runs[v.name].append(result)
                 exact = result["passed"] and result["mismatches"] == 0
                 print(f"  {tokens}×{k_in}×{n_out} run {r + 1}/{args.repeats} {v.label}: "

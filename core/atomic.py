@@ -7,15 +7,35 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, content: bytes | str) -> Path:
-    """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666 less the user's umask), not
+    the temporary file's 0600. A failure names ``path``, never the temporary file, and leaves no
+    temporary file behind.
+    """
     path = Path(path)
     data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        os.unlink(tmp)
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
     except BaseException:
         os.unlink(tmp)
         raise

@@ -116,6 +116,9 @@ def compress_linear(layer: torch.nn.Linear, calibration_inputs: torch.Tensor, co
     scale. Pass ``pool`` to reuse a pool instead of building one.
     """
     weight = layer.weight.detach()
+    if not isinstance(calibration_inputs, torch.Tensor) or calibration_inputs.dim() < 1 or calibration_inputs.shape[-1] != weight.shape[1]:
+        shape = tuple(calibration_inputs.shape) if isinstance(calibration_inputs, torch.Tensor) else type(calibration_inputs).__name__
+        raise ValueError(f"calibration_inputs must be [..., {weight.shape[1]}] (the layer's in_features), got {shape}")
     pool = pool or build_pattern_pool(weight, config)
     projection = project_onto_pool(weight, pool)
     weight_q, weight_scale = quantize_rows(projection.weight)

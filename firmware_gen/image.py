@@ -1,10 +1,10 @@
 """The packed weight image of one pattern-pruned, int8-quantized linear layer.
 
-Byte layout, version 1 (all little-endian)::
+Byte layout, version 2 (all little-endian)::
 
     header (64 bytes)
       0  magic            4s   b"TSLW"
-      4  version          u16  1
+      4  version          u16  2
       6  header_size      u16  64
       8  block_size       u8   k
       9  kept_per_block   u8   n
@@ -14,8 +14,8 @@ Byte layout, version 1 (all little-endian)::
      20  input_scale      f64  activation scale s_x
      28  output_scale     f64  output scale s_y
      36  payload_size     u32  bytes after the header
-     40  payload_crc32    u32  zlib.crc32 of the payload
-     44  reserved         20 bytes of zero
+     40  crc32            u32  zlib.crc32 of the whole header (this field as zero) and the payload
+     44  reserved         20 bytes of zero (checked on load)
     payload
       pattern pool      P × n      u8   kept positions of each pattern (row·k + col), ascending
       channel params    N' × 8     per padded output channel: bias i32, multiplier u16, shift u8, 0 u8
@@ -24,6 +24,10 @@ Byte layout, version 1 (all little-endian)::
 
 ``N' = Nb·k`` and ``K' = Kb·k`` are N and K rounded up to multiples of k (padding rule of
 ``core.pattern``); padded channels have bias, multiplier and shift 0.
+
+Every field is range-checked before it is written (a value that would wrap in its field is refused,
+never stored) and again after it is read. Version 1 (its checksum covered the payload only) is refused
+with a message; re-create such an image from its layer.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ from core.pattern import PatternConfig, PatternPool, padded_shape, unpack_patter
 from core.quantize import QuantizedPatternLinear
 
 MAGIC = b"TSLW"
-VERSION = 1
-_HEADER = struct.Struct("<4sHHBBHIIddII20x")
+VERSION = 2
+_HEADER = struct.Struct("<4sHHBBHIIddII20s")
+_CRC_OFFSET = 40
 HEADER_SIZE = _HEADER.size
 _CHANNEL = np.dtype([("bias", "<i4"), ("multiplier", "<u2"), ("shift", "u1"), ("reserved", "u1")])
 
@@ -107,6 +112,7 @@ class LinearImage:
 
     # --- bytes ------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        self.validate("image to write")
         c = self.config
         channels = np.zeros(self.bias.shape[0], dtype=_CHANNEL)
         channels["bias"], channels["multiplier"], channels["shift"] = self.bias.numpy(), self.multiplier.numpy(), self.shift.numpy()
@@ -116,21 +122,22 @@ class LinearImage:
             self.pattern_ids.numpy().astype("<u2").tobytes(),
             self.values.numpy().astype(np.int8).tobytes(),
         ])
-        header = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, c.block_size, c.kept_per_block, c.pool_size,
-                              self.out_features, self.in_features, self.input_scale, self.output_scale,
-                              len(payload), zlib.crc32(payload))
-        return header + payload
+        fields = (MAGIC, VERSION, HEADER_SIZE, c.block_size, c.kept_per_block, c.pool_size, self.out_features,
+                  self.in_features, self.input_scale, self.output_scale, len(payload))
+        crc = zlib.crc32(payload, zlib.crc32(_HEADER.pack(*fields, 0, bytes(20))))
+        return _HEADER.pack(*fields, crc, bytes(20)) + payload
 
     @classmethod
     def from_bytes(cls, blob: bytes, source: str = "image") -> "LinearImage":
         if len(blob) < HEADER_SIZE:
             raise ImageError(f"{source}: truncated: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
         (magic, version, header_size, k, n, p, out_features, in_features, input_scale, output_scale,
-         payload_size, crc) = _HEADER.unpack_from(blob)
+         payload_size, crc, reserved) = _HEADER.unpack_from(blob)
         if magic != MAGIC:
             raise ImageError(f"{source}: not a Tessera linear image (magic {magic!r}, expected {MAGIC!r})")
         if version != VERSION:
-            raise ImageError(f"{source}: unsupported image version {version}; this reader supports version {VERSION}")
+            hint = "; version 1 left the header outside its checksum: re-create it with LinearImage.from_layer(...).save()" if version == 1 else ""
+            raise ImageError(f"{source}: unsupported image version {version}; this reader supports version {VERSION}{hint}")
         if header_size != HEADER_SIZE:
             raise ImageError(f"{source}: header size {header_size}, expected {HEADER_SIZE}")
         try:
@@ -148,8 +155,13 @@ class LinearImage:
             kind = "truncated" if len(blob) < HEADER_SIZE + payload_size else "has trailing bytes"
             raise ImageError(f"{source}: {kind}: {len(blob)} bytes, expected {HEADER_SIZE + payload_size}")
         payload = blob[HEADER_SIZE:]
-        if zlib.crc32(payload) != crc:
-            raise ImageError(f"{source}: corrupt: payload CRC32 {zlib.crc32(payload):#010x} does not match header {crc:#010x}")
+        header = bytearray(blob[:HEADER_SIZE])
+        header[_CRC_OFFSET:_CRC_OFFSET + 4] = bytes(4)
+        actual = zlib.crc32(payload, zlib.crc32(bytes(header)))
+        if actual != crc:
+            raise ImageError(f"{source}: corrupt: CRC32 of header and payload {actual:#010x} does not match the stored {crc:#010x}")
+        if reserved != bytes(20):
+            raise ImageError(f"{source}: reserved header bytes 44..63 are not zero")
         bounds = np.cumsum([0] + sizes)
         part = [payload[bounds[i]:bounds[i + 1]] for i in range(4)]
         positions = torch.from_numpy(np.frombuffer(part[0], np.uint8).reshape(p, n).astype(np.int64))
@@ -164,7 +176,27 @@ class LinearImage:
         return image
 
     def validate(self, source: str = "image") -> None:
+        """Every field within the range of its field in the byte layout and of the contract."""
         c = self.config
+        if c.block_size > 255 or c.kept_per_block > 255 or c.pool_size > 2**16 - 1:
+            raise ImageError(f"{source}: pattern parameters {c} do not fit the header (k, n ≤ 255, P < 2^16)")
+        if not (0 < self.out_features < 2**32 and 0 < self.in_features < 2**32):
+            raise ImageError(f"{source}: shape {self.out_features}×{self.in_features} does not fit the header")
+        n_pad, _ = padded_shape(self.out_features, self.in_features, c.block_size)
+        grid = self.block_grid
+        expected = {"pool_positions": (c.pool_size, c.kept_per_block), "pattern_ids": grid, "values": (*grid, c.kept_per_block),
+                    "bias": (n_pad,), "multiplier": (n_pad,), "shift": (n_pad,)}
+        limits = {"values": (-golden.WEIGHT_MAX, golden.WEIGHT_MAX), "pattern_ids": (0, c.pool_size - 1),
+                  "bias": (golden.ACC_MIN, golden.ACC_MAX), "multiplier": (0, golden.MULTIPLIER_MAX),
+                  "shift": (0, golden.SHIFT_MAX), "pool_positions": (0, c.positions - 1)}
+        for name, shape in expected.items():
+            tensor = getattr(self, name)
+            if tuple(tensor.shape) != shape:
+                raise ImageError(f"{source}: {name} has shape {tuple(tensor.shape)}, expected {shape}")
+            try:
+                golden.require_int(name, tensor, *limits[name])
+            except (TypeError, ValueError) as error:
+                raise ImageError(f"{source}: {error}") from None
         pos = self.pool_positions
         if bool((pos >= c.positions).any()) or bool((pos[:, 1:] <= pos[:, :-1]).any()):
             raise ImageError(f"{source}: pattern pool positions must be ascending and below {c.positions}")
@@ -172,10 +204,6 @@ class LinearImage:
             self.pool()
         except ValueError as e:
             raise ImageError(f"{source}: invalid pattern pool: {e}") from None
-        if bool((self.pattern_ids >= c.pool_size).any()):
-            raise ImageError(f"{source}: pattern id {int(self.pattern_ids.max())} outside the pool of {c.pool_size}")
-        if bool((self.shift > golden.SHIFT_MAX).any()):
-            raise ImageError(f"{source}: requantization shift {int(self.shift.max())} exceeds {golden.SHIFT_MAX}")
         if not (math.isfinite(self.input_scale) and self.input_scale > 0 and math.isfinite(self.output_scale) and self.output_scale > 0):
             raise ImageError(f"{source}: scales must be positive and finite")
 

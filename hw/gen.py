@@ -10,6 +10,7 @@ Writes ``pattern_matmul.v`` and ``pattern_matmul.json`` (the config it was built
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import sys
 from dataclasses import fields, replace
@@ -23,6 +24,7 @@ from hw.pattern_matmul import PatternMatmulEngine
 from core.atomic import write_atomic
 
 TOP_NAME = "pattern_matmul"
+VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_NAME) -> Path:
@@ -53,7 +55,18 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: invalid engine config: {e}", file=sys.stderr)
         return 2
-    path = generate(config, args.out, args.name)
+    if not VERILOG_IDENTIFIER.fullmatch(args.name):
+        print(f"error: --name {args.name!r} is not a plain Verilog identifier (a letter or _, then letters, digits, _ or $)",
+              file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file; give a folder for the Verilog", file=sys.stderr)
+        return 2
+    try:
+        path = generate(config, args.out, args.name)
+    except OSError as e:
+        print(f"error: cannot write the Verilog into {args.out}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {path} ({config.multipliers} multipliers, {config.pattern.block_size}x{config.pattern.block_size} blocks keeping "
           f"{config.pattern.kept_per_block}, pool {config.pattern.pool_size})")
     return 0

@@ -85,7 +85,7 @@ def main() -> int:
     results = {}
     for mode in ("pattern", "dense"):
         program = build_program(loaded, x_q, config, dense=mode == "dense")
-        result = run_program(harness, program, y_q, OUT / "cases" / mode, stall_percent=0)
+        result = run_program(harness, program, y_q, OUT / "cases" / mode, stall_percent=0, check=False)
         results[mode] = result
         useful = TOKENS * OUT_FEATURES * IN_FEATURES * config.pattern.kept_per_block / config.pattern.block_size**2
         print(f"   {mode:7s}: {'bit-exact' if result['passed'] else 'MISMATCH'} "

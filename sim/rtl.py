@@ -169,14 +169,47 @@ def _icarus_compatible(verilog_path: Path) -> Path:
     return out
 
 
+class BitExactMismatch(AssertionError):
+    """The RTL's output tensor differs from the golden model's (or the run did not finish);
+    ``result`` holds the case's result dictionary."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+#: Marker file in every case folder :func:`run_program` creates: only such folders are ever cleared.
+CASE_MARKER = ".tessera-case"
+
+
+def prepare_case_dir(case_dir: str | Path) -> Path:
+    """An empty case folder: created when missing, cleared when it is one of ours (it holds
+    :data:`CASE_MARKER`), used as is when empty; any other non-empty folder is refused, never deleted."""
+    case_dir = Path(case_dir).resolve()
+    if case_dir.exists() and not case_dir.is_dir():
+        raise ValueError(f"case_dir {case_dir} is a file, not a folder")
+    if case_dir.is_dir() and any(case_dir.iterdir()):
+        if not (case_dir / CASE_MARKER).is_file():
+            raise ValueError(f"case_dir {case_dir} is not empty and was not made by run_program; "
+                             "give a new or empty folder (nothing in it was touched)")
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    (case_dir / CASE_MARKER).write_text("made by sim.rtl.run_program; cleared by the next run into this folder\n")
+    return case_dir
+
+
 def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor, case_dir: str | Path, *,
-                stall_percent: int = 0, seed: int = 1, clock: str | None = None) -> dict:
+                stall_percent: int = 0, seed: int = 1, clock: str | None = None, check: bool = True) -> dict:
     """Run ``program`` on the harness and compare its whole output tensor with ``expected``.
 
     Returns the case's result: ``cycles`` (first RUN command to last output beat), ``wall_seconds``
     and ``cpu_seconds`` of that stretch, ``cycles_per_second`` (over the wall time), ``mismatches``,
     ``passed``, and ``process_seconds`` (the whole simulator process, start-up included). The
-    comparison is exact equality (inside the cocotb test for the cocotb kinds).
+    comparison is exact equality (inside the cocotb test for the cocotb kinds). A failed comparison
+    raises :class:`BitExactMismatch` (with the result attached) unless ``check=False``.
+
+    ``case_dir`` is created (or, when an earlier run made it, cleared); a non-empty folder of anything
+    else is refused. ``expected`` must be ``[tokens, out_features]`` of the program.
 
     ``clock`` (cocotb + Verilator only): ``"simulator"`` (default) has Verilator's main loop toggle
     the clock; ``"cocotb"`` drives it with cocotb's ``Clock`` instead (slower, for comparison).
@@ -185,10 +218,10 @@ def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor
         clock = "simulator" if harness.simulator == "verilator" else "cocotb"
     if clock not in ("simulator", "cocotb") or (clock == "simulator" and harness.simulator != "verilator"):
         raise ValueError(f"clock={clock!r} is not available with {harness.simulator}")
-    case_dir = Path(case_dir).resolve()
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
+    if not isinstance(expected, torch.Tensor) or tuple(expected.shape) != (program.tokens, program.out_features):
+        shape = tuple(expected.shape) if isinstance(expected, torch.Tensor) else type(expected).__name__
+        raise ValueError(f"expected must be a tensor [{program.tokens}, {program.out_features}] (tokens, out_features), got {shape}")
+    case_dir = prepare_case_dir(case_dir)
     paths = program.write_hex(case_dir)
     busy_cycles = program.tiles * (len(program.weights) + program.config.lanes * len(program.activations) // max(program.tokens, 1))
     max_cycles = 10 * (busy_cycles + program.output_beats + len(program.commands)) * (1 + stall_percent) + 10_000
@@ -197,7 +230,7 @@ def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor
     for name, (beats, replays) in program.streams().items():
         plusargs += [f"+{name}_file={paths[name]}", f"+{name}_count={len(beats)}", f"+{name}_replays={replays}"]
     if harness.simulator == "verilator-cpp":
-        return _run_cpp(harness, program, expected, case_dir, plusargs + [f"+max_cycles={max_cycles}"])
+        return _checked(_run_cpp(harness, program, expected, case_dir, plusargs + [f"+max_cycles={max_cycles}"]), case_dir, check)
 
     torch.save({"program": program, "expected": expected}, case_dir / "case.pt")
     (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock": clock, "clock_ns": CLOCK_NS,
@@ -225,6 +258,14 @@ def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor
     result = json.loads(result_path.read_text()) if result_path.exists() else {"mismatches": None}
     result["process_seconds"] = process_seconds
     result["passed"] = failed == 0
+    return _checked(result, case_dir, check)
+
+
+def _checked(result: dict, case_dir: Path, check: bool) -> dict:
+    if check and not result["passed"]:
+        what = (f"{result['mismatches']} of {result.get('elements', '?')} outputs differ from the golden model"
+                if result.get("mismatches") else "the run did not complete (no output, an error flag or a timeout)")
+        raise BitExactMismatch(f"RTL is not bit-exact: {what}; see {case_dir / 'sim.log'}", result)
     return result
 
 

@@ -56,7 +56,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-export", action="store_true", help="skip calibration and the artifact")
     args = parser.parse_args(argv)
 
-    data = json.loads(Path(args.config).read_text())
+    try:
+        data = json.loads(Path(args.config).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--config {args.config}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"--config {args.config}: cannot read it ({error})") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--config {args.config}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {args.config}: expected a JSON object of config keys, got {type(data).__name__}")
     for assignment in args.set:
         apply_override(data, assignment)
     try:

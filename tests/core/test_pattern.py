@@ -109,3 +109,10 @@ def test_weight_quantization_is_symmetric_per_channel():
     assert q.abs().amax(1).tolist() == [127, 0, 127]
     assert scale[1] == 1.0  # all-zero row
     assert torch.equal(q[0], torch.round(w[0].double() / (1.0 / 127)).to(torch.int8))
+
+
+def test_compress_linear_names_a_wrong_width_calibration_input():
+    from core.quantize import compress_linear
+
+    with pytest.raises(ValueError, match=r"calibration_inputs must be \[\.\.\., 30\] \(the layer's in_features\), got \(16, 29\)"):
+        compress_linear(torch.nn.Linear(30, 8), torch.randn(16, 29))

@@ -22,6 +22,18 @@ def test_generator_refuses_invalid_config(flags, message, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_generator_refuses_a_file_as_out_and_a_non_identifier_name(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "hw.gen", "--out", str(target)], capture_output=True, text=True)
+    assert result.returncode == 2 and "is a file; give a folder" in result.stderr and "Traceback" not in result.stderr
+    assert target.read_text() == "keep me"
+    out = tmp_path / "rtl"
+    result = subprocess.run([sys.executable, "-m", "hw.gen", "--out", str(out), "--name", "1abc"], capture_output=True, text=True)
+    assert result.returncode == 2 and "'1abc' is not a plain Verilog identifier" in result.stderr
+    assert not out.exists()
+
+
 def test_config_json_round_trip():
     config = EngineConfig(pattern=PatternConfig(pool_size=16), lanes=3)
     assert EngineConfig.from_json(config.to_json()) == config

@@ -14,7 +14,7 @@ from firmware_gen.program import build_program
 from hw.config import EngineConfig
 from hw.cycle_model import matmul_cycles
 from sim.cases import random_case
-from sim.rtl import build_harness, run_program
+from sim.rtl import BitExactMismatch, build_harness, run_program
 from sim.toolchain import icarus_available
 from core.quantize import compress_linear
 
@@ -85,9 +85,28 @@ def test_flipped_weight_in_the_image_is_caught(verilator_harness):
     mutated = LinearImage.from_bytes(image.to_bytes())
     mutated.values[2, 3, 4] = -mutated.values[2, 3, 4] if mutated.values[2, 3, 4] != 0 else 77
     program = build_program(mutated, x_q, CONFIG)
-    result = run_program(verilator_harness, program, expected, BUILD / "cases" / "mutation")
-    assert not result["passed"]
-    assert result["mismatches"] > 0
+    with pytest.raises(BitExactMismatch, match="outputs differ from the golden model") as failure:
+        run_program(verilator_harness, program, expected, BUILD / "cases" / "mutation")
+    assert not failure.value.result["passed"] and failure.value.result["mismatches"] > 0
+    result = run_program(verilator_harness, program, expected, BUILD / "cases" / "mutation", check=False)
+    assert not result["passed"] and result["mismatches"] > 0
+
+
+def test_run_program_refuses_foreign_folders_and_wrong_expectations(verilator_harness, tmp_path):
+    image, x_q = random_case(4, 8, 8, CONFIG.pattern, seed=7)
+    _, expected = image.golden(x_q)
+    program = build_program(image, x_q, CONFIG)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    with pytest.raises(ValueError, match="not empty and was not made by run_program"):
+        run_program(verilator_harness, program, expected, mine)
+    assert (mine / "notes.txt").read_text() == "the user's own file"
+    with pytest.raises(ValueError, match=r"expected must be a tensor \[4, 8\]"):
+        run_program(verilator_harness, program, expected[:, :3], tmp_path / "case")
+    case = tmp_path / "case"
+    assert run_program(verilator_harness, program, expected, case)["passed"]
+    assert run_program(verilator_harness, program, expected, case)["passed"]  # its own folder is reused
 
 
 def test_icarus_cross_check():

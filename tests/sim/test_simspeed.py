@@ -9,7 +9,7 @@ from firmware_gen.image import LinearImage
 from firmware_gen.program import build_program
 from hw.config import EngineConfig
 from sim.cases import random_case
-from sim.rtl import build_harness, run_program
+from sim.rtl import BitExactMismatch, build_harness, run_program
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests"
 CONFIG = EngineConfig()
@@ -50,10 +50,9 @@ def test_cpp_harness_catches_a_flipped_weight(harnesses):
     _, expected = image.golden(x_q)
     mutated = LinearImage.from_bytes(image.to_bytes())
     mutated.values[2, 3, 4] = -mutated.values[2, 3, 4] if mutated.values[2, 3, 4] != 0 else 77
-    result = run_program(harnesses["verilator-cpp"], build_program(mutated, x_q, CONFIG), expected,
-                         BUILD / "cases" / "mutation_cpp")
-    assert not result["passed"]
-    assert result["mismatches"] > 0
+    with pytest.raises(BitExactMismatch, match="outputs differ") as failure:
+        run_program(harnesses["verilator-cpp"], build_program(mutated, x_q, CONFIG), expected, BUILD / "cases" / "mutation_cpp")
+    assert not failure.value.result["passed"] and failure.value.result["mismatches"] > 0
 
 
 def test_simulator_clock_needs_the_verilator_harness(harnesses):

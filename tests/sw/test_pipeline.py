@@ -190,3 +190,14 @@ def test_regression_task_runs_end_to_end(checkpoint, tmp_path):
     assert set(result.metrics["retrain"]) == {"spearman", "pearson"}
     model = to_model(load_artifact(result.artifact))
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+
+
+def test_train_cli_names_a_missing_or_broken_config(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "sw.train", "--config", str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert result.returncode != 0 and "nope.json: no such file" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "broken.json").write_text("{not json")
+    result = subprocess.run([sys.executable, "-m", "sw.train", "--config", str(tmp_path / "broken.json")], capture_output=True, text=True)
+    assert "broken.json: not valid JSON" in result.stderr and "Traceback" not in result.stderr
