@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessera-installed
 RTL    := build/rtl
 
-.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report bench-inference
+.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report bench-inference bench-integer
 
 setup: $(STAMP)
 
@@ -64,3 +64,9 @@ glue-report: setup
 # CPU latency of every inference path against dense (docs/results/inference.md): build/bench/inference.*
 bench-inference: setup
 	$(PY) bench/inference.py
+
+# The integer encoder on the study's trained int8 artifacts (docs/results/integer.md): re-export with each
+# calibration rule, evaluate integer against float on the whole dev sets. Needs the study's int8 runs:
+# make glue-study ROWS=pattern_admm_int8,pattern_admm_int8_attention
+bench-integer: setup
+	$(PY) bench/integer.py

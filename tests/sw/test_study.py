@@ -10,9 +10,8 @@ import scipy.stats
 
 from sw import glue, study as study_mod
 from sw.study import DENSE, Study, fingerprint, load_results, run_one, status, write_report
-from sw.tiny import make_tiny_checkpoint
+from tests.sw.tiny_run import GLUE
 
-GLUE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "glue"
 PATTERN = {"kind": "pattern", "block_size": 4, "kept_per_block": 8, "pool_size": 8}
 
 
@@ -38,12 +37,6 @@ def study_config(tmp: Path, checkpoint: Path, **changes) -> Path:
     path = tmp / "study.json"
     path.write_text(json.dumps(data))
     return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    examples = glue.load_glue_split(GLUE, "mrpc", "train", limit=100)
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), [e.text_a for e in examples] + [e.text_b for e in examples])
 
 
 @pytest.fixture(scope="module")

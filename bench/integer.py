@@ -1,0 +1,154 @@
+"""Accuracy of the integer encoder on trained models: docs/results/integer.{md,json} and its plot.
+
+For every trained artifact of the GLUE study's int8 rows (pattern + ADMM + SR-STE int8, with and without
+attention-map pruning; ``make glue-study ROWS=pattern_admm_int8,pattern_admm_int8_attention`` makes
+them), the float part is re-exported with each calibration rule (``sw.export``), and the integer golden
+model is evaluated on the whole dev set against the artifact's float (fake-quantized) model
+(``sw.evaluate``): task metric of both, label agreement, per-edge SQNR, time.
+
+    python bench/integer.py [--work build/glue] [--tasks mrpc,cola,sst2] [--seed 0]
+                            [--calibrations max,percentile,mse] [--calibration-tasks mrpc]
+
+The calibration rules are compared on ``--calibration-tasks``; the other tasks use the rule that wins
+there (highest mean label agreement, then integer metric), so the choice is made once and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from core.artifact import load_artifact  # noqa: E402
+from core.atomic import write_atomic, write_between_markers  # noqa: E402
+from sw.evaluate import LAYER_EDGES, evaluate_artifact, load_tokenizer  # noqa: E402
+from sw.export import export_integer  # noqa: E402
+
+ROWS = {"pattern_admm_int8": "pattern + ADMM + SR-STE, int8",
+        "pattern_admm_int8_attention": "pattern + ADMM + SR-STE, int8, attention pruned"}
+DOC = Path("docs/results/integer.md")
+JSON = Path("docs/results/integer.json")
+FIGURE = Path("docs/results/figures/integer_sqnr.png")
+MARKERS = ("<!-- integer:begin -->", "<!-- integer:end -->")
+
+
+def evaluate_one(source: Path, out: Path, task: str, data_dir: str, method: str, threads: int | None) -> dict:
+    if not (out / "manifest.json").is_file():
+        export_integer(source, out, data_dir, task, method)
+    artifact = load_artifact(out)
+    started = time.perf_counter()
+    result = evaluate_artifact(artifact, load_tokenizer(artifact), data_dir, task)
+    result["seconds_total"] = time.perf_counter() - started
+    return result
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sw.analysis import save_png
+
+    cells = [(task, row) for task in results for row in results[task]]
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), sharey=True, squeeze=False)
+    for ax, (task, row) in zip(axes[0], cells):
+        sqnr = results[task][row]["sqnr_db"]
+        layers = sorted({int(k.split(".")[0]) for k in sqnr if k[0].isdigit()})
+        for edge in LAYER_EDGES:
+            ax.plot(layers, [sqnr[f"{i}.{edge}"] for i in layers], marker="o", markersize=3, label=edge.replace("_", " "))
+        ax.axhline(sqnr["logits"], color="black", linestyle="--", linewidth=1, label="logits")
+        ax.set_title(f"{task}: {'attention pruned' if 'attention' in row else 'dense attention'}", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("SQNR (dB), integer vs float")
+    axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle("Integer encoder against the float model, per layer boundary")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def report(data: dict) -> str:
+    out = ["Integer golden model against the float (fake-quantized) model of the same artifact, whole dev sets "
+           f"(seed {data['seed']}, calibration `{data['chosen_calibration']}` chosen on {', '.join(data['calibration_tasks'])}).", "",
+           "| task | row | metric | float | integer | Δ | label agreement | dev examples | integer model time (s) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for task, rows in data["tasks"].items():
+        for row, r in rows.items():
+            out.append(f"| {task} | {ROWS[row]} | {r['metric']} | {r['float_metric']:.2f} | {r['int_metric']:.2f} | "
+                       f"{r['int_metric'] - r['float_metric']:+.2f} | {100 * r['label_agreement']:.2f} % | {r['examples']} | {r['seconds_integer']:.0f} |")
+    out += ["", "Calibration rules (per-edge activation scales), same artifacts:", "",
+            "| task | row | rule | integer metric | Δ vs float | label agreement | logits SQNR (dB) |", "|---|---|---|---:|---:|---:|---:|"]
+    for task, rows in data["calibration"].items():
+        for row, methods in rows.items():
+            for method, r in methods.items():
+                out.append(f"| {task} | {ROWS[row]} | {method} | {r['int_metric']:.2f} | {r['int_metric'] - r['float_metric']:+.2f} | "
+                           f"{100 * r['label_agreement']:.2f} % | {r['sqnr_db']['logits']:.1f} |")
+    task, row = next(iter(data["tasks"])), "pattern_admm_int8_attention"
+    if row in data["tasks"][task]:
+        sqnr = data["tasks"][task][row]["sqnr_db"]
+        layers = sorted({int(k.split(".")[0]) for k in sqnr if k[0].isdigit()})
+        out += ["", f"SQNR per layer boundary (dB), {task}, {ROWS[row]} (embeddings {sqnr['embeddings']:.1f}, "
+                    f"pooled {sqnr['pooled']:.1f}, logits {sqnr['logits']:.1f}):", "",
+                "| edge | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---:|" * len(layers)]
+        out += [f"| {edge} | " + " | ".join(f"{sqnr[f'{i}.{edge}']:.1f}" for i in layers) + " |" for edge in LAYER_EDGES]
+    out += ["", f"![SQNR per layer]({FIGURE.relative_to(DOC.parent)})"]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="build/glue", help="the GLUE study's work folder")
+    parser.add_argument("--out", default="build/integer", help="re-exported artifacts go here")
+    parser.add_argument("--data-dir", default="../shared/data/glue")
+    parser.add_argument("--tasks", default="mrpc,cola,sst2")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrations", default="max,percentile,mse")
+    parser.add_argument("--calibration-tasks", default="mrpc")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks, methods, calibration_tasks = args.tasks.split(","), args.calibrations.split(","), args.calibration_tasks.split(",")
+    data = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    data.update(seed=args.seed, calibration_tasks=calibration_tasks, tasks=data.get("tasks", {}), calibration=data.get("calibration", {}))
+
+    def source(task, row):
+        path = Path(args.work) / task / f"seed{args.seed}" / row / "artifact"
+        if not (path / "manifest.json").is_file():
+            raise SystemExit(f"no trained artifact at {path}: run `make glue-study ROWS={row} TASKS={task}` first")
+        return path
+
+    for task in calibration_tasks:
+        for row in ROWS:
+            for method in methods:
+                print(f"[{task} / {row}] calibration {method}", flush=True)
+                result = evaluate_one(source(task, row), Path(args.out) / task / row / method, task, args.data_dir, method, args.threads)
+                data["calibration"].setdefault(task, {}).setdefault(row, {})[method] = result
+                write_atomic(JSON, json.dumps(data, indent=1) + "\n")
+    scores = {m: [(r[m]["label_agreement"], r[m]["int_metric"]) for rows in data["calibration"].values() for r in rows.values() if m in r]
+              for m in methods}
+    chosen = max(methods, key=lambda m: tuple(sum(v) / len(v) for v in zip(*scores[m])))
+    data["chosen_calibration"] = chosen
+    for task in tasks:
+        for row in ROWS:
+            if task in data["calibration"] and chosen in data["calibration"][task].get(row, {}):
+                result = data["calibration"][task][row][chosen]
+            else:
+                print(f"[{task} / {row}] calibration {chosen}", flush=True)
+                result = evaluate_one(source(task, row), Path(args.out) / task / row / chosen, task, args.data_dir, chosen, args.threads)
+            data["tasks"].setdefault(task, {})[row] = result
+            write_atomic(JSON, json.dumps(data, indent=1) + "\n")
+    plot(data["tasks"], FIGURE)
+    write_between_markers(DOC, *MARKERS, report(data), title="# The integer encoder on trained models")
+    print(f"wrote {DOC}, {JSON}, {FIGURE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
