@@ -2,15 +2,16 @@
 
 For every trained artifact of the GLUE study's int8 rows (pattern + ADMM + SR-STE int8, with and without
 attention-map pruning; ``make glue-study ROWS=pattern_admm_int8,pattern_admm_int8_attention`` makes
-them), the float part is re-exported with each calibration rule (``sw.export``), and the integer golden
-model is evaluated on the whole dev set against the artifact's float (fake-quantized) model
-(``sw.evaluate``): task metric of both, label agreement, per-edge SQNR, time.
+them), the float part is calibrated once with every rule, and each rule's integer encoder is evaluated on
+the whole dev set against one pass of the artifact's float (fake-quantized) model (``sw.evaluate``): task
+metric of both, label agreement, per-edge SQNR, time. The chosen rule's version-2 artifact is written to
+``build/integer/<task>/<row>/``.
 
     python bench/integer.py [--work build/glue] [--tasks mrpc,cola,sst2] [--seed 0]
                             [--calibrations max,percentile,mse] [--calibration-tasks mrpc]
 
 The calibration rules are compared on ``--calibration-tasks``; the other tasks use the rule that wins
-there (highest mean label agreement, then integer metric), so the choice is made once and reused.
+there (highest mean label agreement, then the smallest metric loss), so the choice is made once and reused.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.artifact import load_artifact  # noqa: E402
+from core.artifact import TOKENIZER, load_artifact  # noqa: E402
 from core.atomic import write_atomic, write_between_markers  # noqa: E402
-from sw.evaluate import LAYER_EDGES, evaluate_artifact, load_tokenizer  # noqa: E402
-from sw.export import export_integer  # noqa: E402
+from core.encoder import IntegerEncoder  # noqa: E402
+from sw import calibration, glue  # noqa: E402
+from sw.artifact import integer_section, to_model, write_integer_artifact  # noqa: E402
+from sw.evaluate import LAYER_EDGES, compare_encoders, dev_loader, load_tokenizer  # noqa: E402
+from sw.export import calibration_loader  # noqa: E402
 
 ROWS = {"pattern_admm_int8": "pattern + ADMM + SR-STE, int8",
         "pattern_admm_int8_attention": "pattern + ADMM + SR-STE, int8, attention pruned"}
@@ -35,14 +38,26 @@ FIGURE = Path("docs/results/figures/integer_sqnr.png")
 MARKERS = ("<!-- integer:begin -->", "<!-- integer:end -->")
 
 
-def evaluate_one(source: Path, out: Path, task: str, data_dir: str, method: str, threads: int | None) -> dict:
-    if not (out / "manifest.json").is_file():
-        export_integer(source, out, data_dir, task, method)
-    artifact = load_artifact(out)
-    started = time.perf_counter()
-    result = evaluate_artifact(artifact, load_tokenizer(artifact), data_dir, task)
-    result["seconds_total"] = time.perf_counter() - started
-    return result
+def evaluate_rules(source: Path, out: Path, task: str, data_dir: str, methods: list[str], write: str | None) -> dict[str, dict]:
+    """Calibrate ``source`` once with every rule, evaluate each integer encoder against one float pass over
+    the whole dev set; write the version-2 artifact of rule ``write`` into ``out``."""
+    artifact = load_artifact(source, integer=False)
+    training = artifact.manifest.get("training", {})
+    tokenizer = load_tokenizer(artifact, None if (source / TOKENIZER).is_dir() else training.get("model"))
+    model = to_model(artifact)
+    scales = calibration.calibrate(model, calibration_loader(artifact, tokenizer, data_dir, task), 8, methods)
+    float_tensors = {n: t for n, t in artifact.tensors.items() if not n.startswith("int.")}
+    encoders = {}
+    for method in methods:
+        int_tensors, spec = integer_section(float_tensors, artifact.manifest, model, scales[method], method)
+        encoders[method] = (IntegerEncoder.from_tensors({**float_tensors, **int_tensors}, spec), spec)
+    spec_task = glue.get_task(task)
+    loader = dev_loader(tokenizer, spec_task, data_dir, training.get("max_length", 128), 32)
+    results = compare_encoders(model, encoders, loader, spec_task)
+    if write and not (out / "manifest.json").is_file():
+        manifest = {k: v for k, v in artifact.manifest.items() if k != "integer"}
+        write_integer_artifact(out, float_tensors, manifest, model, scales[write], tokenizer, write)
+    return results
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -126,22 +141,18 @@ def main(argv=None) -> int:
 
     for task in calibration_tasks:
         for row in ROWS:
-            for method in methods:
-                print(f"[{task} / {row}] calibration {method}", flush=True)
-                result = evaluate_one(source(task, row), Path(args.out) / task / row / method, task, args.data_dir, method, args.threads)
-                data["calibration"].setdefault(task, {}).setdefault(row, {})[method] = result
-                write_atomic(JSON, json.dumps(data, indent=1) + "\n")
-    scores = {m: [(r[m]["label_agreement"], r[m]["int_metric"]) for rows in data["calibration"].values() for r in rows.values() if m in r]
-              for m in methods}
+            print(f"[{task} / {row}] calibration rules {', '.join(methods)}", flush=True)
+            data["calibration"].setdefault(task, {})[row] = evaluate_rules(source(task, row), Path(args.out) / task / row, task,
+                                                                           args.data_dir, methods, None)
+            write_atomic(JSON, json.dumps(data, indent=1) + "\n")
+    scores = {m: [(r[m]["label_agreement"], r[m]["int_metric"] - r[m]["float_metric"]) for rows in data["calibration"].values()
+                  for r in rows.values() if m in r] for m in methods}
     chosen = max(methods, key=lambda m: tuple(sum(v) / len(v) for v in zip(*scores[m])))
     data["chosen_calibration"] = chosen
     for task in tasks:
         for row in ROWS:
-            if task in data["calibration"] and chosen in data["calibration"][task].get(row, {}):
-                result = data["calibration"][task][row][chosen]
-            else:
-                print(f"[{task} / {row}] calibration {chosen}", flush=True)
-                result = evaluate_one(source(task, row), Path(args.out) / task / row / chosen, task, args.data_dir, chosen, args.threads)
+            print(f"[{task} / {row}] calibration {chosen}", flush=True)
+            result = evaluate_rules(source(task, row), Path(args.out) / task / row, task, args.data_dir, [chosen], chosen)[chosen]
             data["tasks"].setdefault(task, {})[row] = result
             write_atomic(JSON, json.dumps(data, indent=1) + "\n")
     plot(data["tasks"], FIGURE)

@@ -16,10 +16,14 @@ scale of the next)::
 
     x (int8, s[in]) ─┬─ query/key/value linears ─► Q, K, V (int8)
                      │   per head: S = Q·Kᵀ (int32) → integer softmax + pattern pruning → P (0…255)
-                     │   P·V (int32) → requantize → context (int8) → output linear → a (int8)
-                     └─ residual: a·m_a + x·m_x (fine scale) → LayerNorm → x1 (int8)
-    x1 ─┬─ FFN-in linear → h (int8) → GELU table → g (int8) → FFN-out linear → f (int8)
-        └─ residual: f·m_f + x1·m_x1 → LayerNorm → x2 (int8, the next layer's input)
+                     │   P·V (int32) → requantize → context (int8) → output linear → a (24-bit, scale s[in]/2^8)
+                     └─ residual: a + x·2^8 → LayerNorm → x1 (int8)
+    x1 ─┬─ FFN-in linear → h (int8) → GELU table → g (int8) → FFN-out linear → f (24-bit, scale s[x1]/2^8)
+        └─ residual: f + x1·2^8 → LayerNorm → x2 (int8, the next layer's input)
+
+The two linears that end a branch requantize straight to the residual's fine scale (24-bit, no int8
+step): their outputs carry BERT's outlier channels (values of ~200 beside typical ~1), which an int8
+grid cannot hold without losing the other channels (docs/results/integer.md measures it).
 
 Embeddings: int8 word/position/token-type rows (per-row scales) summed with per-row multipliers, then
 LayerNorm. Head: the first token's x → pooler linear → tanh table (scale 1/127) → classifier with one
@@ -34,14 +38,20 @@ from dataclasses import dataclass, field
 import torch
 
 from core import golden
-from core.integer import (PROB_ONE, int_matmul, layer_norm, require_int, rounding_shift, saturate_int8, scaled_sum,
-                          attention_probabilities, table_lookup)
+from core.integer import (PROB_ONE, attention_probabilities, int_matmul, layer_norm, require_int, residual_add, rounding_shift,
+                          saturate_int8, scaled_sum, table_lookup)
 from core.quantize import quantize_bias, quantize_rows, requant_parameters
 
 #: Roles of the six linear layers of an encoder layer, in dataflow order.
 LINEAR_ROLES = ("query", "key", "value", "attention_output", "ffn_input", "ffn_output")
-#: Fine-scale bits of the residual sum: the larger operand scale gets multiplier 2^RESIDUAL_BITS.
-RESIDUAL_BITS = 12
+#: Fine-scale bits of the embedding sum: the largest operand scale gets multiplier 2^EMBEDDING_SUM_BITS.
+EMBEDDING_SUM_BITS = 12
+#: The residual's fine scale is its int8 input's scale / 2^RESIDUAL_SHIFT.
+RESIDUAL_SHIFT = 8
+#: Width of the branch outputs requantized to the residual's fine scale.
+WIDE_BITS = 24
+#: The linear layers whose outputs are wide (they end a residual branch), and their residual input edge.
+BRANCH_ENDS = ("attention_output", "ffn_output")
 #: Fractional bits of the normalized LayerNorm value.
 NORM_Z_BITS = 15
 #: LayerNorm γ multipliers are signed 16-bit.
@@ -62,6 +72,16 @@ def edge_names(layers: int) -> list[str]:
 
 def layer_input_edge(index: int) -> str:
     return "embeddings" if index == 0 else f"{index - 1}.output_norm"
+
+
+def wide_edges(layers: int) -> list[str]:
+    """The edges that are not int8: the outputs of the linears that end a residual branch."""
+    return [linear_edges(i)[role][1] for i in range(layers) for role in BRANCH_ENDS]
+
+
+def residual_input_edge(index: int, branch_end: str) -> str:
+    """The int8 edge that a branch's residual add takes as its second operand."""
+    return layer_input_edge(index) if branch_end == "attention_output" else f"{index}.attention_norm"
 
 
 def linear_edges(index: int) -> dict[str, tuple[str, str]]:
@@ -99,7 +119,7 @@ class EncoderFloats:
     classifier: tuple[torch.Tensor, torch.Tensor]  # (weight [C, H], bias [C])
 
 
-def sum_multipliers(scales: list[torch.Tensor], bits: int = RESIDUAL_BITS) -> tuple[list[torch.Tensor], float]:
+def sum_multipliers(scales: list[torch.Tensor], bits: int = EMBEDDING_SUM_BITS) -> tuple[list[torch.Tensor], float]:
     """Integer multipliers of :func:`core.integer.scaled_sum`: ``m = round(2^bits · s / s_ref)`` with
     ``s_ref`` the largest scale of all operands; returns ``(multipliers, s_ref / 2^bits)``. A scale of 0
     (an all-zero embedding row) gets multiplier 0; a nonzero scale whose multiplier rounds to 0 is refused
@@ -109,7 +129,7 @@ def sum_multipliers(scales: list[torch.Tensor], bits: int = RESIDUAL_BITS) -> tu
     for i, s in enumerate(scales):
         m = torch.round(s.to(torch.float64) / reference * 2**bits).to(torch.int64)
         if bool(((m == 0) & (s > 0)).any()):
-            raise ValueError(f"residual operand {i} has a scale below 2^-{bits + 1} of the largest operand's; it would vanish")
+            raise ValueError(f"sum operand {i} has a scale below 2^-{bits + 1} of the largest operand's; it would vanish")
         out.append(m)
     return out, reference / 2**bits
 
@@ -161,9 +181,19 @@ def exp_parameters(query_scale: float, key_scale: float, head_dim: int, fraction
 
 def _linear_constants(weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor, input_scale: float,
                       output_scale: float, prefix: str) -> dict[str, torch.Tensor]:
-    multiplier, shift = requant_parameters(input_scale, weight_scale, output_scale)
-    return {prefix + "bias": quantize_bias(bias, input_scale, weight_scale), prefix + "multiplier": multiplier.to(torch.int32),
-            prefix + "shift": shift.to(torch.int32)}
+    try:
+        multiplier, shift = requant_parameters(input_scale, weight_scale, output_scale)
+        bias_q = quantize_bias(bias, input_scale, weight_scale)
+    except ValueError as error:
+        raise ValueError(f"{prefix}multiplier: {error} (input scale {input_scale!r}, output scale {output_scale!r})") from None
+    return {prefix + "bias": bias_q, prefix + "multiplier": multiplier.to(torch.int32), prefix + "shift": shift.to(torch.int32)}
+
+
+def _named(name: str, make):
+    try:
+        return make()
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: EncoderFloats, scales: dict[str, float],
@@ -198,19 +228,22 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
     tensors["int.embeddings.norm.gamma"], tensors["int.embeddings.norm.beta"] = gamma.to(torch.int32), beta.to(torch.int32)
 
     layer_entries = []
+    edge_scales = {e: scales[e] for e in edge_names(layers)}  # the branch ends' become their fine scales
     for i, layer in enumerate(floats.layers):
         p = f"int.layer.{i}."
-        s_in = scales[layer_input_edge(i)]
+        out_scales = dict(scales)
         for role, (edge_in, edge_out) in linear_edges(i).items():
+            if role in BRANCH_ENDS:  # wide output at the residual's fine scale
+                out_scales[edge_out] = scales[residual_input_edge(i, role)] / 2**RESIDUAL_SHIFT
             module = layer.modules[role]
             if module not in linears:
                 raise ValueError(f"layer {i} {role}: no int8 linear {module!r} in the artifact")
             lin = linears[module]
-            tensors.update(_linear_constants(lin["weight_q"], lin["weight_scale"], lin["bias"], scales[edge_in], scales[edge_out], f"{p}{role}."))
-        exp_multiplier, exp_shift = exp_parameters(scales[f"{i}.query"], scales[f"{i}.key"], head_dim)
-        context_multiplier, context_shift = golden.quantize_multiplier(scales[f"{i}.value"] / PROB_ONE / scales[f"{i}.context"])
-        (m_a, m_x), _ = sum_multipliers([torch.tensor([scales[f"{i}.attention_output"]]), torch.tensor([s_in])])
-        (m_f, m_x1), _ = sum_multipliers([torch.tensor([scales[f"{i}.ffn_output"]]), torch.tensor([scales[f"{i}.attention_norm"]])])
+            tensors.update(_linear_constants(lin["weight_q"], lin["weight_scale"], lin["bias"], scales[edge_in], out_scales[edge_out], f"{p}{role}."))
+        edge_scales.update({linear_edges(i)[role][1]: out_scales[linear_edges(i)[role][1]] for role in BRANCH_ENDS})
+        exp_multiplier, exp_shift = _named(f"layer {i} exp_multiplier", lambda: exp_parameters(scales[f"{i}.query"], scales[f"{i}.key"], head_dim))
+        context_multiplier, context_shift = _named(f"layer {i} context_multiplier", lambda: golden.quantize_multiplier(
+            scales[f"{i}.value"] / PROB_ONE / scales[f"{i}.context"]))
         g1, b1, shift1 = norm_constants(*layer.attention_norm, scales[f"{i}.attention_norm"], f"layer {i} attention LayerNorm")
         g2, b2, shift2 = norm_constants(*layer.output_norm, scales[f"{i}.output_norm"], f"layer {i} output LayerNorm")
         tensors.update({p + "attention_norm.gamma": g1.to(torch.int32), p + "attention_norm.beta": b1.to(torch.int32),
@@ -220,7 +253,6 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
             "modules": dict(layer.modules),
             "exp_multiplier": exp_multiplier, "exp_shift": exp_shift,
             "context_multiplier": context_multiplier, "context_shift": context_shift,
-            "attention_residual": [int(m_a), int(m_x)], "output_residual": [int(m_f), int(m_x1)],
             "attention_norm_shift": shift1, "output_norm_shift": shift2,
         })
 
@@ -238,10 +270,11 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
 
     manifest = {
         "heads": floats.heads, "head_dim": head_dim, "hidden": hidden, "layers": layer_entries,
-        "embedding_norm_shift": embedding_shift, "norm_z_bits": NORM_Z_BITS, "residual_bits": RESIDUAL_BITS,
+        "embedding_norm_shift": embedding_shift, "norm_z_bits": NORM_Z_BITS, "embedding_sum_bits": EMBEDDING_SUM_BITS,
+        "residual_shift": RESIDUAL_SHIFT, "wide_bits": WIDE_BITS,
         "exp": {"fraction_bits": EXP_FRACTION_BITS, "out_bits": EXP_OUT_BITS}, "prob_one": PROB_ONE,
         "attention_pruning": attention_pool is not None,
-        "logit_scale": TANH_SCALE * classifier_scale, "scales": {e: scales[e] for e in edge_names(layers)},
+        "logit_scale": TANH_SCALE * classifier_scale, "scales": edge_scales,
     }
     return {name: t.contiguous() for name, t in tensors.items()}, manifest
 
@@ -260,11 +293,11 @@ class LayerTrace:
     pattern_ids: torch.Tensor | None  # [B, heads, ⌈L/k⌉, ⌈L/k⌉] when attention pruning is on
     probabilities: torch.Tensor  # [B, heads, L, L] in [0, 255]
     context: torch.Tensor  # int8 [B, L, H·d]
-    attention_output: torch.Tensor  # int8 [B, L, H]
+    attention_output: torch.Tensor  # 24-bit [B, L, H] at the residual's fine scale
     attention_norm: torch.Tensor  # int8 [B, L, H]
     ffn_hidden: torch.Tensor  # int8 [B, L, F] (before GELU)
     gelu: torch.Tensor  # int8 [B, L, F]
-    ffn_output: torch.Tensor  # int8 [B, L, H]
+    ffn_output: torch.Tensor  # 24-bit [B, L, H] at the residual's fine scale
     output_norm: torch.Tensor  # int8 [B, L, H]
 
 
@@ -353,13 +386,17 @@ class IntegerEncoder:
             pool = tensors["attention.pool"]
         if hidden % heads:
             raise ValueError(f"integer encoder: hidden {hidden} is not a multiple of {heads} heads")
+        expected = {"residual_shift": RESIDUAL_SHIFT, "wide_bits": WIDE_BITS, "norm_z_bits": NORM_Z_BITS}
+        for key, value in expected.items():
+            if spec.get(key) != value:
+                raise ValueError(f"integer encoder: {key} is {spec.get(key)!r}; this contract defines {value}")
         return cls(t, spec, weights, pool)
 
     # ------------------------------------------------------------------------------------------------
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, prefix: str) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, prefix: str, out_bits: int = 8) -> torch.Tensor:
         t = self.t
-        return golden.linear(x, weight, t[prefix + "bias"], t[prefix + "multiplier"], t[prefix + "shift"])[1]
+        return golden.linear(x, weight, t[prefix + "bias"], t[prefix + "multiplier"], t[prefix + "shift"], out_bits)[1]
 
     def _norm(self, r: torch.Tensor, prefix: str, shift: int) -> torch.Tensor:
         return layer_norm(r, self.t[prefix + ".gamma"], self.t[prefix + ".beta"], shift, self.spec["norm_z_bits"])
@@ -394,14 +431,13 @@ class IntegerEncoder:
                                              t["int.exp_table"].to(torch.int64), self.attention_pool)
         context_acc = int_matmul(probs, split(v)).transpose(1, 2).reshape(batch, length, -1)
         context = saturate_int8(rounding_shift(context_acc * entry["context_multiplier"], entry["context_shift"]))
-        a = self._linear(context, w[f"{index}.attention_output"], p + "attention_output.")
-        m_a, m_x = entry["attention_residual"]
-        x1 = self._norm(scaled_sum([(a, torch.tensor(m_a)), (x, torch.tensor(m_x))]), p + "attention_norm", entry["attention_norm_shift"])
+        wide, shift = self.spec["wide_bits"], self.spec["residual_shift"]
+        a = self._linear(context, w[f"{index}.attention_output"], p + "attention_output.", wide)
+        x1 = self._norm(residual_add(a, x, shift), p + "attention_norm", entry["attention_norm_shift"])
         h = self._linear(x1, w[f"{index}.ffn_input"], p + "ffn_input.")
         g = table_lookup(h, t[p + "gelu_table"])
-        f = self._linear(g, w[f"{index}.ffn_output"], p + "ffn_output.")
-        m_f, m_x1 = entry["output_residual"]
-        x2 = self._norm(scaled_sum([(f, torch.tensor(m_f)), (x1, torch.tensor(m_x1))]), p + "output_norm", entry["output_norm_shift"])
+        f = self._linear(g, w[f"{index}.ffn_output"], p + "ffn_output.", wide)
+        x2 = self._norm(residual_add(f, x1, shift), p + "output_norm", entry["output_norm_shift"])
         return LayerTrace(q, k, v, scores, ids, probs, context, a, x1, h, g, f, x2)
 
     @torch.no_grad()

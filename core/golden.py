@@ -89,10 +89,12 @@ def linear_accumulate(x_q: torch.Tensor, w_q: torch.Tensor, bias_q: torch.Tensor
     return acc.to(torch.int32)
 
 
-def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, out_bits: int = 8) -> torch.Tensor:
     """int32 accumulators ``[..., N]`` → int8 with per-channel ``multiplier[N]`` and ``shift[N]``.
 
-    ``round_half_up(acc · multiplier / 2**shift)``, saturated to [-128, 127].
+    ``round_half_up(acc · multiplier / 2**shift)``, saturated to [-128, 127]. With ``out_bits`` > 8 the
+    result saturates to that signed width instead and is int32 (the wide outputs that feed a residual
+    add, see ``core.encoder``).
     """
     a = require_int("acc", acc, ACC_MIN, ACC_MAX)
     mult = require_int("multiplier", multiplier, 0, MULTIPLIER_MAX)
@@ -104,7 +106,11 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor)
     prod = a * mult  # |prod| < 2**47: exact in int64
     rounding = torch.where(sh > 0, torch.ones_like(sh) << (sh - 1).clamp(min=0), torch.zeros_like(sh))
     out = (prod + rounding) >> sh  # >> on int64 is an arithmetic shift (floor)
-    return out.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    if out_bits == 8:
+        return out.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    if not 8 < out_bits <= 32:
+        raise ValueError(f"out_bits must be in 8..32, got {out_bits}")
+    return out.clamp(-(2 ** (out_bits - 1)), 2 ** (out_bits - 1) - 1).to(torch.int32)
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -135,7 +141,8 @@ def quantize_activations(x: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.round(x.to(torch.float64) / scale).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
-def linear(x_q, w_q, bias_q, multiplier, shift) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole quantized linear layer: returns ``(acc int32, y int8)``."""
+def linear(x_q, w_q, bias_q, multiplier, shift, out_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole quantized linear layer: returns ``(acc int32, y int8)`` (``y`` of ``out_bits``, see
+    :func:`requantize`)."""
     acc = linear_accumulate(x_q, w_q, bias_q)
-    return acc, requantize(acc, multiplier, shift)
+    return acc, requantize(acc, multiplier, shift, out_bits)

@@ -56,20 +56,30 @@ def saturate_int8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
-# --------------------------------------------------------------------------------------- residual add
+# --------------------------------------------------------------------------------------- sums
 
 
 def scaled_sum(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """``Σ xᵢ · mᵢ`` of int8 tensors ``xᵢ`` with integer multipliers ``mᵢ`` (each broadcastable to
-    ``xᵢ``, e.g. a scalar or one multiplier per embedding row): the residual add (two terms) and the
-    embedding sum (three). The result is an int64 tensor at the common fine scale ``s_ref / 2^b`` of
-    :func:`core.encoder.sum_multipliers`; it feeds LayerNorm directly, which is scale-invariant, so no
-    rounding happens between the add and the normalization."""
+    ``xᵢ``: one multiplier per embedding row): the embedding sum. The result is an int64 tensor at the
+    common fine scale ``s_ref / 2^b`` of :func:`core.encoder.sum_multipliers`; it feeds LayerNorm
+    directly, which is scale-invariant, so no rounding happens between the sum and the normalization."""
     total = None
     for i, (x, m) in enumerate(terms):
-        term = require_int(f"residual term {i}", x, INT8_MIN, INT8_MAX) * require_int(f"residual multiplier {i}", m, 0, 2**16)
+        term = require_int(f"sum term {i}", x, INT8_MIN, INT8_MAX) * require_int(f"sum multiplier {i}", m, 0, 2**16)
         total = term if total is None else total + term
     return total
+
+
+def residual_add(wide: torch.Tensor, x: torch.Tensor, shift: int) -> torch.Tensor:
+    """The residual add of an encoder layer: ``wide + x · 2^shift``.
+
+    ``wide`` is the wide (24-bit) output of the linear layer that ends a branch, requantized straight to
+    the residual's fine scale ``s_x / 2^shift``; ``x`` is the branch's int8 input at scale ``s_x``, which
+    enters by a shift. The int64 sum feeds LayerNorm with no rounding in between.
+    """
+    wide = require_int("residual branch", wide, -(2**23), 2**23 - 1)
+    return wide + (require_int("residual input", x, INT8_MIN, INT8_MAX) << shift)
 
 
 # --------------------------------------------------------------------------------------- LayerNorm

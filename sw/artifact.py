@@ -30,32 +30,19 @@ def save_artifact(path, model, config, projections, scales, metrics, attention=N
     ``attention``: ``(AttentionPruningConfig, PatternPool)``; ``tokenizer`` is saved beside the tensors.
     """
     bits = config.compression.quant_bits or 8
-    masks = {name: p.mask for name, p in masked_weights(model).items()}
-    tensors, layers = {}, {}
     targets = [name.rsplit(".", 1)[0] for name in projections]
+    tensors = trained_tensors(model, targets, bits)
+    layers = {}
     for name, (_, projection) in projections.items():
         module_name = name.rsplit(".", 1)[0]
-        module = model.get_submodule(module_name)
-        weight = module.weight.detach()  # effective weight (masked, fake-quantized)
-        mask = masks.get(name, torch.ones_like(weight, dtype=torch.bool))
-        weight_q, weight_scale = quantize_rows(weight * mask, bits)
-        bias = module.bias.detach() if module.bias is not None else torch.zeros(weight.shape[0])
-        prefix = f"linear.{module_name}."
-        tensors.update({
-            prefix + "weight_q": weight_q, prefix + "weight_scale": weight_scale,
-            prefix + "bias": bias.float().contiguous(), prefix + "mask": mask.contiguous(),
-        })
-        entry = {
-            "out_features": weight.shape[0], "in_features": weight.shape[1], "bits": bits,
-            "projection": projection.to_dict(),
-        }
+        weight = tensors[f"linear.{module_name}.weight_q"]
+        entry = {"out_features": weight.shape[0], "in_features": weight.shape[1], "bits": bits, "projection": projection.to_dict()}
         if isinstance(projection, Pattern):
+            prefix = f"linear.{module_name}."
             tensors[prefix + "pool"] = projection.pool.masks.contiguous()
             tensors[prefix + "pattern_ids"] = projection.pattern_ids.to(torch.int32)  # ids of the hard-pruning projection
             entry["pattern"] = {"block_size": projection.block_size, "kept_per_block": projection.kept_per_block, "pool_size": projection.pool_size}
         layers[module_name] = entry
-    for name, value in _dense_state(model, targets).items():
-        tensors["dense." + name] = value
     attention_config = None
     if attention is not None:
         attention_config, pool = attention
@@ -70,44 +57,61 @@ def save_artifact(path, model, config, projections, scales, metrics, attention=N
     return write_integer_artifact(path, tensors, manifest, model, scales, tokenizer, calibration)
 
 
-def write_integer_artifact(path, tensors: dict, manifest: dict, model, scales: dict[str, float], tokenizer=None,
-                           calibration: str = "") -> Path:
-    """Add the integer encoder (``int.*`` tensors, the manifest's ``integer`` section, every linear's
-    edge scales) to a float artifact's ``tensors`` and ``manifest`` and write the folder ``path``.
+def integer_section(tensors: dict, manifest: dict, model, scales: dict[str, float], calibration: str = "") -> tuple[dict, dict]:
+    """The integer encoder of a float artifact: ``(int.* tensors, manifest integer section)``.
 
     ``model`` is the float model those tensors came from (embeddings, LayerNorms, pooler and classifier
-    are read from it); the tokenizer, when given, goes to ``path/tokenizer``.
+    are read from it); ``scales`` the calibrated scale of every edge.
     """
-    tensors = {name: t for name, t in tensors.items() if not name.startswith("int.")}
-    layers = manifest["layers"]
     linears = {}
-    for module, entry in layers.items():
+    for module, entry in manifest["layers"].items():
         if entry["bits"] != 8:
             raise ValueError(f"layer {module} has {entry['bits']}-bit weights; the integer encoder runs int8")
         linears[module] = {"weight_q": tensors[f"linear.{module}.weight_q"], "weight_scale": tensors[f"linear.{module}.weight_scale"],
                            "bias": tensors[f"linear.{module}.bias"]}
-    floats = calibration_floats(model)
     pool = tensors.get("attention.pool") if manifest.get("attention_pruning") else None
-    int_tensors, spec = build_integer_encoder(linears, floats, scales, pool)
+    int_tensors, spec = build_integer_encoder(linears, calibration_floats(model), scales, pool)
     spec["calibration"] = calibration
-    for i, layer in enumerate(floats.layers):
+    return int_tensors, spec
+
+
+def write_integer_artifact(path, tensors: dict, manifest: dict, model, scales: dict[str, float], tokenizer=None,
+                           calibration: str = "") -> Path:
+    """Add the integer encoder (``int.*`` tensors, the manifest's ``integer`` section, every linear's
+    edge scales) to a float artifact's ``tensors`` and ``manifest`` and write the folder ``path``; the
+    tokenizer, when given, goes to ``path/tokenizer``."""
+    tensors = {name: t for name, t in tensors.items() if not name.startswith("int.")}
+    int_tensors, spec = integer_section(tensors, manifest, model, scales, calibration)
+    layers = {module: dict(entry) for module, entry in manifest["layers"].items()}
+    for i, entry in enumerate(spec["layers"]):
         for role, (edge_in, edge_out) in linear_edges(i).items():
-            layers[layer.modules[role]].update(input_scale=scales[edge_in], output_scale=scales[edge_out])
-    manifest = {**manifest, "integer": spec}
+            layers[entry["modules"][role]].update(input_scale=spec["scales"][edge_in], output_scale=spec["scales"][edge_out])
+    manifest = {**manifest, "layers": layers, "integer": spec}
     path = Path(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path / TOKENIZER)
     return write_artifact(path, {**tensors, **int_tensors}, manifest)
 
 
-def _dense_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer except the target linears' weights/biases and mask buffers."""
-    out = {}
+def trained_tensors(model, targets: list[str], bits: int) -> dict[str, torch.Tensor]:
+    """The artifact tensors of a trained model: per target linear its ``bits``-bit levels of the effective
+    (masked, fake-quantized) weight, row scales, bias and mask; every other parameter and buffer as
+    ``dense.*`` (the targets' weights, biases and mask buffers excluded)."""
+    masks = {name: p.mask for name, p in masked_weights(model).items()}
+    tensors = {}
+    for module_name in targets:
+        module = model.get_submodule(module_name)
+        weight = module.weight.detach()  # effective weight (masked, fake-quantized)
+        mask = masks.get(f"{module_name}.weight", torch.ones_like(weight, dtype=torch.bool))
+        weight_q, weight_scale = quantize_rows(weight * mask, bits)
+        bias = module.bias.detach() if module.bias is not None else torch.zeros(weight.shape[0])
+        prefix = f"linear.{module_name}."
+        tensors.update({prefix + "weight_q": weight_q, prefix + "weight_scale": weight_scale,
+                        prefix + "bias": bias.float().contiguous(), prefix + "mask": mask.contiguous()})
     for name, value in model.state_dict().items():
-        if any(name.startswith(t + ".") for t in targets):
-            continue
-        out[name] = value.detach().contiguous()
-    return out
+        if not any(name.startswith(t + ".") for t in targets):
+            tensors["dense." + name] = value.detach().contiguous()
+    return tensors
 
 
 def to_model(artifact: Artifact, masked: bool = True, decay: float = 2e-4, bits: int | None = None):

@@ -24,6 +24,8 @@ from core import golden
 from core.encoder import EncoderFloats, LayerFloats, edge_names
 
 METHODS = ("max", "percentile", "mse")
+#: The rule the export uses unless told otherwise: the best on the trained models (docs/results/integer.md).
+DEFAULT_METHOD = "mse"
 PERCENTILE = 0.9999
 SAMPLE_PER_EDGE = 1 << 18
 _MSE_GRID = torch.linspace(0.05, 1.0, 96, dtype=torch.float64)

@@ -64,7 +64,7 @@ class SQNR:
         self.signal, self.noise = {}, {}
 
     def add(self, edge: str, reference: torch.Tensor, approximation: torch.Tensor) -> None:
-        r, a = reference.to(torch.float64), approximation.to(torch.float64)
+        r, a = reference.detach().to(torch.float64), approximation.detach().to(torch.float64)
         self.signal[edge] = self.signal.get(edge, 0.0) + float((r * r).sum())
         self.noise[edge] = self.noise.get(edge, 0.0) + float(((r - a) ** 2).sum())
 
@@ -90,46 +90,53 @@ def evaluate_artifact(artifact: Artifact, tokenizer, data_dir, task: str | None 
     """Float and integer metrics, label agreement, per-edge SQNR and timing of one artifact on a dev set."""
     task = glue.get_task(task or artifact.manifest["task"])
     max_length = max_length or artifact.manifest.get("training", {}).get("max_length", 128)
-    model = to_model(artifact)
-    encoder = artifact.encoder()
-    spec = artifact.manifest["integer"]
     loader = dev_loader(tokenizer, task, data_dir, max_length, batch_size, limit, split)
+    return compare_encoders(to_model(artifact), {"artifact": (artifact.encoder(), artifact.manifest["integer"])}, loader, task,
+                            progress)["artifact"]
+
+
+@torch.no_grad()
+def compare_encoders(model, encoders: dict, loader, task: glue.TaskSpec, progress: bool = True) -> dict[str, dict]:
+    """Run the float ``model`` once over ``loader`` and every integer encoder (``name → (IntegerEncoder,
+    manifest integer section)``) on the same batches; one result per encoder (see :func:`evaluate_artifact`)."""
     recorder = ActivationRecorder(model, 1, keep_last=True, statistics=False)
-    sqnr = SQNR()
-    float_predictions, int_predictions, labels = [], [], []
-    seconds_integer = seconds_float = 0.0
+    state = {name: {"sqnr": SQNR(), "predictions": [], "seconds": 0.0} for name in encoders}
+    float_predictions, labels, seconds_float = [], [], 0.0
     with recorder:
-        for batch in tqdm(loader, desc=f"{task.name} dev (float + integer)", unit="batch", disable=not progress, dynamic_ncols=True):
+        for batch in tqdm(loader, desc=f"{task.name} dev (float + {len(encoders)} integer)", unit="batch", disable=not progress,
+                          dynamic_ncols=True):
             start = time.perf_counter()
             float_logits = recorder.forward(batch).logits.to(torch.float64)
             seconds_float += time.perf_counter() - start
-            start = time.perf_counter()
-            out = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), trace=True)
-            seconds_integer += time.perf_counter() - start
-            _compare_edges(sqnr, out, recorder.last, spec["scales"], batch["attention_mask"].bool(), float_logits, spec["logit_scale"])
-            if task.is_regression:
-                float_predictions.append(float_logits.squeeze(-1))
-                int_predictions.append(out.logits.squeeze(-1) * spec["logit_scale"])
-            else:
-                float_predictions.append(float_logits.argmax(-1))
-                int_predictions.append(out.logits.argmax(-1))
+            float_predictions.append(float_logits.squeeze(-1) if task.is_regression else float_logits.argmax(-1))
             labels.append(batch["labels"])
-    float_predictions, int_predictions, labels = torch.cat(float_predictions), torch.cat(int_predictions), torch.cat(labels)
-    if task.is_regression:
-        agreement = float(torch.corrcoef(torch.stack([float_predictions, int_predictions]))[0, 1])
-    else:
-        agreement = float((float_predictions == int_predictions).double().mean())
+            for name, (encoder, spec) in encoders.items():
+                start = time.perf_counter()
+                out = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), trace=True)
+                state[name]["seconds"] += time.perf_counter() - start
+                _compare_edges(state[name]["sqnr"], out, recorder.last, spec["scales"], batch["attention_mask"].bool(), float_logits,
+                               spec["logit_scale"])
+                state[name]["predictions"].append(out.logits.squeeze(-1) * spec["logit_scale"] if task.is_regression else out.logits.argmax(-1))
+    float_predictions, labels = torch.cat(float_predictions), torch.cat(labels)
     metric = glue.primary_metric(task)
     float_metrics = glue.compute_metrics(task, float_predictions, labels)
-    int_metrics = glue.compute_metrics(task, int_predictions, labels)
-    return {
-        "task": task.name, "examples": len(labels), "metric": metric,
-        "float_metric": float_metrics[metric], "int_metric": int_metrics[metric],
-        "float_metrics": float_metrics, "int_metrics": int_metrics,
-        "label_agreement": agreement, "agreement_kind": "correlation" if task.is_regression else "share of equal labels",
-        "sqnr_db": sqnr.db(), "seconds_integer": seconds_integer, "seconds_float": seconds_float,
-        "attention_pruning": bool(spec.get("attention_pruning")), "calibration": spec.get("calibration", ""),
-    }
+    results = {}
+    for name, (_, spec) in encoders.items():
+        int_predictions = torch.cat(state[name]["predictions"])
+        if task.is_regression:
+            agreement = float(torch.corrcoef(torch.stack([float_predictions, int_predictions]))[0, 1])
+        else:
+            agreement = float((float_predictions == int_predictions).double().mean())
+        int_metrics = glue.compute_metrics(task, int_predictions, labels)
+        results[name] = {
+            "task": task.name, "examples": len(labels), "metric": metric,
+            "float_metric": float_metrics[metric], "int_metric": int_metrics[metric],
+            "float_metrics": float_metrics, "int_metrics": int_metrics,
+            "label_agreement": agreement, "agreement_kind": "correlation" if task.is_regression else "share of equal labels",
+            "sqnr_db": state[name]["sqnr"].db(), "seconds_integer": state[name]["seconds"], "seconds_float": seconds_float,
+            "attention_pruning": bool(spec.get("attention_pruning")), "calibration": spec.get("calibration", ""),
+        }
+    return results
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,17 @@ from sw.artifact import to_model, write_integer_artifact
 from sw.evaluate import load_tokenizer
 
 
-def export_integer(source, out, data_dir, task: str | None = None, method: str = "max", batches: int = 8,
+def calibration_loader(artifact, tokenizer, data_dir, task: str | None = None, batch_size: int = 32, seed: int = 0):
+    """Shuffled training batches of the artifact's task (or ``task``) at its training length."""
+    task = glue.get_task(task or artifact.manifest["task"])
+    max_length = artifact.manifest.get("training", {}).get("max_length", 128)
+    examples = glue.load_glue_split(Path(data_dir), task, "train")
+    dataset = glue.GlueDataset(examples, tokenizer, max_length, task.is_regression)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                                       collate_fn=lambda batch: glue.collate(batch, tokenizer.pad_token_id))
+
+
+def export_integer(source, out, data_dir, task: str | None = None, method: str = calibration.DEFAULT_METHOD, batches: int = 8,
                    batch_size: int = 32, tokenizer: str | None = None, seed: int = 0) -> Path:
     """Calibrate ``source``'s float model and write the version-2 artifact ``out``; returns ``out``."""
     source, out = Path(source), Path(out)
@@ -36,13 +46,8 @@ def export_integer(source, out, data_dir, task: str | None = None, method: str =
     if tokenizer is None and not (source / TOKENIZER).is_dir():
         tokenizer = artifact.manifest.get("training", {}).get("model") or None
     tok = load_tokenizer(artifact, tokenizer)
-    task = glue.get_task(task or artifact.manifest["task"])
-    max_length = artifact.manifest.get("training", {}).get("max_length", 128)
-    examples = glue.load_glue_split(Path(data_dir), task, "train")
-    dataset = glue.GlueDataset(examples, tok, max_length, task.is_regression)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                                         collate_fn=lambda batch: glue.collate(batch, tok.pad_token_id))
     model = to_model(artifact)
+    loader = calibration_loader(artifact, tok, data_dir, task, batch_size, seed)
     scales = calibration.calibrate(model, loader, batches, (method,))[method]
     manifest = {k: v for k, v in artifact.manifest.items() if k != "integer"}
     return write_integer_artifact(out, dict(artifact.tensors), manifest, model, scales, tok, method)
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="new artifact folder")
     parser.add_argument("--task", help="GLUE task whose training set calibrates (default: the artifact's)")
     parser.add_argument("--data-dir", default="../shared/data/glue")
-    parser.add_argument("--calibration", default="max", choices=calibration.METHODS)
+    parser.add_argument("--calibration", default=calibration.DEFAULT_METHOD, choices=calibration.METHODS)
     parser.add_argument("--batches", type=int, default=8, help="calibration batches")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tokenizer", help="tokenizer folder or package:NAME (default: the artifact's, else its training model)")

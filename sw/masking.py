@@ -49,11 +49,16 @@ class _RoundSTE(torch.autograd.Function):
         return grad_output
 
 
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` forward, identity gradient (straight-through)."""
+    return _RoundSTE.apply(x)
+
+
 def fake_quantize_rows(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-row symmetric ``bits``-bit rounding (the rule of ``core.quantize.row_scales``), straight-through."""
     q = level_max(bits)
     scale = row_scales(weight, bits)[:, None]
-    return _RoundSTE.apply(weight / scale).clamp(-q, q) * scale
+    return round_ste(weight / scale).clamp(-q, q) * scale
 
 
 class MaskedWeight(torch.nn.Module):

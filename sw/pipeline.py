@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from core.artifact import load_artifact
 from core.pattern import PatternConfig
-from sw import calibration, glue
+from sw import calibration as edge_calibration
+from sw import glue
 from sw.admm import ADMM, ADMMSettings
 from sw.masking import apply_masks
 from sw.projections import Projection, projection_from_dict
@@ -85,7 +86,7 @@ class TrainConfig:
     train_limit: int | None = None  # first N training rows (deterministic subsampling); None: all
     eval_limit: int | None = None
     calibration_batches: int = 8
-    calibration: str = "max"  # per-edge activation scales of the integer encoder: max | percentile | mse
+    calibration: str = edge_calibration.DEFAULT_METHOD  # per-edge activation scales of the integer encoder: max | percentile | mse
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads; None: library default
     compression: CompressionConfig = field(default_factory=CompressionConfig)
@@ -93,8 +94,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.compression, dict):
             self.compression = CompressionConfig(**self.compression)
-        if self.calibration not in calibration.METHODS:
-            raise ValueError(f"calibration must be one of {calibration.METHODS}, got {self.calibration!r}")
+        if self.calibration not in edge_calibration.METHODS:
+            raise ValueError(f"calibration must be one of {edge_calibration.METHODS}, got {self.calibration!r}")
         for name in ("finetune_epochs", "admm_epochs", "retrain_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
@@ -362,7 +363,7 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
 
     artifact_path = None
     if export:
-        scales = calibration.calibrate(model, data.train, config.calibration_batches, (config.calibration,))[config.calibration]
+        scales = edge_calibration.calibrate(model, data.train, config.calibration_batches, (config.calibration,))[config.calibration]
         artifact_path = artifact_io.save_artifact(
             Path(config.output_dir) / "artifact", model, config, projections, scales, metrics, attention_state,
             tokenizer, config.calibration,

@@ -9,7 +9,7 @@ import torch
 
 from core import encoder, golden
 from core.integer import (PROB_ONE, SELECTION_BITS, attention_probabilities, div_round, int_exp, isqrt, layer_norm,
-                          rounding_shift, scaled_sum, select_patterns, table_lookup)
+                          residual_add, rounding_shift, scaled_sum, select_patterns, table_lookup)
 from core.pattern import PatternConfig, build_pool_from_energy
 
 getcontext().prec = 60
@@ -115,10 +115,29 @@ def test_scaled_sum_is_exact_and_refuses_out_of_range_operands():
     b = torch.randint(-128, 128, (3, 17), generator=rng, dtype=torch.int8)
     got = scaled_sum([(a, torch.tensor(4096)), (b, torch.tensor(77))])
     assert got.tolist() == [[x * 4096 + y * 77 for x, y in zip(ra, rb)] for ra, rb in zip(a.tolist(), b.tolist())]
-    with pytest.raises(ValueError, match="residual term 1"):
+    with pytest.raises(ValueError, match="sum term 1"):
         scaled_sum([(a, torch.tensor(1)), (b.to(torch.int64) * 2, torch.tensor(1))])
-    with pytest.raises(TypeError, match="residual term 0 must be an integer tensor"):
+    with pytest.raises(TypeError, match="sum term 0 must be an integer tensor"):
         scaled_sum([(a.float(), torch.tensor(1))])
+
+
+def test_residual_add_shifts_the_int8_input_to_the_fine_scale_and_bounds_the_branch():
+    g = torch.Generator().manual_seed(12)
+    wide = torch.randint(-(2**23), 2**23, (4, 9), generator=g)
+    x = torch.randint(-128, 128, (4, 9), generator=g, dtype=torch.int8)
+    got = residual_add(wide, x, 8)
+    assert got.tolist() == [[w + v * 256 for w, v in zip(rw, rx)] for rw, rx in zip(wide.tolist(), x.tolist())]
+    with pytest.raises(ValueError, match="residual branch has values"):
+        residual_add(wide * 2, x, 8)
+
+
+def test_wide_requantization_saturates_to_its_width():
+    acc = torch.tensor([[2**30, -(2**30), 1000]])
+    mult, shift = torch.tensor([2**15, 2**15, 2**15]), torch.tensor([0, 0, 15])
+    assert golden.requantize(acc, mult, shift, out_bits=24).tolist() == [[2**23 - 1, -(2**23), 1000]]
+    assert golden.requantize(acc, mult, shift).tolist() == [[127, -128, 127]]
+    with pytest.raises(ValueError, match="out_bits must be in 8..32"):
+        golden.requantize(acc, mult, shift, out_bits=40)
 
 
 # ----------------------------------------------------------------------------------- exponential
@@ -273,7 +292,7 @@ def test_attention_probabilities_refuse_non_integer_scores():
 
 
 def test_export_refuses_what_does_not_fit_and_names_it():
-    with pytest.raises(ValueError, match="residual operand 1 has a scale below"):
+    with pytest.raises(ValueError, match="sum operand 1 has a scale below"):
         encoder.sum_multipliers([torch.tensor([1.0]), torch.tensor([1e-6])])
     with pytest.raises(ValueError, match="layer 3 attention LayerNorm: LayerNorm weight or output scale is not finite"):
         encoder.norm_constants(torch.tensor([float("inf")]), torch.tensor([0.0]), 0.1, "layer 3 attention LayerNorm")

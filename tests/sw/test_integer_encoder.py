@@ -146,3 +146,59 @@ def test_evaluate_command_prints_and_writes_the_comparison(artifact, tmp_path, c
     assert {"float_metric", "int_metric", "label_agreement", "sqnr_db"} <= set(result) and result["examples"] == 16
     assert evaluate_cli.main(["--artifact", str(tmp_path / "nothing"), "--data-dir", str(GLUE)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_export_names_a_scale_that_does_not_fit_the_multiplier_range(artifact, result):
+    from core.encoder import build_integer_encoder
+    from sw.artifact import to_model
+    from sw.calibration import encoder_floats
+
+    model = to_model(artifact)
+    spec = artifact.manifest["integer"]
+    linears = {m: {"weight_q": artifact.tensor(m, "weight_q"), "weight_scale": artifact.tensor(m, "weight_scale"),
+                   "bias": artifact.tensor(m, "bias")} for m in artifact.layers}
+    scales = dict(spec["scales"])
+    scales["0.query"] = 1e-12  # the query linear's output ratio s_x·s_w/s_y leaves the 16-bit multiplier
+    with pytest.raises(ValueError, match=r"int.layer.0.query.multiplier: requantization scale ratio .* is too large"):
+        build_integer_encoder(linears, encoder_floats(model), scales)
+    scales = dict(spec["scales"], **{"1.context": 1e9})
+    with pytest.raises(ValueError, match="int.layer.1.attention_output.multiplier"):
+        build_integer_encoder(linears, encoder_floats(model), scales)
+    with pytest.raises(ValueError, match=r"scale of edge pooler must be a positive finite float"):
+        build_integer_encoder(linears, encoder_floats(model), dict(spec["scales"], pooler=float("nan")))
+
+
+def test_fake_quantized_edges_put_every_edge_on_its_int8_grid(artifact, batch):
+    from sw.artifact import to_model
+    from sw.calibration import ActivationRecorder
+    from core.encoder import wide_edges
+    from sw.integer_aware import FakeQuantizedEdges
+
+    model = to_model(artifact)
+    scales = artifact.manifest["integer"]["scales"]
+    recorder = ActivationRecorder(model, 1, keep_last=True, statistics=False)
+    with FakeQuantizedEdges(model, scales), recorder, torch.no_grad():
+        recorder.forward(batch)
+    assert set(recorder.last) == set(scales)
+    wide = set(wide_edges(len(artifact.manifest["integer"]["layers"])))
+    for edge in wide:  # kept wide by the integer encoder: not on an int8 grid
+        assert float((recorder.last[edge].double() / scales[edge]).abs().max()) > 128, edge
+    for edge, value in ((e, v) for e, v in recorder.last.items() if e not in wide):
+        levels = value.double() / scales[edge]
+        assert torch.allclose(levels, levels.round(), atol=1e-3), edge  # float32 products of an integer and a scale
+        assert float(levels.abs().max()) <= 128.001, edge
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_integer_aware_retraining_writes_a_format_2_artifact(artifact, tmp_path, control):
+    from sw.integer_aware import retrain_integer_aware
+
+    out = tmp_path / "retrained"
+    result = retrain_integer_aware(artifact.path, out, GLUE, epochs=0.5, control=control, batches=2, batch_size=16)
+    retrained = load_artifact(out)
+    info = retrained.manifest["integer_aware"]
+    assert info["control"] is control and info["after"] == result["after"] and set(result["before"]) == {"f1", "accuracy"}
+    for module in retrained.layers:  # masks and patterns are the source's
+        assert torch.equal(retrained.tensor(module, "mask"), artifact.tensor(module, "mask"))
+        assert torch.equal(retrained.tensor(module, "pattern_ids"), artifact.tensor(module, "pattern_ids"))
+    assert torch.equal(retrained.tensors["attention.pool"], artifact.tensors["attention.pool"])
