@@ -43,7 +43,7 @@ def projections(base: EngineConfig, fmax_by_lanes: dict[int, float]) -> list[dic
     rows = []
     for encoder in ENCODERS:
         for lanes in PROJECTION_LANES:
-            config = EngineConfig(**{**json.loads(base.to_json()), "lanes": lanes})
+            config = EngineConfig.from_dict({**json.loads(base.to_json()), "lanes": lanes})
             pattern = encoder_cycles(config, encoder, SEQ)
             dense = encoder_cycles(config, encoder, SEQ, dense=True)
             fmax = fmax_by_lanes.get(lanes)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    base = EngineConfig(**matmul["config"])
+    base = EngineConfig.from_dict(matmul["config"])
     fmax = {r["lanes"]: r["pnr"]["fmax_mhz"] for r in synth["results"] if r.get("pnr")}
     rows = projections(base, fmax)
     sections = {"matmul": matmul_section(matmul), "projection": projection_section(rows),

@@ -181,19 +181,18 @@ def exp_parameters(query_scale: float, key_scale: float, head_dim: int, fraction
 
 def _linear_constants(weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor, input_scale: float,
                       output_scale: float, prefix: str) -> dict[str, torch.Tensor]:
-    try:
-        multiplier, shift = requant_parameters(input_scale, weight_scale, output_scale)
-        bias_q = quantize_bias(bias, input_scale, weight_scale)
-    except ValueError as error:
-        raise ValueError(f"{prefix}multiplier: {error} (input scale {input_scale!r}, output scale {output_scale!r})") from None
+    scales = f"(input scale {input_scale!r}, output scale {output_scale!r})"
+    multiplier, shift = _named(prefix + "multiplier", lambda: requant_parameters(input_scale, weight_scale, output_scale), scales)
+    bias_q = _named(prefix + "bias", lambda: quantize_bias(bias, input_scale, weight_scale), scales)
     return {prefix + "bias": bias_q, prefix + "multiplier": multiplier.to(torch.int32), prefix + "shift": shift.to(torch.int32)}
 
 
-def _named(name: str, make):
+def _named(name: str, make, context: str = ""):
+    """``make()``, its ValueError prefixed with the name of what it was making."""
     try:
         return make()
     except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+        raise ValueError(f"{name}: {error}{' ' + context if context else ''}") from None
 
 
 def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: EncoderFloats, scales: dict[str, float],

@@ -82,7 +82,18 @@ class EngineConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "EngineConfig":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineConfig":
+        """From :meth:`to_json`'s dict; a flat dict with ``block_size``/``kept_per_block``/``pool_size``
+        at the top (the layout before ``pattern`` held them) is read too."""
+        data = dict(data)
+        flat = {name: data.pop(name) for name in ("block_size", "kept_per_block", "pool_size") if name in data}
+        if flat:
+            if "pattern" in data:
+                raise ValueError(f"engine config gives both 'pattern' and {sorted(flat)}")
+            data["pattern"] = flat
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -39,6 +39,10 @@ def test_config_json_round_trip():
     assert EngineConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="unknown engine config keys"):
         EngineConfig.from_json('{"lane": 3}')
+    legacy = {"block_size": 4, "kept_per_block": 8, "pool_size": 16, "lanes": 3}  # flat: before `pattern` held them
+    assert EngineConfig.from_dict(legacy) == config
+    with pytest.raises(ValueError, match="gives both 'pattern' and"):
+        EngineConfig.from_dict({**legacy, "pattern": {"block_size": 4}})
 
 
 @pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(pattern=PatternConfig(block_size=2, kept_per_block=2, pool_size=4), lanes=3, max_in_features=32)],
