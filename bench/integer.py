@@ -10,8 +10,8 @@ metric of both, label agreement, per-edge SQNR, time. The chosen rule's version-
     python bench/integer.py [--work build/glue] [--tasks mrpc,cola,sst2] [--seed 0]
                             [--calibrations max,percentile,mse] [--calibration-tasks mrpc]
 
-The calibration rules are compared on ``--calibration-tasks``; the other tasks use the rule that wins
-there (highest mean label agreement, then the smallest metric loss), so the choice is made once and reused.
+Resumable: what ``docs/results/integer.json`` already holds is kept unless ``--force``. The calibration
+rules are compared on ``--calibration-tasks``; the other tasks use the rule that wins there (highest mean label agreement, then the smallest metric loss), so the choice is made once and reused.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def report(data: dict) -> str:
                     f"pooled {sqnr['pooled']:.1f}, logits {sqnr['logits']:.1f}):", "",
                 "| edge | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---:|" * len(layers)]
         out += [f"| {edge} | " + " | ".join(f"{sqnr[f'{i}.{edge}']:.1f}" for i in layers) + " |" for edge in LAYER_EDGES]
+    missing = [f"{task} / {ROWS[row]}" for task, rows in data.get("missing", {}).items() for row in rows]
+    if missing:
+        out += ["", "Not measured (no trained artifact when this page was written): " + "; ".join(missing) + "."]
     out += ["", f"![SQNR per layer]({FIGURE.relative_to(DOC.parent)})"]
     return "\n".join(out)
 
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrations", default="max,percentile,mse")
     parser.add_argument("--calibration-tasks", default="mrpc")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--force", action="store_true", help="measure again what integer.json already holds")
     args = parser.parse_args(argv)
     import torch
 
@@ -136,11 +140,17 @@ def main(argv=None) -> int:
     def source(task, row):
         path = Path(args.work) / task / f"seed{args.seed}" / row / "artifact"
         if not (path / "manifest.json").is_file():
-            raise SystemExit(f"no trained artifact at {path}: run `make glue-study ROWS={row} TASKS={task}` first")
+            print(f"[{task} / {row}] skipped: no trained artifact at {path} (`make glue-study ROWS={row} TASKS={task}` makes it)")
+            data.setdefault("missing", {}).setdefault(task, {})[row] = str(path)
+            return None
+        data.get("missing", {}).get(task, {}).pop(row, None)
         return path
 
     for task in calibration_tasks:
         for row in ROWS:
+            done = data["calibration"].get(task, {}).get(row, {})
+            if source(task, row) is None or (set(methods) <= set(done) and not args.force):
+                continue
             print(f"[{task} / {row}] calibration rules {', '.join(methods)}", flush=True)
             data["calibration"].setdefault(task, {})[row] = evaluate_rules(source(task, row), Path(args.out) / task / row, task,
                                                                            args.data_dir, methods, None)
@@ -151,6 +161,10 @@ def main(argv=None) -> int:
     data["chosen_calibration"] = chosen
     for task in tasks:
         for row in ROWS:
+            if source(task, row) is None:
+                continue
+            if not args.force and data["tasks"].get(task, {}).get(row, {}).get("calibration") == chosen:
+                continue
             print(f"[{task} / {row}] calibration {chosen}", flush=True)
             result = evaluate_rules(source(task, row), Path(args.out) / task / row, task, args.data_dir, [chosen], chosen)[chosen]
             data["tasks"].setdefault(task, {})[row] = result
