@@ -69,7 +69,7 @@ def plot(results: dict, path: Path) -> Path:
     from sw.analysis import save_png
 
     cells = [(task, row) for task in results for row in results[task]]
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells) + 1.8, 3.6), sharey=True, squeeze=False)
     for ax, (task, row) in zip(axes[0], cells):
         sqnr = results[task][row]["sqnr_db"]
         layers = sorted({int(k.split(".")[0]) for k in sqnr if k[0].isdigit()})
@@ -80,9 +80,10 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("SQNR (dB), integer vs float")
-    axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle("Integer encoder against the float model, per layer boundary")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
     return save_png(fig, path)
 
 
