@@ -111,6 +111,17 @@ def report(data: dict) -> str:
                     f"pooled {sqnr['pooled']:.1f}, logits {sqnr['logits']:.1f}):", "",
                 "| edge | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---:|" * len(layers)]
         out += [f"| {edge} | " + " | ".join(f"{sqnr[f'{i}.{edge}']:.1f}" for i in layers) + " |" for edge in LAYER_EDGES]
+    if data.get("integer_aware"):
+        out += ["", "Integer-aware retraining (`sw.integer_aware`, one more SR-STE epoch from the trained artifact, lr 2e-5) "
+                    "against a control epoch without the activation fake quantization; each row's integer encoder is "
+                    "calibrated with its rule on its own weights:", "",
+                "| task | row | run | float | integer | Δ | label agreement | logits SQNR (dB) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for task, rows in data["integer_aware"].items():
+            for row, runs in rows.items():
+                base = data["tasks"].get(task, {}).get(row)
+                for kind, r in ([("as trained", base)] if base else []) + sorted(runs.items()):
+                    out.append(f"| {task} | {ROWS[row]} | {kind} | {r['float_metric']:.2f} | {r['int_metric']:.2f} | "
+                               f"{r['int_metric'] - r['float_metric']:+.2f} | {100 * r['label_agreement']:.2f} % | {r['sqnr_db']['logits']:.1f} |")
     missing = [f"{task} / {ROWS[row]}" for task, rows in data.get("missing", {}).items() for row in rows]
     if missing:
         out += ["", "Not measured (no trained artifact when this page was written): " + "; ".join(missing) + "."]
@@ -129,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-tasks", default="mrpc")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--force", action="store_true", help="measure again what integer.json already holds")
+    parser.add_argument("--integer-aware", action="append", default=[], metavar="TASK:ROW:RUN:JSON",
+                        help="add a `python -m sw.evaluate --json` result of a retrained artifact (sw.integer_aware)")
     args = parser.parse_args(argv)
     import torch
 
@@ -136,6 +149,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     tasks, methods, calibration_tasks = args.tasks.split(","), args.calibrations.split(","), args.calibration_tasks.split(",")
     data = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    for spec in args.integer_aware:
+        task, row, run, path = spec.split(":", 3)
+        if row not in ROWS:
+            raise SystemExit(f"--integer-aware {spec}: unknown row {row!r}; known: {', '.join(ROWS)}")
+        data.setdefault("integer_aware", {}).setdefault(task, {}).setdefault(row, {})[run] = json.loads(Path(path).read_text())
     data.update(seed=args.seed, calibration_tasks=calibration_tasks, tasks=data.get("tasks", {}), calibration=data.get("calibration", {}))
 
     def source(task, row):
