@@ -18,7 +18,7 @@ scale of the next)::
                      │   per head: S = Q·Kᵀ (int32) → integer softmax + pattern pruning → P (0…255)
                      │   P·V (int32) → requantize → context (int8) → output linear → a (24-bit, scale s[in]/2^8)
                      └─ residual: a + x·2^8 → LayerNorm → x1 (int8)
-    x1 ─┬─ FFN-in linear → h (int8) → GELU table → g (int8) → FFN-out linear → f (24-bit, scale s[x1]/2^8)
+    x1 ─┬─ FFN-in linear → h (int8) → GELU table → g (int8, zero point) → FFN-out linear → f (24-bit, scale s[x1]/2^8)
         └─ residual: f + x1·2^8 → LayerNorm → x2 (int8, the next layer's input)
 
 The two linears that end a branch requantize straight to the residual's fine scale (24-bit, no int8
@@ -156,10 +156,26 @@ def norm_constants(gamma: torch.Tensor, beta: torch.Tensor, output_scale: float,
     return gamma_int, beta_int, shift
 
 
-def activation_table(function, input_scale: float, output_scale: float) -> torch.Tensor:
-    """256-entry int8 table ``saturate(round_half_even(f(x · s_in) / s_out))`` for x = −128 … 127."""
+def activation_table(function, input_scale: float, output_scale: float, zero_point: int = 0) -> torch.Tensor:
+    """256-entry int8 table ``saturate(round_half_even(f(x · s_in) / s_out) + zero_point)`` for x = −128 … 127."""
     x = torch.arange(golden.INT8_MIN, golden.INT8_MAX + 1, dtype=torch.float64) * input_scale
-    return saturate_int8(torch.round(function(x) / output_scale).to(torch.int64))
+    return saturate_int8(torch.round(function(x) / output_scale).to(torch.int64) + zero_point)
+
+
+def gelu_minimum() -> float:
+    """GELU's global minimum (≈ −0.16997, at x ≈ −0.7518), to 1e-12."""
+    x = torch.linspace(-0.76, -0.74, 200_001, dtype=torch.float64)
+    return float(gelu(x).min())
+
+
+def gelu_grid(scale: float) -> tuple[float, int]:
+    """The asymmetric int8 grid of a GELU output calibrated (symmetrically) at ``scale``: the same top,
+    ``127 · scale``, and GELU's minimum at −128 instead of a bottom GELU never reaches. Returns
+    ``(s, z)`` with ``g ≈ s · (q − z)``: ``s = (127·scale − min) / 255``, ``z = −128 − round(min / s)``.
+    The FFN-out linear absorbs ``z`` into its bias, so the MACs see plain int8."""
+    low = gelu_minimum()
+    step = (golden.INT8_MAX * scale - low) / 255
+    return step, golden.INT8_MIN - round(low / step)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +196,16 @@ def exp_parameters(query_scale: float, key_scale: float, head_dim: int, fraction
 
 
 def _linear_constants(weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor, input_scale: float,
-                      output_scale: float, prefix: str) -> dict[str, torch.Tensor]:
+                      output_scale: float, prefix: str, input_zero_point: int = 0) -> dict[str, torch.Tensor]:
+    """Bias, multiplier and shift of one linear; an input with a zero point ``z`` (real value
+    ``s · (q − z)``) folds ``−z · Σ_k W_q[n, k]`` into the bias."""
     scales = f"(input scale {input_scale!r}, output scale {output_scale!r})"
     multiplier, shift = _named(prefix + "multiplier", lambda: requant_parameters(input_scale, weight_scale, output_scale), scales)
-    bias_q = _named(prefix + "bias", lambda: quantize_bias(bias, input_scale, weight_scale), scales)
-    return {prefix + "bias": bias_q, prefix + "multiplier": multiplier.to(torch.int32), prefix + "shift": shift.to(torch.int32)}
+    bias_q = _named(prefix + "bias", lambda: quantize_bias(bias, input_scale, weight_scale), scales).to(torch.int64)
+    bias_q = bias_q - input_zero_point * weight_q.to(torch.int64).sum(1)
+    if bool((bias_q < golden.ACC_MIN).any() or (bias_q > golden.ACC_MAX).any()):
+        raise ValueError(f"{prefix}bias: with the input zero point {input_zero_point} it does not fit int32")
+    return {prefix + "bias": bias_q.to(torch.int32), prefix + "multiplier": multiplier.to(torch.int32), prefix + "shift": shift.to(torch.int32)}
 
 
 def _named(name: str, make, context: str = ""):
@@ -227,10 +248,13 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
     tensors["int.embeddings.norm.gamma"], tensors["int.embeddings.norm.beta"] = gamma.to(torch.int32), beta.to(torch.int32)
 
     layer_entries = []
-    edge_scales = {e: scales[e] for e in edge_names(layers)}  # the branch ends' become their fine scales
+    edge_scales = {e: scales[e] for e in edge_names(layers)}  # branch ends: their fine scales; GELU: its grid's
+    zero_points = {}
     for i, layer in enumerate(floats.layers):
         p = f"int.layer.{i}."
-        out_scales = dict(scales)
+        gelu_scale, gelu_zero = gelu_grid(scales[f"{i}.gelu"])
+        edge_scales[f"{i}.gelu"], zero_points[f"{i}.gelu"] = gelu_scale, gelu_zero
+        out_scales = dict(scales, **{f"{i}.gelu": gelu_scale})
         for role, (edge_in, edge_out) in linear_edges(i).items():
             if role in BRANCH_ENDS:  # wide output at the residual's fine scale
                 out_scales[edge_out] = scales[residual_input_edge(i, role)] / 2**RESIDUAL_SHIFT
@@ -238,7 +262,8 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
             if module not in linears:
                 raise ValueError(f"layer {i} {role}: no int8 linear {module!r} in the artifact")
             lin = linears[module]
-            tensors.update(_linear_constants(lin["weight_q"], lin["weight_scale"], lin["bias"], scales[edge_in], out_scales[edge_out], f"{p}{role}."))
+            tensors.update(_linear_constants(lin["weight_q"], lin["weight_scale"], lin["bias"], out_scales[edge_in], out_scales[edge_out],
+                                             f"{p}{role}.", zero_points.get(edge_in, 0)))
         edge_scales.update({linear_edges(i)[role][1]: out_scales[linear_edges(i)[role][1]] for role in BRANCH_ENDS})
         exp_multiplier, exp_shift = _named(f"layer {i} exp_multiplier", lambda: exp_parameters(scales[f"{i}.query"], scales[f"{i}.key"], head_dim))
         context_multiplier, context_shift = _named(f"layer {i} context_multiplier", lambda: golden.quantize_multiplier(
@@ -247,7 +272,7 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
         g2, b2, shift2 = norm_constants(*layer.output_norm, scales[f"{i}.output_norm"], f"layer {i} output LayerNorm")
         tensors.update({p + "attention_norm.gamma": g1.to(torch.int32), p + "attention_norm.beta": b1.to(torch.int32),
                         p + "output_norm.gamma": g2.to(torch.int32), p + "output_norm.beta": b2.to(torch.int32),
-                        p + "gelu_table": activation_table(gelu, scales[f"{i}.ffn_hidden"], scales[f"{i}.gelu"])})
+                        p + "gelu_table": activation_table(gelu, scales[f"{i}.ffn_hidden"], gelu_scale, gelu_zero)})
         layer_entries.append({
             "modules": dict(layer.modules),
             "exp_multiplier": exp_multiplier, "exp_shift": exp_shift,
@@ -273,7 +298,7 @@ def build_integer_encoder(linears: dict[str, dict[str, torch.Tensor]], floats: E
         "residual_shift": RESIDUAL_SHIFT, "wide_bits": WIDE_BITS,
         "exp": {"fraction_bits": EXP_FRACTION_BITS, "out_bits": EXP_OUT_BITS}, "prob_one": PROB_ONE,
         "attention_pruning": attention_pool is not None,
-        "logit_scale": TANH_SCALE * classifier_scale, "scales": edge_scales,
+        "logit_scale": TANH_SCALE * classifier_scale, "scales": edge_scales, "zero_points": zero_points,
     }
     return {name: t.contiguous() for name, t in tensors.items()}, manifest
 
@@ -385,6 +410,9 @@ class IntegerEncoder:
             pool = tensors["attention.pool"]
         if hidden % heads:
             raise ValueError(f"integer encoder: hidden {hidden} is not a multiple of {heads} heads")
+        for edge, zero in spec.get("zero_points", {}).items():
+            if not (isinstance(zero, int) and golden.INT8_MIN <= zero <= golden.INT8_MAX):
+                raise ValueError(f"integer encoder: zero point of edge {edge} is {zero!r}, not an int8")
         expected = {"residual_shift": RESIDUAL_SHIFT, "wide_bits": WIDE_BITS, "norm_z_bits": NORM_Z_BITS}
         for key, value in expected.items():
             if spec.get(key) != value:

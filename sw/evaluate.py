@@ -73,12 +73,12 @@ class SQNR:
 
 
 def _compare_edges(sqnr: SQNR, out: EncoderOutput, floats: dict[str, torch.Tensor], scales: dict[str, float],
-                   real: torch.Tensor, float_logits: torch.Tensor, logit_scale: float) -> None:
+                   zero_points: dict[str, int], real: torch.Tensor, float_logits: torch.Tensor, logit_scale: float) -> None:
     sqnr.add("embeddings", floats["embeddings"][real], out.embeddings[real] * scales["embeddings"])
     for i, layer in enumerate(out.layers):
         for edge in LAYER_EDGES:
             name = f"{i}.{edge}"
-            sqnr.add(name, floats[name][real], getattr(layer, edge)[real] * scales[name])
+            sqnr.add(name, floats[name][real], (getattr(layer, edge)[real] - zero_points.get(name, 0)) * scales[name])
     sqnr.add("pooled", torch.tanh(floats["pooler"]), out.pooled * TANH_SCALE)
     sqnr.add("logits", float_logits, out.logits * logit_scale)
 
@@ -114,8 +114,8 @@ def compare_encoders(model, encoders: dict, loader, task: glue.TaskSpec, progres
                 start = time.perf_counter()
                 out = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), trace=True)
                 state[name]["seconds"] += time.perf_counter() - start
-                _compare_edges(state[name]["sqnr"], out, recorder.last, spec["scales"], batch["attention_mask"].bool(), float_logits,
-                               spec["logit_scale"])
+                _compare_edges(state[name]["sqnr"], out, recorder.last, spec["scales"], spec.get("zero_points", {}),
+                               batch["attention_mask"].bool(), float_logits, spec["logit_scale"])
                 state[name]["predictions"].append(out.logits.squeeze(-1) * spec["logit_scale"] if task.is_regression else out.logits.argmax(-1))
     float_predictions, labels = torch.cat(float_predictions), torch.cat(labels)
     metric = glue.primary_metric(task)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from core import golden
-from core.encoder import wide_edges
+from core.encoder import gelu_grid, wide_edges
 from core.artifact import ArtifactError, load_artifact
 from sw import calibration, glue
 from sw.artifact import to_model, trained_tensors, write_integer_artifact
@@ -31,15 +31,16 @@ from sw.evaluate import load_tokenizer
 from sw.masking import round_ste
 
 
-def fake_quantize(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale · clamp(round(x / scale), −128, 127)`` with a straight-through rounding gradient
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int = 0) -> torch.Tensor:
+    """``scale · (clamp(round(x / scale) + z, −128, 127) − z)`` with a straight-through rounding gradient
     (zero outside the clamp): the int8 grid of one edge."""
-    return round_ste(x / scale).clamp(golden.INT8_MIN, golden.INT8_MAX) * scale
+    return (round_ste(x / scale) + zero_point).clamp(golden.INT8_MIN, golden.INT8_MAX).sub(zero_point) * scale
 
 
 class FakeQuantizedEdges:
     """Context manager: forward hooks fake-quantize every int8 edge of :func:`sw.calibration.edge_points`
-    (outputs by a forward hook, inputs by a pre-hook) at the given scales. The wide edges (the branch ends
+    (outputs by a forward hook, inputs by a pre-hook) on the integer encoder's grid for the given
+    calibrated scales (GELU outputs on their asymmetric grid, :func:`core.encoder.gelu_grid`). The wide edges (the branch ends
     that the integer encoder keeps at 24 bits, :func:`core.encoder.wide_edges`) stay float."""
 
     def __init__(self, model, scales: dict[str, float]):
@@ -53,11 +54,11 @@ class FakeQuantizedEdges:
 
     def __enter__(self):
         for edge, (module, where) in self.points.items():
-            scale = self.scales[edge]
+            scale, zero = gelu_grid(self.scales[edge]) if edge.endswith(".gelu") else (self.scales[edge], 0)  # the encoder's grids
             if where == "output":
-                hook = module.register_forward_hook(lambda m, inputs, output, s=scale: fake_quantize(output, s))
+                hook = module.register_forward_hook(lambda m, inputs, output, s=scale, z=zero: fake_quantize(output, s, z))
             else:
-                hook = module.register_forward_pre_hook(lambda m, args, s=scale: (fake_quantize(args[0], s), *args[1:]))
+                hook = module.register_forward_pre_hook(lambda m, args, s=scale, z=zero: (fake_quantize(args[0], s, z), *args[1:]))
             self._handles.append(hook)
         return self
 

@@ -176,6 +176,20 @@ def test_int_exp_over_its_whole_input_range():
 # ----------------------------------------------------------------------------------- tables
 
 
+def test_gelu_grid_keeps_the_top_and_starts_at_gelus_minimum():
+    low = encoder.gelu_minimum()
+    assert -0.17 < low < -0.1699 and low <= float(encoder.gelu(torch.linspace(-3, 3, 60001, dtype=torch.float64)).min())
+    for scale in (0.01, 0.0437, 0.2):
+        step, zero = encoder.gelu_grid(scale)
+        assert -128 <= zero <= 127
+        assert round(low / step) + zero == -128 and abs((127 * scale) / step + zero - 127) <= 1
+        table = encoder.activation_table(encoder.gelu, 0.05, step, zero)
+        for x in range(-128, 128):
+            v = x * 0.05
+            expected = max(-128, min(127, round(0.5 * v * (1 + math.erf(v / math.sqrt(2))) / step) + zero))
+            assert int(table[x + 128]) == expected, (scale, x)
+
+
 @pytest.mark.parametrize("function,name", [(encoder.gelu, "gelu"), (torch.tanh, "tanh")])
 def test_activation_tables_over_all_256_inputs(function, name):
     s_in, s_out = 0.0437, (encoder.TANH_SCALE if name == "tanh" else 0.0213)

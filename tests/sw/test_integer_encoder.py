@@ -168,25 +168,28 @@ def test_export_names_a_scale_that_does_not_fit_the_multiplier_range(artifact, r
         build_integer_encoder(linears, encoder_floats(model), dict(spec["scales"], pooler=float("nan")))
 
 
-def test_fake_quantized_edges_put_every_edge_on_its_int8_grid(artifact, batch):
+def test_fake_quantized_edges_put_every_edge_on_the_encoders_grid(artifact, batch):
+    from core.encoder import gelu_grid, wide_edges
+    from sw import calibration
     from sw.artifact import to_model
     from sw.calibration import ActivationRecorder
-    from core.encoder import wide_edges
     from sw.integer_aware import FakeQuantizedEdges
 
     model = to_model(artifact)
-    scales = artifact.manifest["integer"]["scales"]
+    scales = calibration.calibrate(model, [batch], 1, ("mse",))["mse"]
     recorder = ActivationRecorder(model, 1, keep_last=True, statistics=False)
     with FakeQuantizedEdges(model, scales), recorder, torch.no_grad():
         recorder.forward(batch)
     assert set(recorder.last) == set(scales)
     wide = set(wide_edges(len(artifact.manifest["integer"]["layers"])))
-    for edge in wide:  # kept wide by the integer encoder: not on an int8 grid
-        assert float((recorder.last[edge].double() / scales[edge]).abs().max()) > 128, edge
-    for edge, value in ((e, v) for e, v in recorder.last.items() if e not in wide):
-        levels = value.double() / scales[edge]
-        assert torch.allclose(levels, levels.round(), atol=1e-3), edge  # float32 products of an integer and a scale
-        assert float(levels.abs().max()) <= 128.001, edge
+    assert sorted(artifact.manifest["integer"]["zero_points"]) == sorted(e for e in scales if e.endswith(".gelu"))
+    for edge, value in recorder.last.items():
+        scale, zero = gelu_grid(scales[edge]) if edge.endswith(".gelu") else (scales[edge], 0)
+        levels = value.double() / scale + zero
+        on_grid = torch.allclose(levels, levels.round(), atol=1e-3)  # float32 products of an integer and a scale
+        assert on_grid != (edge in wide), edge  # the wide branch ends stay float, as the encoder keeps them
+        if edge not in wide:
+            assert -128.001 <= float(levels.min()) and float(levels.max()) <= 127.001, edge
 
 
 @pytest.mark.parametrize("control", [False, True])
