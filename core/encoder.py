@@ -50,7 +50,7 @@ EMBEDDING_SUM_BITS = 12
 RESIDUAL_SHIFT = 8
 #: Width of the branch outputs requantized to the residual's fine scale.
 WIDE_BITS = 24
-#: The linear layers whose outputs are wide (they end a residual branch), and their residual input edge.
+#: The roles of the linear layers whose outputs are wide (they end a residual branch).
 BRANCH_ENDS = ("attention_output", "ffn_output")
 #: Fractional bits of the normalized LayerNorm value.
 NORM_Z_BITS = 15
