@@ -24,7 +24,7 @@ import torch
 from core import golden
 from core.encoder import gelu_grid, wide_edges
 from core.artifact import ArtifactError, load_artifact
-from sw import calibration, glue
+from sw import calibration
 from sw.artifact import to_model, trained_tensors, write_integer_artifact
 from sw.calibration import edge_points
 from sw.evaluate import load_tokenizer
@@ -73,7 +73,7 @@ def retrain_integer_aware(source, out, data_dir, task: str | None = None, epochs
                           seed: int = 0, control: bool = False) -> dict:
     """Continue training a trained artifact with (or, ``control``, without) fake-quantized edges; write
     the version-2 artifact into ``out``. Returns the metrics before and after, on the dev set."""
-    from sw.pipeline import TaskData, TrainConfig, evaluate, seed_everything, train_phase
+    from sw.pipeline import TrainConfig, evaluate, load_task_data, seed_everything, train_phase
 
     source, out = Path(source), Path(out)
     if out.exists() and any(out.iterdir()):
@@ -84,15 +84,7 @@ def retrain_integer_aware(source, out, data_dir, task: str | None = None, epochs
     config = TrainConfig.from_dict({**training, "task": task or artifact.manifest["task"], "data_dir": str(data_dir),
                                     "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate})
     seed_everything(seed)
-    spec = glue.get_task(config.task)
-
-    def loader(split, shuffle, limit=None):
-        examples = glue.load_glue_split(Path(data_dir), spec, split, limit=limit)
-        dataset = glue.GlueDataset(examples, tok, config.max_length, spec.is_regression)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
-                                           collate_fn=lambda batch: glue.collate(batch, tok.pad_token_id))
-
-    data = TaskData(spec, loader("train", True, config.train_limit), loader(spec.dev_splits[0], False, config.eval_limit))
+    data = load_task_data(config, tok)
     model = to_model(artifact, masked=True, decay=config.compression.srste_decay, bits=8)
     scales = calibration.calibrate(model, data.train, batches, (method,))[method]
     before = evaluate(model, data)
