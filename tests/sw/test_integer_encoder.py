@@ -173,7 +173,7 @@ def test_fake_quantized_edges_put_every_edge_on_the_encoders_grid(artifact, batc
     from sw import calibration
     from sw.artifact import to_model
     from sw.calibration import ActivationRecorder
-    from sw.integer_aware import FakeQuantizedEdges
+    from sw.integer_aware import FakeQuantizedEdges, fake_quantize
 
     model = to_model(artifact)
     scales = calibration.calibrate(model, [batch], 1, ("mse",))["mse"]
@@ -185,11 +185,11 @@ def test_fake_quantized_edges_put_every_edge_on_the_encoders_grid(artifact, batc
     assert sorted(artifact.manifest["integer"]["zero_points"]) == sorted(e for e in scales if e.endswith(".gelu"))
     for edge, value in recorder.last.items():
         scale, zero = gelu_grid(scales[edge]) if edge.endswith(".gelu") else (scales[edge], 0)
-        levels = value.double() / scale + zero
-        on_grid = torch.allclose(levels, levels.round(), atol=1e-3)  # float32 products of an integer and a scale
+        on_grid = torch.equal(fake_quantize(value, scale, zero), value)  # a grid point maps to itself, bit for bit
         assert on_grid != (edge in wide), edge  # the wide branch ends stay float, as the encoder keeps them
         if edge not in wide:
-            assert -128.001 <= float(levels.min()) and float(levels.max()) <= 127.001, edge
+            levels = torch.round(value.double() / scale) + zero
+            assert -128 <= int(levels.min()) and int(levels.max()) <= 127, edge
 
 
 @pytest.mark.parametrize("control", [False, True])
