@@ -9,7 +9,7 @@ from hw.layouts import pattern_layout
 
 
 #: Cycles from a block at the inputs to its row sums at ``sums``.
-MAC_LATENCY = 3
+MAC_LATENCY = 4
 
 
 def row_sum_shape(cfg: EngineConfig):
@@ -38,9 +38,10 @@ class PatternBlockMAC(wiring.Component):
     sums : Out(ArrayLayout(row_sum_shape, k))
         ``sums[r] = Σ_{j: row_j = r} values[j] · x[col_j]``.
 
-    Latency: ``MAC_LATENCY`` (3) cycles: the selected activations, the products, then the row sums
-    are registered, so no stage has more than one multiplexer, multiplier or adder tree. No stall
-    input: a new block can enter every cycle.
+    Latency: ``MAC_LATENCY`` (4) cycles: the selected activations, the products, the masked first
+    levels of each row's adder tree, then its remaining levels are registered, so no stage has more
+    than one multiplexer, one multiplier or half an adder tree. No stall input: a new block can enter
+    every cycle.
     """
 
     def __init__(self, config: EngineConfig):
@@ -69,13 +70,21 @@ class PatternBlockMAC(wiring.Component):
                 products[j].eq(weights[j] * selected[j]),
                 rows[j].eq(selected_rows[j]),
             ]
+        # Each row's adder tree over the n masked products, in two registered parts: the mask and the
+        # first half of the levels, then the rest.
+        levels = max(1, (n - 1).bit_length())
         for r in range(k):
-            terms = [Mux(rows[j] == r, products[j], 0) for j in range(n)]
-            m.d.sync += self.sums[r].eq(_adder_tree(terms))
+            terms = _adder_levels([Mux(rows[j] == r, products[j], 0) for j in range(n)], levels // 2)
+            partial = [Signal(self.sums[r].shape(), name=f"partial_{r}_{i}") for i in range(len(terms))]
+            m.d.sync += [p.eq(t) for p, t in zip(partial, terms)]
+            m.d.sync += self.sums[r].eq(_adder_levels(partial, levels)[0])
         return m
 
 
-def _adder_tree(terms):
-    while len(terms) > 1:
+def _adder_levels(terms, levels):
+    """``levels`` levels of a pairwise adder tree over ``terms`` (fewer if one term is left)."""
+    for _ in range(levels):
+        if len(terms) == 1:
+            break
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
+    return terms

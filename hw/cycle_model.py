@@ -8,14 +8,14 @@ streams that never stall:
 * tile ``t`` (``m_t ≤ L`` tokens) loads ``m_t · kb`` activation beats into one bank of the activation
   buffer while tile ``t − 1`` computes from the other bank;
 * a tile consumes ``nb · kb · c`` weight beats, one per cycle, except that the beat ending a block row
-  waits until the previous row's ``m_t`` outputs have left the output stage (``m_t + 7`` cycles after
-  that row ended);
+  waits until the previous row's ``m_t`` outputs have left the output stage (``m_t + D`` cycles after
+  that row ended, ``D = ROW_DRAIN_CYCLES``, derived from the components' latencies);
 * a run's cycle count ends when the sink has seen the last output beat.
 
 So, when loading hides behind compute (``L · kb ≤ nb · kb · c``) and rows are longer than their drain
-(``kb · c ≥ m + 7``)::
+(``kb · c ≥ m + D``)::
 
-    cycles = m_0·kb + T · nb·kb·c + m_last + 13
+    cycles = m_0·kb + T · nb·kb·c + m_last + RUN_TAIL_CYCLES
 
 and MAC utilization in pattern mode tends to ``nb·kb / (nb·kb + m_0·kb/T)``, i.e. 1 for many tiles.
 :func:`matmul_cycles` follows the engine's handshakes exactly (a per-tile, per-row recurrence), so it
@@ -26,14 +26,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from hw.activation_buffer import READ_LATENCY
 from hw.config import EngineConfig
+from hw.mac_array import ARRAY_LATENCY
+from hw.pattern_matmul import ROW_LATENCY
 
 #: Cycles from a row-ending weight beat to the first cycle its successor may be accepted, beyond the
-#: row's output beats: three pipeline stages, the results register, and the output stage's release.
-ROW_DRAIN_CYCLES = 7
+#: row's output beats: the row reaches the output stage after the activation read and the MAC array;
+#: the output stage takes it in the cycle after its last lane and the sequencer's reservation lifts.
+ROW_DRAIN_CYCLES = READ_LATENCY + ARRAY_LATENCY + 1
 #: Cycles from a run's last row-ending beat to ``done`` in the harness, beyond the last tile's output
-#: beats (MAC pipeline, output pipeline, the sink's registered ``done``).
-RUN_TAIL_CYCLES = 13
+#: beats: the engine's row latency, then the sink's registered ``done``.
+RUN_TAIL_CYCLES = ROW_LATENCY + 1
 
 
 @dataclass(frozen=True)

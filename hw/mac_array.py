@@ -1,0 +1,100 @@
+"""The engine's MAC array: one pattern-block MAC per lane, and the block-row accumulators."""
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from core import golden
+from hw.activation_buffer import lane_count_shape, tile_layout
+from hw.block_mac import MAC_LATENCY, PatternBlockMAC
+from hw.config import EngineConfig
+from hw.weight_sequencer import block_layout
+
+#: Cycles from a row's last block at ``block``/``x`` to the row at ``rows``: the MACs, then the
+#: accumulators.
+ARRAY_LATENCY = MAC_LATENCY + 1
+
+
+def row_layout(cfg: EngineConfig) -> data.StructLayout:
+    """A finished block row: the ``k`` int32 accumulators of every lane, and how many lanes are tokens."""
+    k = cfg.pattern.block_size
+    return data.StructLayout({
+        "sums": data.ArrayLayout(data.ArrayLayout(signed(golden.ACC_BITS), k), cfg.lanes),
+        "lanes": lane_count_shape(cfg),
+        "raw": 1,
+    })
+
+
+class PatternMACArray(wiring.Component):
+    """``lanes`` :class:`~hw.block_mac.PatternBlockMAC` fed one weight block, each with its token.
+
+    Every block's row sums add into the lane's ``k`` accumulators (int32, wrapping as the contract says),
+    restarted by a block marked ``first``; a block marked ``last`` finishes the row, which is offered on
+    ``rows`` and held until taken. The array has no stall: the block that ends the next row must not
+    arrive before ``rows`` is taken (the weight sequencer's reservation guarantees it).
+
+    Parameters
+    ----------
+    config : EngineConfig
+
+    Interface attributes
+    --------------------
+    block : In(block_layout)
+        Weights, positions and control of one block; nothing happens unless ``valid``.
+    x : In(tile_layout)
+        The block column of every lane's token, in the same cycle as ``block``.
+    raw : In(1)
+        Marks the rows of this RUN as raw (held for the RUN).
+    rows : Out(stream.Signature(row_layout))
+        Finished block rows, ``ARRAY_LATENCY`` (4) cycles after their last block.
+    busy : Out(1)
+        A block is in the MACs or a row is offered.
+    """
+
+    def __init__(self, config: EngineConfig):
+        self._config = config
+        super().__init__({
+            "block": In(block_layout(config)),
+            "x": In(tile_layout(config)),
+            "raw": In(1),
+            "rows": Out(stream.Signature(row_layout(config))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        k = cfg.pattern.block_size
+        macs = []
+        for lane in range(cfg.lanes):
+            m.submodules[f"mac_{lane}"] = mac = PatternBlockMAC(cfg)
+            m.d.comb += [mac.x.eq(self.x[lane]), mac.values.eq(self.block.values), mac.positions.eq(self.block.positions)]
+            macs.append(mac)
+
+        # The control of a block travels beside it through the MACs.
+        control = [self.block]
+        for i in range(MAC_LATENCY):
+            stage = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1, "lanes": lane_count_shape(cfg)}),
+                           name=f"control_{i}")
+            m.d.sync += [stage.valid.eq(control[-1].valid), stage.first.eq(control[-1].first),
+                         stage.last.eq(control[-1].last), stage.lanes.eq(control[-1].lanes)]
+            control.append(stage)
+        sums = control[-1]
+
+        accumulators = Signal(data.ArrayLayout(data.ArrayLayout(signed(golden.ACC_BITS), k), cfg.lanes))
+        with m.If(self.rows.ready):
+            m.d.sync += self.rows.valid.eq(0)
+        with m.If(sums.valid):
+            for lane, mac in enumerate(macs):
+                for r in range(k):
+                    total = Mux(sums.first, 0, accumulators[lane][r]) + mac.sums[r]
+                    m.d.sync += accumulators[lane][r].eq(total)  # 32-bit wrap, as the contract says
+                    with m.If(sums.last):
+                        m.d.sync += self.rows.payload.sums[lane][r].eq(total)
+            with m.If(sums.last):
+                m.d.sync += [self.rows.valid.eq(1), self.rows.payload.lanes.eq(sums.lanes),
+                             self.rows.payload.raw.eq(self.raw)]
+
+        m.d.comb += self.busy.eq(self.block.valid | Cat(*(stage.valid for stage in control[1:])).any()
+                                 | self.rows.valid)
+        return m
