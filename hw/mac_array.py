@@ -46,7 +46,7 @@ class PatternMACArray(wiring.Component):
     raw : In(1)
         Marks the rows of this RUN as raw (held for the RUN).
     rows : Out(stream.Signature(row_layout))
-        Finished block rows, ``ARRAY_LATENCY`` (4) cycles after their last block.
+        Finished block rows, ``ARRAY_LATENCY`` (5) cycles after their last block.
     busy : Out(1)
         A block is in the MACs or a row is offered.
     """
