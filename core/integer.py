@@ -23,6 +23,9 @@ from core.pattern import from_blocks, pad_to_blocks, to_blocks
 PROB_ONE = 255
 #: Fractional bits of the dense probabilities the attention pattern selection compares.
 SELECTION_BITS = 16
+#: Bits of the per-row reciprocal that normalizes a softmax row (:func:`row_reciprocal`): the reciprocal
+#: lies in [2^16, 2^17], an 18-bit unsigned multiplier input, and is within 2^-16 of exact (relative).
+RECIPROCAL_BITS = 17
 
 
 def rounding_shift(x: torch.Tensor, shift) -> torch.Tensor:
@@ -149,10 +152,12 @@ def attention_probabilities(scores: torch.Tensor, valid: torch.Tensor, exp_multi
     padding never reaches a real token and a sequence's result does not depend on how far it is padded.
 
     1. ``e = int_exp(max_row − S)`` over the valid entries of each row, 0 elsewhere.
-    2. With ``pool_masks[P, k²]``: the dense probabilities ``floor(e · 2^16 / Σ_row e)`` choose every
-       block's pattern (:func:`select_patterns`); the kept set is the chosen patterns ∩ valid.
-    3. ``prob = div_round(255 · e, Σ_kept e)`` over the kept entries (``PROB_ONE = 255`` is 1.0), 0
-       elsewhere; a row with nothing kept is all zero.
+    2. With ``pool_masks[P, k²]``: the dense probabilities ``scale_by_reciprocal(e, Σ_row e, 2^16)``
+       choose every block's pattern (:func:`select_patterns`); the kept set is the chosen patterns ∩ valid.
+    3. ``prob = scale_by_reciprocal(255 · e, Σ_kept e, 1, rounded)`` over the kept entries
+       (``PROB_ONE = 255`` is 1.0), 0 elsewhere; a row with nothing kept is all zero.
+
+    Both normalizations divide by the row's sum through one reciprocal per row, as the hardware does.
 
     Returns ``(probs int64 [B, H, L, L] in [0, 255], pattern_ids int64 [B, H, ⌈L/k⌉, ⌈L/k⌉] or None)``.
     """
@@ -165,16 +170,35 @@ def attention_probabilities(scores: torch.Tensor, valid: torch.Tensor, exp_multi
     ids = None
     keep = entry
     if pool_masks is not None:
-        dense = div_floor_rows(e << SELECTION_BITS, e.sum(-1, keepdim=True))
+        dense = scale_by_reciprocal(e, e.sum(-1, keepdim=True), SELECTION_BITS)
         ids = select_patterns(dense, pool_masks)
         k = math.isqrt(pool_masks.shape[-1])
         keep = from_blocks(pool_masks[ids], k)[..., :length, :length] & entry
     kept = torch.where(keep, e, torch.zeros_like(e))
-    return div_round(PROB_ONE * kept, kept.sum(-1, keepdim=True).expand_as(kept)), ids
+    return scale_by_reciprocal(PROB_ONE * kept, kept.sum(-1, keepdim=True), 0, rounded=True), ids
 
 
-def div_floor_rows(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``floor(num / den)`` with ``den`` broadcast along rows; 0 where ``den = 0``."""
-    den = den.expand_as(num)
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    return torch.where(den > 0, torch.div(num, safe, rounding_mode="floor"), torch.zeros_like(num))
+def bit_length(x: torch.Tensor) -> torch.Tensor:
+    """``int.bit_length`` of every entry of an int64 tensor ``0 ≤ x < 2^53`` (exact through float64)."""
+    return torch.frexp(x.to(torch.float64)).exponent.to(torch.int64)
+
+
+def row_reciprocal(total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r, ℓ)``: ``ℓ = bit_length(total)`` and ``r = floor(2^(ℓ−1+RECIPROCAL_BITS) / total)``, so
+    ``2^(RECIPROCAL_BITS−1) ≤ r ≤ 2^RECIPROCAL_BITS``; ``r = 0`` where ``total = 0``. ``0 ≤ total < 2^36``."""
+    total = require_int("softmax row sum", total, 0, 2**36 - 1)
+    ell = bit_length(total)
+    numerator = torch.ones_like(total) << (ell - 1 + RECIPROCAL_BITS).clamp(min=0)
+    return torch.where(total > 0, numerator // total.clamp(min=1), torch.zeros_like(total)), ell
+
+
+def scale_by_reciprocal(x: torch.Tensor, total: torch.Tensor, fraction_bits: int, *, rounded: bool = False) -> torch.Tensor:
+    """``x / total`` with ``fraction_bits`` fractional bits, through the row's reciprocal
+    (:func:`row_reciprocal`): ``(x · r) >> (ℓ − 1 + RECIPROCAL_BITS − fraction_bits)``, floor or (with
+    ``rounded``) half up. ``total`` broadcasts along rows; 0 where it is 0. For ``0 ≤ x ≤ total`` the
+    result is at most ``2^fraction_bits``, and the floor is at most ``2^(fraction_bits+1−RECIPROCAL_BITS)``
+    (one unit at 16 fractional bits) below the exact ``floor(x · 2^fraction_bits / total)``."""
+    r, ell = row_reciprocal(total)
+    shift = ell - 1 + RECIPROCAL_BITS - fraction_bits
+    product = x * r
+    return rounding_shift(product, shift) if rounded else product >> shift

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from core import encoder, golden
-from core.integer import (PROB_ONE, SELECTION_BITS, attention_probabilities, div_round, int_exp, isqrt, layer_norm,
-                          residual_add, rounding_shift, scaled_sum, select_patterns, table_lookup)
+from core.integer import (PROB_ONE, RECIPROCAL_BITS, SELECTION_BITS, attention_probabilities, div_round, int_exp, isqrt, layer_norm,
+                          residual_add, rounding_shift, row_reciprocal, scale_by_reciprocal, scaled_sum, select_patterns,
+                          table_lookup)
 from core.pattern import PatternConfig, build_pool_from_energy
 
 getcontext().prec = 60
@@ -44,6 +45,16 @@ def ref_layer_norm(row: list[int], gamma: list[int], beta: list[int], shift: int
     return out
 
 
+def ref_scale_by_reciprocal(x: int, total: int, fraction_bits: int, rounded: bool = False) -> int:
+    """The per-row reciprocal normalization, in Python ints."""
+    if total == 0:
+        return 0
+    ell = total.bit_length()
+    r = (1 << (ell - 1 + RECIPROCAL_BITS)) // total
+    shift = ell - 1 + RECIPROCAL_BITS - fraction_bits
+    return (x * r + (1 << (shift - 1) if rounded and shift > 0 else 0)) >> shift
+
+
 def ref_attention_row_block(scores, valid, multiplier, shift, table, masks, k):
     """One [L, L] map: returns (probs, ids) with Python ints and brute force over the pool."""
     length = len(scores)
@@ -58,7 +69,7 @@ def ref_attention_row_block(scores, valid, multiplier, shift, table, masks, k):
     keep = [[bool(valid[q] and valid[j]) for j in range(length)] for q in range(length)]
     ids = None
     if masks is not None:
-        dense = [[(e[q][j] << SELECTION_BITS) // sum(e[q]) if sum(e[q]) else 0 for j in range(length)] for q in range(length)]
+        dense = [[ref_scale_by_reciprocal(e[q][j], sum(e[q]), SELECTION_BITS) for j in range(length)] for q in range(length)]
         blocks = -(-length // k)
         ids = [[0] * blocks for _ in range(blocks)]
         for bq in range(blocks):
@@ -80,7 +91,8 @@ def ref_attention_row_block(scores, valid, multiplier, shift, table, masks, k):
     probs = []
     for q in range(length):
         total = sum(e[q][j] for j in range(length) if keep[q][j])
-        probs.append([ref_div_round(PROB_ONE * e[q][j], total) if keep[q][j] else 0 for j in range(length)])
+        probs.append([ref_scale_by_reciprocal(PROB_ONE * e[q][j], total, 0, rounded=True) if keep[q][j] else 0
+                      for j in range(length)])
     return probs, ids
 
 
@@ -95,6 +107,26 @@ def test_rounding_shift_and_div_round_match_python_integers():
         assert got == [ref_rounding_shift(x, shift) for x in xs]
     dens = [rng.randint(0, 10**6) for _ in xs]
     assert div_round(torch.tensor(xs), torch.tensor(dens)).tolist() == [ref_div_round(x, d) for x, d in zip(xs, dens)]
+
+
+def test_reciprocal_normalization_matches_python_integers_and_is_within_one_unit_of_division():
+    rng = random.Random(4)
+    totals = [1, 2, 3, 2**15, 2**15 + 1, 2**16 - 1, 2**16, 2**22 - 1, 2**22, 2**23 - 1] + [rng.randint(1, 2**23) for _ in range(300)]
+    xs = [rng.randint(0, t) for t in totals] + totals
+    totals = totals + totals
+    for fraction_bits, rounded in ((SELECTION_BITS, False), (0, True)):
+        scale = 1 if fraction_bits else PROB_ONE
+        got = scale_by_reciprocal(scale * torch.tensor(xs), torch.tensor(totals), fraction_bits, rounded=rounded).tolist()
+        assert got == [ref_scale_by_reciprocal(scale * x, t, fraction_bits, rounded) for x, t in zip(xs, totals)]
+        exact = [(scale * x << fraction_bits) // t if not rounded else ref_div_round(scale * x, t) for x, t in zip(xs, totals)]
+        assert all(0 <= e - g <= 1 for g, e in zip(got, exact)), "reciprocal normalization is not within one unit"
+        assert max(got) <= scale << fraction_bits
+    r, ell = row_reciprocal(torch.tensor(totals))
+    assert ell.tolist() == [t.bit_length() for t in totals]
+    assert bool(((r >= 2 ** (RECIPROCAL_BITS - 1)) & (r <= 2**RECIPROCAL_BITS)).all())
+    assert row_reciprocal(torch.tensor([0]))[0].tolist() == [0]
+    with pytest.raises(ValueError, match="softmax row sum"):
+        row_reciprocal(torch.tensor([-1]))
 
 
 def test_isqrt_matches_math_isqrt_on_edges_and_random_values():
