@@ -1,6 +1,7 @@
-"""Per-channel requantization of an int32 accumulator to int8 (see ``core.golden.requantize``)."""
+"""Rounding rescale of an integer by a multiplier and a right shift, saturated to the result's width
+(see ``core.golden.requantize``)."""
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,48 +12,67 @@ REQUANTIZER_LATENCY = 4
 
 
 class Requantizer(wiring.Component):
-    """``saturate_int8((value · multiplier + 2**(shift-1)) >> shift)``, in four pipeline stages.
+    """``saturate((value · multiplier + 2**(shift-1)) >> shift)``, in four pipeline stages.
 
-    Stage 1 multiplies, stage 2 adds the rounding half, stage 3 shifts, stage 4 saturates, so no stage
-    has more than one wide operation. All stages advance together when ``en`` is high and hold otherwise
-    (a stall of the stream around it).
+    Stage 1 multiplies, stage 2 adds the rounding half, stage 3 shifts, stage 4 saturates to the range of
+    ``result``, so no stage has more than one wide operation. All stages advance together when ``en`` is
+    high and hold otherwise (a stall of the stream around it). With the defaults it is the linear
+    layer's requantization to int8; the integer exponential uses it for its exponent
+    (:class:`hw.exp_unit.IntegerExp`).
+
+    Parameters
+    ----------
+    value_shape : Shape
+        Shape of ``value`` (default ``signed(32)``, the accumulator).
+    result_shape : Shape
+        Shape of ``result``; the rescaled value saturates to its range (default ``signed(8)``).
 
     Interface attributes
     --------------------
     en : In(1)
         Advance the pipeline by one stage.
-    value : In(signed(32))
-        Accumulator including bias.
+    value : In(value_shape)
     multiplier : In(unsigned(16))
         Requantization multiplier.
     shift : In(unsigned(6))
         Right shift, 0 … 47 (larger values are outside the contract).
-    result : Out(signed(8))
-        Rounded half up, saturated to [-128, 127].
+    result : Out(result_shape)
+        Rounded half up, saturated.
 
     Latency: ``REQUANTIZER_LATENCY`` (4) enabled cycles.
     """
 
-    en: In(1)
-    value: In(signed(golden.ACC_BITS))
-    multiplier: In(unsigned(golden.MULTIPLIER_BITS))
-    shift: In(unsigned(golden.SHIFT_MAX.bit_length()))
-    result: Out(signed(8))
+    def __init__(self, *, value_shape=signed(golden.ACC_BITS), result_shape=signed(8)):
+        self._value_shape = Shape.cast(value_shape)
+        self._result_shape = Shape.cast(result_shape)
+        super().__init__({
+            "en": In(1),
+            "value": In(self._value_shape),
+            "multiplier": In(unsigned(golden.MULTIPLIER_BITS)),
+            "shift": In(unsigned(golden.SHIFT_MAX.bit_length())),
+            "result": Out(self._result_shape),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        width = golden.ACC_BITS + golden.MULTIPLIER_BITS + 1
-        product = Signal(signed(width))  # exact: signed 32 × unsigned 16
+        width = self._value_shape.width + golden.MULTIPLIER_BITS + 1
+        product = Signal(signed(width))  # exact: value × unsigned 16
         rounded = Signal(signed(width + 1))
         shifted = Signal.like(rounded)
         shift_1, shift_2 = Signal.like(self.shift), Signal.like(self.shift)
+        low, high = _range(self._result_shape)
         with m.If(self.en):
             half = (Const(1, width) << shift_1) >> 1  # 0 when shift == 0
             m.d.sync += [
                 product.eq(self.value * self.multiplier), shift_1.eq(self.shift),
                 rounded.eq(product + half), shift_2.eq(shift_1),
                 shifted.eq(rounded >> shift_2),  # arithmetic shift: floor
-                self.result.eq(Mux(shifted > golden.INT8_MAX, golden.INT8_MAX,
-                                   Mux(shifted < golden.INT8_MIN, golden.INT8_MIN, shifted))),
+                self.result.eq(Mux(shifted > high, high, Mux(shifted < low, low, shifted))),
             ]
         return m
+
+
+def _range(shape: Shape) -> tuple[int, int]:
+    if shape.signed:
+        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    return 0, (1 << shape.width) - 1
