@@ -1,0 +1,82 @@
+"""One softmax entry divided by its row's sum through the row's reciprocal, ``core.integer.scale_by_reciprocal``."""
+
+from amaranth import Const, Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from core.integer import RECIPROCAL_BITS
+
+#: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: the multiply, the constant scale,
+#: the rounding half, the shift.
+SCALE_LATENCY = 4
+
+
+class ReciprocalScale(wiring.Component):
+    """``y = (x · r · scale [+ 2^(s−1)]) >> s`` with ``s = ℓ − 1 + RECIPROCAL_BITS − fraction_bits``.
+
+    ``x · r`` is one ``x_bits × 18`` multiply (an 18×18 DSP); the constant ``scale`` (``255`` for the
+    probabilities, 1 for the selection's dense probabilities) is a shift and a subtraction.
+
+    Parameters
+    ----------
+    x_bits : int
+        Width of the unsigned entry ``x`` (an exponential: ``EXP_OUT_BITS + 1``).
+    ell_bits : int
+        Width of ``ell`` (:func:`hw.row_reciprocal.reciprocal_layout`).
+    fraction_bits : int
+        Fractional bits of ``y`` (16 for the selection, 0 for the probabilities).
+    scale : int
+        ``2^a`` or ``2^a − 1`` (255 = ``PROB_ONE``).
+    rounded : bool
+        Round half up (the probabilities) instead of floor (the selection).
+
+    Interface attributes
+    --------------------
+    en : In(1)
+        Advance the pipeline by one stage.
+    x : In(unsigned(x_bits))
+    r : In(unsigned(RECIPROCAL_BITS + 1)), ell : In(unsigned(ell_bits))
+        The row's reciprocal.
+    y : Out(unsigned(fraction_bits + scale.bit_length() + 1))
+        ``SCALE_LATENCY`` (4) enabled cycles after ``x``; at most ``scale · 2^fraction_bits`` when
+        ``x`` is at most the row's sum.
+    """
+
+    def __init__(self, *, x_bits: int, ell_bits: int, fraction_bits: int, scale: int = 1, rounded: bool = False):
+        if scale < 1 or (scale & (scale + 1) and scale & (scale - 1)):
+            raise ValueError(f"scale must be 2^a or 2^a − 1, got {scale}")
+        if not 0 <= fraction_bits < RECIPROCAL_BITS:
+            raise ValueError(f"fraction_bits must be in [0, {RECIPROCAL_BITS - 1}], got {fraction_bits}")
+        self._x_bits, self._ell_bits = x_bits, ell_bits
+        self._fraction_bits, self._scale, self._rounded = fraction_bits, scale, rounded
+        super().__init__({
+            "en": In(1),
+            "x": In(unsigned(x_bits)),
+            "r": In(unsigned(RECIPROCAL_BITS + 1)),
+            "ell": In(unsigned(ell_bits)),
+            "y": Out(unsigned(fraction_bits + scale.bit_length() + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        scale = self._scale
+        product = Signal(self._x_bits + RECIPROCAL_BITS + 1)
+        scaled = Signal(len(product) + scale.bit_length())
+        rounded = Signal(len(scaled) + 1)
+        # s = ℓ − 1 + RECIPROCAL_BITS − fraction_bits ≥ 0 (for a zero row sum r = 0, and the shift of a
+        # zero product does not matter).
+        bias = RECIPROCAL_BITS - 1 - self._fraction_bits
+        shifts = [Signal(range((1 << self._ell_bits) + bias), name=f"shift_{i}") for i in range(3)]
+        if scale > 1 and scale & (scale + 1) == 0:  # 2^a − 1
+            times_scale = (product << scale.bit_length()) - product
+        else:  # 2^a
+            times_scale = product << (scale.bit_length() - 1)
+        half = (Const(1, len(rounded)) << shifts[1]) >> 1 if self._rounded else 0
+        with m.If(self.en):
+            m.d.sync += [
+                product.eq(self.x * self.r), shifts[0].eq(self.ell + bias),
+                scaled.eq(times_scale), shifts[1].eq(shifts[0]),
+                rounded.eq(scaled + half), shifts[2].eq(shifts[1]),
+                self.y.eq(rounded >> shifts[2]),
+            ]
+        return m
