@@ -36,8 +36,9 @@ class PatternSelect(wiring.Component):
     --------------------
     blocks : In(stream.Signature(ArrayLayout(unsigned(value_bits), k²)))
         One block of the map, row-major.
-    choice : Out(stream.Signature(unsigned(id_bits)))
-        Its pattern id (0 when ``patterns`` is 0); the next block is taken once the id has been.
+    choice : Out(stream.Signature(StructLayout({"id": unsigned(id_bits), "mask": k²})))
+        Its pattern id (0 when ``patterns`` is 0) and that pattern's mask; the next block is taken once
+        the choice has been.
     patterns : In(range(P + 1))
         Patterns in the loaded pool (held).
     mask_write : In(1), mask_id : In(id_bits), mask : In(k²)
@@ -51,7 +52,7 @@ class PatternSelect(wiring.Component):
         id_bits = max(1, (pattern.pool_size - 1).bit_length())
         super().__init__({
             "blocks": In(stream.Signature(data.ArrayLayout(unsigned(value_bits), pattern.positions))),
-            "choice": Out(stream.Signature(unsigned(id_bits))),
+            "choice": Out(stream.Signature(data.StructLayout({"id": unsigned(id_bits), "mask": pattern.positions}))),
             "patterns": In(range(pattern.pool_size + 1)),
             "mask_write": In(1),
             "mask_id": In(id_bits),
@@ -67,7 +68,7 @@ class PatternSelect(wiring.Component):
             m.d.sync += masks[self.mask_id].eq(self.mask)
 
         mass_shape = unsigned(self._value_bits + (positions - 1).bit_length())
-        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(len(self.choice.payload)), "valid": 1})
+        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(len(self.choice.payload.id)), "valid": 1})
         values = Signal.like(self.blocks.payload)
         index = Signal(range(groups + 1))  # group whose masses form this cycle
         formed = Signal(data.ArrayLayout(entry, group))  # the previous cycle's group
@@ -107,7 +108,8 @@ class PatternSelect(wiring.Component):
         with m.If(comparing):
             m.d.sync += best.eq(final)
             with m.If(index == groups):  # the last group: the block's choice
-                m.d.sync += [busy.eq(0), self.choice.payload.eq(final.id), self.choice.valid.eq(1)]
+                m.d.sync += [busy.eq(0), self.choice.payload.id.eq(final.id), self.choice.payload.mask.eq(masks[final.id]),
+                             self.choice.valid.eq(1)]
         with m.If(self.choice.valid & self.choice.ready):
             m.d.sync += self.choice.valid.eq(0)
         return m

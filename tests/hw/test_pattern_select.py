@@ -47,9 +47,11 @@ def _run(config, group, masks, blocks, *, stall=0.0, seed=0):
         waited = 0
         while len(got) < len(blocks):
             ctx.set(dut.choice.ready, int(rng.random() >= stall))
-            _, _, valid, ready, choice = await ctx.tick().sample(dut.choice.valid, dut.choice.ready, dut.choice.payload)
+            _, _, valid, ready, choice, mask = await ctx.tick().sample(dut.choice.valid, dut.choice.ready,
+                                                                       dut.choice.payload.id, dut.choice.payload.mask)
             waited += 1
             if valid and ready:
+                assert mask == sum(int(bit) << pos for pos, bit in enumerate(masks[choice].tolist()))
                 got.append(choice)
                 cycles.append(waited)
                 waited = 0

@@ -1,0 +1,352 @@
+"""The attention softmax of one tile of query rows: integer exponential, attention-map pattern selection
+and normalization over the kept entries (``core.integer.attention_probabilities``)."""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from core import golden
+from core.encoder import EXP_OUT_BITS
+from core.integer import PROB_ONE, SELECTION_BITS
+from hw.config import COUNT_BITS, EngineConfig
+from hw.exp_unit import EXP_LATENCY, IntegerExp
+from hw.pattern_select import PatternSelect
+from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
+from hw.row_reciprocal import RowReciprocal
+
+#: Bits of an exponential (``e ≤ 2^EXP_OUT_BITS``).
+E_BITS = EXP_OUT_BITS + 1
+
+
+def tile_layout(cfg: EngineConfig) -> data.StructLayout:
+    """What a tile of query rows needs besides its scores."""
+    return data.StructLayout({
+        "rows": unsigned(max(1, cfg.lanes.bit_length())),  # query rows in the tile, 1 … lanes
+        "row_valid": cfg.lanes,  # bit i: row i is a real token
+        "key_blocks": unsigned(COUNT_BITS),  # ⌈L/k⌉ blocks of keys
+        "valid_keys": unsigned(COUNT_BITS),  # keys 0 … valid_keys − 1 are real tokens
+        "prune": 1,  # attention-map pattern pruning
+        "exp_multiplier": unsigned(golden.MULTIPLIER_BITS),
+        "exp_shift": unsigned(golden.SHIFT_MAX.bit_length()),
+    })
+
+
+def scores_layout(cfg: EngineConfig) -> data.StructLayout:
+    """``k`` int32 scores of one query row and one key block: the engine's raw output beat."""
+    return data.StructLayout({"values": data.ArrayLayout(signed(golden.ACC_BITS), cfg.pattern.block_size)})
+
+
+def probability_block_layout(cfg: EngineConfig) -> data.StructLayout:
+    """One k×k block of the probability map (row-major, 0 where pruned) and its pattern id."""
+    return data.StructLayout({
+        "pattern": unsigned(cfg.id_bits),
+        "values": data.ArrayLayout(unsigned(8), cfg.pattern.positions),
+    })
+
+
+class SoftmaxUnit(wiring.Component):
+    """Integer softmax with attention-map pattern pruning over a tile of up to ``lanes`` query rows.
+
+    The scores arrive in the matmul engine's raw output order (per key block, per row of the tile: ``k``
+    int32 scores) and are kept in a buffer of ``lanes × ⌈max_keys/k⌉`` words of ``k`` entries. Then,
+    one word per cycle:
+
+    1. **ingest**: store the scores, track each row's maximum over its valid entries;
+    2. **exp**: ``e = IntegerExp(max − S)`` (0 for invalid entries), written back over the scores,
+       summed per row; one :class:`RowReciprocal` per row sum;
+    3. **select** (with ``prune``): per k×k block, the dense probabilities (``k`` ReciprocalScale, floor,
+       16 fractional bits) go to :class:`PatternSelect`; the chosen mask's kept exponentials are summed
+       per row, and each kept sum gets its reciprocal;
+    4. **emit**: per k×k block, ``P = N(255 · e, kept sum)`` (``k`` ReciprocalScale, half up) masked by
+       the chosen pattern, one ``blocks`` beat per block.
+
+    Blocks are emitted per block row of the tile (``k`` query rows), per key block. Rows of the last
+    block row beyond ``rows`` are zero, as the contract pads the map. Without ``prune`` the pattern
+    field is 0 and every valid entry is kept.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Block size k (of the map), lanes (rows per tile), the attention pool's size.
+    max_keys : int
+        Longest sequence (keys per row).
+    patterns_per_cycle : int
+        Of the :class:`PatternSelect`.
+
+    Interface attributes
+    --------------------
+    tile : In(stream.Signature(tile_layout))
+        One beat per tile, before its scores.
+    scores : In(stream.Signature(scores_layout))
+        ``key_blocks × rows`` beats.
+    blocks : Out(stream.Signature(probability_block_layout))
+        ``⌈rows/k⌉ × key_blocks`` beats.
+    patterns : In(range(P + 1)), mask_write : In(1), mask_id : In(id_bits), mask : In(k²)
+        The attention pool (see :class:`PatternSelect`).
+    exp_write : In(1), exp_addr : In(8), exp_data : In(16)
+        The exponential's table (see :class:`IntegerExp`), written to every exp unit.
+    busy : Out(1)
+    """
+
+    def __init__(self, config: EngineConfig, *, max_keys: int, patterns_per_cycle: int = 8):
+        k = config.pattern.block_size
+        if config.lanes % k:
+            raise ValueError(f"lanes={config.lanes} must be a multiple of block_size={k}: a tile holds whole block rows")
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be positive, got {max_keys}")
+        self._config, self._max_keys = config, max_keys
+        self._key_blocks = -(-max_keys // k)
+        self._total_bits = E_BITS + max(1, (max_keys - 1).bit_length())
+        self._select = PatternSelect(config.pattern, value_bits=SELECTION_BITS + 1, patterns_per_cycle=patterns_per_cycle)
+        self._exps = [IntegerExp() for _ in range(k)]
+        super().__init__({
+            "tile": In(stream.Signature(tile_layout(config))),
+            "scores": In(stream.Signature(scores_layout(config))),
+            "blocks": Out(stream.Signature(probability_block_layout(config))),
+            "patterns": In(range(config.pattern.pool_size + 1)),
+            "mask_write": In(1),
+            "mask_id": In(config.id_bits),
+            "mask": In(config.pattern.positions),
+            "exp_write": In(1),
+            "exp_addr": In(len(self._exps[0].table_addr)),
+            "exp_data": In(len(self._exps[0].table_data)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        k, lanes = cfg.pattern.block_size, cfg.lanes
+        block_rows = lanes // k
+        kb_bits = max(1, (self._key_blocks - 1).bit_length())
+        m.submodules.select = select = self._select
+        m.submodules.reciprocal = reciprocal = RowReciprocal(total_bits=self._total_bits)
+        ell_shape = reciprocal.reciprocal.payload.ell.shape()
+        r_shape = reciprocal.reciprocal.payload.r.shape()
+        for i, exp in enumerate(self._exps):
+            m.submodules[f"exp_{i}"] = exp
+        densities = [ReciprocalScale(x_bits=E_BITS, ell_bits=ell_shape.width, fraction_bits=SELECTION_BITS)
+                     for _ in range(k)]
+        probabilities = [ReciprocalScale(x_bits=E_BITS, ell_bits=ell_shape.width, fraction_bits=0, scale=PROB_ONE,
+                                         rounded=True) for _ in range(k)]
+        for i, (dense, prob) in enumerate(zip(densities, probabilities)):
+            m.submodules[f"dense_{i}"], m.submodules[f"probability_{i}"] = dense, prob
+
+        # --- configuration pass-through ------------------------------------------------------------
+        m.d.comb += [select.patterns.eq(self.patterns), select.mask_write.eq(self.mask_write),
+                     select.mask_id.eq(self.mask_id), select.mask.eq(self.mask)]
+        for exp in self._exps:
+            m.d.comb += [exp.en.eq(1), exp.table_write.eq(self.exp_write), exp.table_addr.eq(self.exp_addr),
+                         exp.table_data.eq(self.exp_data)]
+
+        # --- storage ---------------------------------------------------------------------------------
+        word = data.ArrayLayout(signed(golden.ACC_BITS), k)
+        m.submodules.buffer = buffer = Memory(shape=word, depth=lanes << kb_bits, init=[])
+        write = buffer.write_port()
+        read = buffer.read_port()
+        choice_layout = select.choice.payload.shape()
+        m.submodules.choices = choices = Memory(shape=choice_layout, depth=block_rows << kb_bits, init=[])
+        choice_write = choices.write_port()
+        choice_read = choices.read_port(domain="comb")
+
+        tile = Signal(tile_layout(cfg))
+        row_max = Array(Signal(signed(golden.ACC_BITS), name=f"max_{i}") for i in range(lanes))
+        row_sum = Array(Signal(self._total_bits, name=f"sum_{i}") for i in range(lanes))
+        kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))
+        recip = [[Signal(r_shape, name=f"r{s}_{i}") for i in range(lanes)] for s in range(2)]
+        ell = [[Signal(ell_shape, name=f"ell{s}_{i}") for i in range(lanes)] for s in range(2)]
+
+        row = Signal(range(lanes))  # ingest / exp / reciprocal: the row
+        kb = Signal(COUNT_BITS)  # the key block
+        qb = Signal(range(block_rows))  # select / emit: the block row
+        step = Signal(range(k + SCALE_LATENCY + 2))  # select / emit: cycle within the block
+        last_row = row == tile.rows - 1
+        last_kb = kb == tile.key_blocks - 1
+        last_qb = (qb + 1) * k >= tile.rows
+        second = Signal()  # the reciprocals of the kept sums
+
+        def key_valid(block, i):
+            return (block * k + i) < tile.valid_keys
+
+        # --- the exp pipeline: read (1), delta, IntegerExp ------------------------------------------------
+        meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k})
+        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_LATENCY + 1)]
+        issue_exp = Signal()
+        m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb)]
+        for i in range(k):
+            m.d.sync += exp_line[0].keep[i].eq(tile.row_valid.bit_select(row, 1) & key_valid(kb, i))
+        m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
+        for i, exp in enumerate(self._exps):
+            m.d.comb += [exp.delta.eq(row_max[exp_line[0].row] - read.data[i]),
+                         exp.multiplier.eq(tile.exp_multiplier), exp.shift.eq(tile.exp_shift)]
+        done_exp = exp_line[-1]
+        e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
+
+        # --- the block pipeline of select and emit: read (1), ReciprocalScale --------------------------
+        block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1})
+        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(SCALE_LATENCY + 1)]
+        issue_block = Signal()
+        block_row = qb * k + step  # the row a select/emit read fetches
+        m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(step),
+                     block_line[0].exists.eq(block_row < tile.rows)]
+        m.d.sync += [b.eq(a) for a, b in zip(block_line, block_line[1:])]
+        data_row = Signal(range(lanes))  # the row whose word the read port shows
+        m.d.comb += data_row.eq(qb * k + block_line[0].i)
+        use_kept = tile.prune
+        for i in range(k):
+            x = Mux(block_line[0].exists, read.data[i][:E_BITS], 0)
+            m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x),
+                         densities[i].r.eq(Array(recip[0])[data_row]), densities[i].ell.eq(Array(ell[0])[data_row]),
+                         probabilities[i].en.eq(1), probabilities[i].x.eq(x),
+                         probabilities[i].r.eq(Mux(use_kept, Array(recip[1])[data_row], Array(recip[0])[data_row])),
+                         probabilities[i].ell.eq(Mux(use_kept, Array(ell[1])[data_row], Array(ell[0])[data_row]))]
+        e_block = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k))
+        with m.If(block_line[0].valid):
+            for i in range(k):
+                m.d.sync += e_block[block_line[0].i][i].eq(Mux(block_line[0].exists, read.data[i][:E_BITS], 0))
+        scaled = block_line[-1]
+        dense_block = Signal(select.blocks.payload.shape())
+        prob_block = Signal(data.ArrayLayout(unsigned(8), cfg.pattern.positions))
+        with m.If(scaled.valid):
+            for r in range(k):
+                with m.If(scaled.i == r):
+                    for c in range(k):
+                        m.d.sync += [dense_block[r * k + c].eq(densities[c].y), prob_block[r * k + c].eq(probabilities[c].y)]
+        m.d.comb += select.blocks.payload.eq(dense_block)
+        mask_now = Mux(tile.prune, choice_read.data.mask, (1 << cfg.pattern.positions) - 1)
+        m.d.comb += choice_read.addr.eq(Cat(kb[:kb_bits], qb))
+
+        # --- control -------------------------------------------------------------------------------------
+        m.d.comb += [read.addr.eq(Mux(issue_block, Cat(kb[:kb_bits], block_row), Cat(kb[:kb_bits], row)))]
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.tile.ready.eq(1)
+                with m.If(self.tile.valid):
+                    m.d.sync += [tile.eq(self.tile.payload), row.eq(0), kb.eq(0), qb.eq(0), step.eq(0), second.eq(0)]
+                    for i in range(lanes):
+                        m.d.sync += [row_max[i].eq(golden.ACC_MIN), row_sum[i].eq(0), kept_sum[i].eq(0)]
+                    m.next = "INGEST"
+
+            with m.State("INGEST"):
+                m.d.comb += [self.scores.ready.eq(1), write.addr.eq(Cat(kb[:kb_bits], row)),
+                             write.data.eq(self.scores.payload.values), write.en.eq(self.scores.valid)]
+                with m.If(self.scores.valid):
+                    largest = row_max[row]
+                    for i in range(k):
+                        value = self.scores.payload.values[i]
+                        counts = tile.row_valid.bit_select(row, 1) & key_valid(kb, i) & (value > largest)
+                        largest = Mux(counts, value, largest)
+                    m.d.sync += row_max[row].eq(largest)
+                    m.d.sync += row.eq(Mux(last_row, 0, row + 1))
+                    with m.If(last_row):
+                        m.d.sync += kb.eq(kb + 1)
+                        with m.If(last_kb):
+                            m.d.sync += kb.eq(0)
+                            m.next = "EXP"
+
+            with m.State("EXP"):
+                m.d.comb += issue_exp.eq(1)
+                m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
+                with m.If(last_kb):
+                    m.d.sync += row.eq(row + 1)
+                    with m.If(last_row):
+                        m.d.sync += row.eq(0)
+                        m.next = "EXP_DRAIN"
+
+            with m.State("EXP_DRAIN"):
+                with m.If(~Cat(*(meta.valid for meta in exp_line)).any()):
+                    m.next = "RECIPROCAL"
+
+            with m.State("RECIPROCAL"):
+                m.d.comb += [reciprocal.total.valid.eq(1),
+                             reciprocal.total.payload.eq(Mux(second, kept_sum[row], row_sum[row]))]
+                with m.If(reciprocal.total.ready):
+                    m.next = "RECIPROCAL_WAIT"
+
+            with m.State("RECIPROCAL_WAIT"):
+                m.d.comb += reciprocal.reciprocal.ready.eq(1)
+                with m.If(reciprocal.reciprocal.valid):
+                    for i in range(lanes):
+                        with m.If(row == i):
+                            with m.If(second):
+                                m.d.sync += [recip[1][i].eq(reciprocal.reciprocal.payload.r),
+                                             ell[1][i].eq(reciprocal.reciprocal.payload.ell)]
+                            with m.Else():
+                                m.d.sync += [recip[0][i].eq(reciprocal.reciprocal.payload.r),
+                                             ell[0][i].eq(reciprocal.reciprocal.payload.ell)]
+                    m.d.sync += row.eq(row + 1)
+                    with m.If(~last_row):
+                        m.next = "RECIPROCAL"
+                    with m.Else():
+                        m.d.sync += [row.eq(0), kb.eq(0), qb.eq(0), step.eq(0)]
+                        with m.If(tile.prune & ~second):
+                            m.next = "SELECT"
+                        with m.Else():
+                            m.next = "EMIT"
+
+            with m.State("SELECT"):
+                m.d.comb += issue_block.eq(step < k)
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == k + SCALE_LATENCY):  # the block's last row is scaled
+                    m.d.sync += step.eq(0)
+                    m.next = "SELECT_OFFER"
+
+            with m.State("SELECT_OFFER"):
+                m.d.comb += select.blocks.valid.eq(1)
+                with m.If(select.blocks.ready):
+                    m.next = "SELECT_WAIT"
+
+            with m.State("SELECT_WAIT"):
+                m.d.comb += select.choice.ready.eq(1)
+                with m.If(select.choice.valid):
+                    mask = select.choice.payload.mask
+                    m.d.comb += [choice_write.addr.eq(Cat(kb[:kb_bits], qb)), choice_write.data.eq(select.choice.payload),
+                                 choice_write.en.eq(1)]
+                    for r in range(k):
+                        kept = [Mux(mask[r * k + c], e_block[r][c], 0) for c in range(k)]
+                        target = qb * k + r
+                        m.d.sync += kept_sum[target].eq(kept_sum[target] + _sum(kept))
+                    m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
+                    m.next = "SELECT"
+                    with m.If(last_kb):
+                        m.d.sync += qb.eq(qb + 1)
+                        with m.If(last_qb):
+                            m.d.sync += [qb.eq(0), row.eq(0), second.eq(1)]
+                            m.next = "RECIPROCAL"
+
+            with m.State("EMIT"):
+                m.d.comb += issue_block.eq(step < k)
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == k + SCALE_LATENCY):
+                    m.d.sync += step.eq(0)
+                    m.next = "EMIT_OFFER"
+
+            with m.State("EMIT_OFFER"):
+                m.d.comb += [self.blocks.valid.eq(1),
+                             self.blocks.payload.pattern.eq(Mux(tile.prune, choice_read.data.id, 0))]
+                for pos in range(cfg.pattern.positions):
+                    m.d.comb += self.blocks.payload.values[pos].eq(Mux(mask_now[pos], prob_block[pos], 0))
+                with m.If(self.blocks.ready):
+                    m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
+                    m.next = "EMIT"
+                    with m.If(last_kb):
+                        m.d.sync += qb.eq(qb + 1)
+                        with m.If(last_qb):
+                            m.d.sync += qb.eq(0)
+                            m.next = "IDLE"
+
+        # exponentials written back over their scores, summed per row
+        with m.If(done_exp.valid):
+            m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
+            for i in range(k):
+                m.d.comb += write.data[i].eq(e_out[i])
+            m.d.sync += row_sum[done_exp.row].eq(row_sum[done_exp.row] + _sum(e_out))
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+def _sum(terms):
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
