@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 import torch
 
 from core import golden
-from core.integer import (PROB_ONE, attention_probabilities, int_matmul, layer_norm, require_int, residual_add, rounding_shift,
-                          saturate_int8, scaled_sum, table_lookup)
+from core.integer import (PROB_ONE, attention, layer_norm, require_int, residual_add, saturate_int8, scaled_sum,
+                          table_lookup)
 from core.quantize import quantize_bias, quantize_rows, requant_parameters
 
 #: Roles of the six linear layers of an encoder layer, in dataflow order.
@@ -453,11 +453,10 @@ class IntegerEncoder:
         def split(y):  # [B, L, H·d] → [B, heads, L, d]
             return y.to(torch.int64).reshape(batch, length, heads, -1).transpose(1, 2)
 
-        scores = int_matmul(split(q), split(k).transpose(-1, -2))
-        probs, ids = attention_probabilities(scores, valid, entry["exp_multiplier"], entry["exp_shift"],
-                                             t["int.exp_table"].to(torch.int64), self.attention_pool)
-        context_acc = int_matmul(probs, split(v)).transpose(1, 2).reshape(batch, length, -1)
-        context = saturate_int8(rounding_shift(context_acc * entry["context_multiplier"], entry["context_shift"]))
+        scores, probs, ids, context = attention(split(q), split(k), split(v), valid, entry["exp_multiplier"], entry["exp_shift"],
+                                                t["int.exp_table"].to(torch.int64), entry["context_multiplier"],
+                                                entry["context_shift"], self.attention_pool)
+        context = context.transpose(1, 2).reshape(batch, length, -1)
         wide, shift = self.spec["wide_bits"], self.spec["residual_shift"]
         a = self._linear(context, w[f"{index}.attention_output"], p + "attention_output.", wide)
         x1 = self._norm(residual_add(a, x, shift), p + "attention_norm", entry["attention_norm_shift"])

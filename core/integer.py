@@ -178,6 +178,20 @@ def attention_probabilities(scores: torch.Tensor, valid: torch.Tensor, exp_multi
     return scale_by_reciprocal(PROB_ONE * kept, kept.sum(-1, keepdim=True), 0, rounded=True), ids
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, exp_multiplier: int, exp_shift: int,
+              exp_table: torch.Tensor, context_multiplier: int, context_shift: int,
+              pool_masks: torch.Tensor | None = None):
+    """Self-attention of int8 heads ``q, k, v [B, H, L, d]``: ``S = q·kᵀ`` (int32), the probabilities of
+    :func:`attention_probabilities`, and the context ``saturate_int8(rounding_shift(P·v · M, sh))``.
+
+    Returns ``(scores, probs, pattern_ids or None, context int8 [B, H, L, d])``.
+    """
+    scores = int_matmul(q, k.transpose(-1, -2))
+    probs, ids = attention_probabilities(scores, valid, exp_multiplier, exp_shift, exp_table, pool_masks)
+    context = saturate_int8(rounding_shift(int_matmul(probs, v) * context_multiplier, context_shift))
+    return scores, probs, ids, context
+
+
 def bit_length(x: torch.Tensor) -> torch.Tensor:
     """``int.bit_length`` of every entry of an int64 tensor ``0 ≤ x < 2^53`` (exact through float64)."""
     return torch.frexp(x.to(torch.float64)).exponent.to(torch.int64)

@@ -13,8 +13,8 @@ MAC_LATENCY = 4
 
 
 def row_sum_shape(cfg: EngineConfig):
-    """Signed width of a block's row sum: an int8×int8 product (16 bits) summed over n terms."""
-    return signed(16 + (cfg.pattern.kept_per_block - 1).bit_length())
+    """Signed width of a block's row sum: an int8 × weight product summed over n terms."""
+    return signed(8 + cfg.weight_bits + (cfg.pattern.kept_per_block - 1).bit_length())
 
 
 class PatternBlockMAC(wiring.Component):
@@ -31,7 +31,7 @@ class PatternBlockMAC(wiring.Component):
     --------------------
     x : In(ArrayLayout(signed(8), k))
         Activations of one token for the block's ``k`` input columns.
-    values : In(ArrayLayout(signed(8), n))
+    values : In(ArrayLayout(signed(weight_bits), n))
         Kept weights in pattern order.
     positions : In(pattern_layout)
         Row and column (inside the block) of each kept weight.
@@ -49,7 +49,7 @@ class PatternBlockMAC(wiring.Component):
         k, n = config.pattern.block_size, config.pattern.kept_per_block
         super().__init__({
             "x": In(data.ArrayLayout(signed(8), k)),
-            "values": In(data.ArrayLayout(signed(8), n)),
+            "values": In(data.ArrayLayout(signed(config.weight_bits), n)),
             "positions": In(pattern_layout(config)),
             "sums": Out(data.ArrayLayout(row_sum_shape(config), k)),
         })
@@ -58,8 +58,8 @@ class PatternBlockMAC(wiring.Component):
         m = Module()
         k, n = self._config.pattern.block_size, self._config.pattern.kept_per_block
         selected = [Signal(signed(8), name=f"selected_{j}") for j in range(n)]
-        weights = [Signal(signed(8), name=f"weight_{j}") for j in range(n)]
-        products = [Signal(signed(16), name=f"product_{j}") for j in range(n)]
+        weights = [Signal(signed(self._config.weight_bits), name=f"weight_{j}") for j in range(n)]
+        products = [Signal(signed(8 + self._config.weight_bits), name=f"product_{j}") for j in range(n)]
         selected_rows = [Signal.like(self.positions[j].row, name=f"selected_row_{j}") for j in range(n)]
         rows = [Signal.like(self.positions[j].row, name=f"row_{j}") for j in range(n)]
         for j in range(n):

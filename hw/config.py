@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from core.pattern import PatternConfig
 
@@ -28,12 +28,16 @@ class EngineConfig:
         ``block_size``): the largest K of a RUN.
     pattern_id_bits : int or None
         Width of a pattern id; ``None`` uses the minimum, ``ceil(log2(pool_size))``.
+    weight_bits : int
+        Width of a signed weight value: 8 for int8 weights; the attention unit's P·V, whose weights are
+        the probabilities 0 … 255, needs 9.
     """
 
     pattern: PatternConfig = PatternConfig()
     lanes: int = 8
     max_in_features: int = 4096
     pattern_id_bits: int | None = None
+    weight_bits: int = 8
 
     def __post_init__(self):
         if isinstance(self.pattern, dict):  # from JSON
@@ -44,6 +48,8 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.weight_bits not in range(8, 19):
+            raise ValueError(f"weight_bits must be in [8, 18] (a multiplier input), got {self.weight_bits!r}")
         k, p = self.pattern.block_size, self.pattern.pool_size
         if self.max_in_features % k:
             raise ValueError(f"max_in_features={self.max_in_features} is not a multiple of block_size={k}")
@@ -102,3 +108,57 @@ class EngineConfig:
             return cls(**data)
         except TypeError as error:  # e.g. an unknown key inside "pattern"
             raise ValueError(f"bad engine config: {error}") from None
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Parameters of :class:`hw.attention_unit.AttentionUnit`.
+
+    Parameters
+    ----------
+    engine : EngineConfig
+        The MAC array it computes Q·Kᵀ and P·V on: ``lanes`` query rows per softmax tile (a multiple of
+        the block size), the attention map's block size, kept per block and pool size, and
+        ``weight_bits = 9`` for the probabilities (0 … 255) as P·V's weights. Its activation buffer is
+        sized here: ``max(max_seq, max_head_dim)`` rounded up to a block.
+    max_seq : int
+        Longest sequence (queries and keys per head).
+    max_head_dim : int
+        Largest head dimension, a multiple of the block size.
+    patterns_per_cycle : int
+        Pattern masses formed per cycle by the selection (:class:`hw.pattern_select.PatternSelect`).
+    """
+
+    engine: EngineConfig = EngineConfig(weight_bits=9)
+    max_seq: int = 128
+    max_head_dim: int = 64
+    patterns_per_cycle: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.engine, dict):  # from JSON
+            object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
+        for name in ("max_seq", "max_head_dim", "patterns_per_cycle"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        k = self.engine.pattern.block_size
+        if self.engine.lanes % k:
+            raise ValueError(f"engine.lanes={self.engine.lanes} must be a multiple of block_size={k}: "
+                             "a softmax tile holds whole block rows of the attention map")
+        if self.max_head_dim % k:
+            raise ValueError(f"max_head_dim={self.max_head_dim} is not a multiple of block_size={k}")
+        if self.engine.weight_bits < 9:
+            raise ValueError(f"engine.weight_bits={self.engine.weight_bits}: P·V's weights are probabilities "
+                             "0 … 255 and need 9 signed bits")
+        if self.patterns_per_cycle > self.engine.pattern.pool_size:
+            raise ValueError(f"patterns_per_cycle={self.patterns_per_cycle} exceeds pool_size={self.engine.pattern.pool_size}")
+        need = -(-max(self.max_seq, self.max_head_dim) // k) * k
+        if self.engine.max_in_features != need:
+            object.__setattr__(self, "engine", replace(self.engine, max_in_features=need))
+
+    @property
+    def seq_blocks(self) -> int:
+        return -(-self.max_seq // self.engine.pattern.block_size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)

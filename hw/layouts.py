@@ -40,7 +40,7 @@ def weight_layout(cfg: EngineConfig) -> data.StructLayout:
     """One weight block (pattern mode) or one chunk of a dense block (dense mode)."""
     return data.StructLayout({
         "pattern": unsigned(cfg.id_bits),
-        "values": data.ArrayLayout(signed(8), cfg.pattern.kept_per_block),
+        "values": data.ArrayLayout(signed(cfg.weight_bits), cfg.pattern.kept_per_block),
     })
 
 

@@ -38,9 +38,11 @@ def scores_layout(cfg: EngineConfig) -> data.StructLayout:
 
 
 def probability_block_layout(cfg: EngineConfig) -> data.StructLayout:
-    """One k×k block of the probability map (row-major, 0 where pruned) and its pattern id."""
+    """One k×k block of the probability map (row-major, 0 where pruned), its pattern id and mask (all
+    ones without pruning)."""
     return data.StructLayout({
         "pattern": unsigned(cfg.id_bits),
+        "mask": cfg.pattern.positions,
         "values": data.ArrayLayout(unsigned(8), cfg.pattern.positions),
     })
 
@@ -324,7 +326,8 @@ class SoftmaxUnit(wiring.Component):
 
             with m.State("EMIT_OFFER"):
                 m.d.comb += [self.blocks.valid.eq(1),
-                             self.blocks.payload.pattern.eq(Mux(tile.prune, choice_read.data.id, 0))]
+                             self.blocks.payload.pattern.eq(Mux(tile.prune, choice_read.data.id, 0)),
+                             self.blocks.payload.mask.eq(mask_now)]
                 for pos in range(cfg.pattern.positions):
                     m.d.comb += self.blocks.payload.values[pos].eq(Mux(mask_now[pos], prob_block[pos], 0))
                 with m.If(self.blocks.ready):

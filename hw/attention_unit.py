@@ -1,0 +1,368 @@
+"""The attention unit: one head's S = Q·Kᵀ, integer softmax with attention-map pattern pruning, and P·V."""
+
+from functools import reduce
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from core import golden
+from hw.config import AttentionConfig
+from hw.layouts import Opcode, activation_layout, channel_params_layout, output_layout, pattern_layout
+from hw.pattern_matmul import PatternMatmulEngine
+from hw.softmax_unit import SoftmaxUnit, probability_block_layout, scores_layout
+
+
+def head_layout(cfg: AttentionConfig) -> data.StructLayout:
+    """One head's command: sizes and the layer's softmax and context constants."""
+    return data.StructLayout({
+        "length": range(cfg.max_seq + 1),  # L: queries and keys, padding included
+        "valid_length": range(cfg.max_seq + 1),  # tokens 0 … valid_length − 1 are real
+        "head_blocks": range(cfg.max_head_dim // cfg.engine.pattern.block_size + 1),  # d / k
+        "prune": 1,  # attention-map pattern pruning
+        "exp_multiplier": unsigned(golden.MULTIPLIER_BITS),
+        "exp_shift": unsigned(golden.SHIFT_MAX.bit_length()),
+        "context_multiplier": unsigned(golden.MULTIPLIER_BITS),
+        "context_shift": unsigned(golden.SHIFT_MAX.bit_length()),
+    })
+
+
+def pool_layout(cfg: AttentionConfig) -> data.StructLayout:
+    """One pattern of the attention-map pool: its id and mask (bit ``row · k + col``)."""
+    return data.StructLayout({"id": unsigned(cfg.engine.id_bits), "mask": cfg.engine.pattern.positions})
+
+
+def exp_table_layout() -> data.StructLayout:
+    return data.StructLayout({"addr": 8, "data": 16})
+
+
+def compact(mask, values, count):
+    """The values at the first ``count`` set bits of ``mask``, in position order (0 past the last)."""
+    ranks, seen = [], Const(0, 1)
+    for p in range(len(values)):
+        ranks.append(seen)
+        seen = seen + mask[p]
+    slots = []
+    for j in range(count):
+        terms = [Mux(mask[p] & (ranks[p] == j), values[p], 0) for p in range(len(values))]
+        slots.append(reduce(lambda a, b: a | b, terms))
+    return slots
+
+
+class AttentionUnit(wiring.Component):
+    """Multi-head self-attention, one head after another, on one pattern-sparse MAC array.
+
+    Per head (a ``cmd`` beat): the keys and values are stored (K in ``k`` banks by key row, V in ``k``
+    banks by channel, so that a k×k block of K and a k-key column of Vᵀ each read in one cycle); then
+
+    1. **scores**: the engine runs ``S = Q · Kᵀ`` in dense raw mode, Q streamed straight from ``queries``
+       as activations and K replayed as weights for every tile of ``lanes`` queries;
+    2. **softmax**: the engine's int32 scores go to the :class:`~hw.softmax_unit.SoftmaxUnit`, whose
+       probability blocks (pattern id, mask, k² values) fill the probability buffer;
+    3. **context**: the engine runs ``Vᵀ · Pᵀ`` — the probabilities are the weights, in pattern mode
+       with the chosen pattern's kept values when pruning (half the weight beats of dense mode) — and
+       requantizes it with the context multiplier and shift.
+
+    ``context`` beats come per tile of ``lanes`` channels, per block of ``k`` queries, per channel:
+    ``k`` int8 values (sign-extended), the engine's output order for ``Vᵀ · Pᵀ``.
+
+    Parameters
+    ----------
+    config : AttentionConfig
+
+    Interface attributes
+    --------------------
+    cmd : In(stream.Signature(head_layout))
+        One beat per head.
+    pool : In(stream.Signature(pool_layout))
+        The attention-map pool, between heads: written to the selection's masks and, as positions, to
+        the engine's pattern table. A mask with other than ``kept_per_block`` bits raises ``error``.
+    exp_table : In(stream.Signature(exp_table_layout))
+        Replaces entries of the exponential's table, between heads.
+    queries, keys, values : In(stream.Signature(activation_layout))
+        Q, K and V of the head: per token, ``head_blocks`` beats of ``k`` int8.
+    context : Out(stream.Signature(output_layout))
+    score_tap : Out(StructLayout({"valid": 1, "values": k × int32}))
+        Every score the engine hands to the softmax (for verification).
+    block_tap : Out(StructLayout({"valid": 1, "block": probability_block_layout}))
+        Every probability block the softmax emits (for verification).
+    busy : Out(1)
+    error : Out(1)
+        A refused command or pool entry (sticky).
+    """
+
+    def __init__(self, config: AttentionConfig):
+        self._config = config
+        engine = config.engine
+        super().__init__({
+            "cmd": In(stream.Signature(head_layout(config))),
+            "pool": In(stream.Signature(pool_layout(config))),
+            "exp_table": In(stream.Signature(exp_table_layout())),
+            "queries": In(stream.Signature(activation_layout(engine))),
+            "keys": In(stream.Signature(activation_layout(engine))),
+            "values": In(stream.Signature(activation_layout(engine))),
+            "context": Out(stream.Signature(output_layout(engine))),
+            "score_tap": Out(data.StructLayout({"valid": 1, "values": scores_layout(engine).members["values"]})),
+            "block_tap": Out(data.StructLayout({"valid": 1, "block": probability_block_layout(engine)})),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        ecfg = cfg.engine
+        k, n, lanes = ecfg.pattern.block_size, ecfg.pattern.kept_per_block, ecfg.lanes
+        seq_blocks, head_blocks_max = cfg.seq_blocks, cfg.max_head_dim // k
+        sb_bits = max(1, (seq_blocks - 1).bit_length())
+        hb_bits = max(1, (head_blocks_max - 1).bit_length())
+        m.submodules.engine = engine = PatternMatmulEngine(ecfg)
+        m.submodules.softmax = softmax = SoftmaxUnit(ecfg, max_keys=cfg.max_seq, patterns_per_cycle=cfg.patterns_per_cycle)
+        # The pool is written whole (a model's smaller pool is padded with copies of pattern 0, which
+        # only tie with it and so are never chosen).
+        m.d.comb += softmax.patterns.eq(ecfg.pattern.pool_size)
+
+        # --- the head being computed ----------------------------------------------------------------
+        head = Signal(head_layout(cfg))
+        blocks = Signal(range(seq_blocks + 1))  # ⌈L/k⌉
+        channels = Signal(range(cfg.max_head_dim + 1))  # d
+        start = Signal()  # a head's command was taken
+        qk_start, pv_start = Signal(), Signal()
+        qk_phase, pv_phase = Signal(), Signal()
+
+        # --- K and V: k banks each --------------------------------------------------------------------
+        word = unsigned(8 * k)
+        k_banks, v_banks = [], []
+        for b in range(k):
+            m.submodules[f"k_bank_{b}"] = k_bank = Memory(shape=word, depth=seq_blocks << hb_bits, init=[])
+            m.submodules[f"v_bank_{b}"] = v_bank = Memory(shape=word, depth=head_blocks_max << sb_bits, init=[])
+            k_banks.append((k_bank.write_port(), k_bank.read_port()))
+            v_banks.append((v_bank.write_port(granularity=8), v_bank.read_port()))
+
+        # K loader
+        k_row = Signal(range(k))
+        k_tb = Signal(range(seq_blocks + 1))
+        k_cb = Signal(range(head_blocks_max + 1))
+        k_token = Signal(range(cfg.max_seq + 1))
+        v_row = Signal(range(k))
+        v_tb = Signal(range(seq_blocks + 1))
+        v_cb = Signal(range(head_blocks_max + 1))
+        v_token = Signal(range(cfg.max_seq + 1))
+        loading = Signal()  # between a head's command and its P·V: K and V may arrive
+        with m.If(start):
+            m.d.sync += [k_row.eq(0), k_tb.eq(0), k_cb.eq(0), k_token.eq(0), v_row.eq(0), v_tb.eq(0), v_cb.eq(0),
+                         v_token.eq(0)]
+        k_done = k_token == head.length
+        v_done = v_token == head.length
+        m.d.comb += [self.keys.ready.eq(loading & ~k_done), self.values.ready.eq(loading & ~v_done)]
+        for b, ((k_write, _), (v_write, _)) in enumerate(zip(k_banks, v_banks)):
+            m.d.comb += [
+                k_write.addr.eq(Cat(k_cb[:hb_bits], k_tb[:sb_bits])), k_write.data.eq(self.keys.payload.as_value()),
+                k_write.en.eq(self.keys.valid & self.keys.ready & (k_row == b)),
+                v_write.addr.eq(Cat(v_tb[:sb_bits], v_cb[:hb_bits])),
+                v_write.data.eq(self.values.payload.values[b].replicate(k)),
+                v_write.en.eq(Mux(self.values.valid & self.values.ready, 1 << v_row, 0)),
+            ]
+        for ready, valid, row, tb, cb, token in ((self.keys.ready, self.keys.valid, k_row, k_tb, k_cb, k_token),
+                                                  (self.values.ready, self.values.valid, v_row, v_tb, v_cb, v_token)):
+            with m.If(valid & ready):
+                m.d.sync += cb.eq(cb + 1)
+                with m.If(cb == head.head_blocks - 1):
+                    m.d.sync += [cb.eq(0), token.eq(token + 1), row.eq(Mux(row == k - 1, 0, row + 1))]
+                    with m.If(row == k - 1):
+                        m.d.sync += tb.eq(tb + 1)
+
+        # --- the probability buffer ---------------------------------------------------------------------
+        m.submodules.probabilities = p_buffer = Memory(shape=probability_block_layout(ecfg), depth=seq_blocks << sb_bits, init=[])
+        p_write = p_buffer.write_port()
+        p_read = p_buffer.read_port()
+        p_qb = Signal(range(seq_blocks + 1))
+        p_kb = Signal(range(seq_blocks + 1))
+        with m.If(start):
+            m.d.sync += [p_qb.eq(0), p_kb.eq(0)]
+        m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
+                     p_write.data.eq(softmax.blocks.payload), p_write.en.eq(softmax.blocks.valid)]
+        with m.If(softmax.blocks.valid):
+            m.d.sync += p_kb.eq(Mux(p_kb == blocks - 1, 0, p_kb + 1))
+            with m.If(p_kb == blocks - 1):
+                m.d.sync += p_qb.eq(p_qb + 1)
+        probabilities_done = p_qb == blocks
+        m.d.comb += [self.block_tap.valid.eq(softmax.blocks.valid), self.block_tap.block.eq(softmax.blocks.payload)]
+
+        # --- engine weights: K blocks (dense chunks) for the scores, probability blocks for the context -----
+        w_tile = Signal(range(cfg.max_seq + 1))  # tokens of the RUN already covered by finished tiles
+        w_bn = Signal(range(seq_blocks + 1))
+        w_bk = Signal(range(max(seq_blocks, head_blocks_max) + 1))
+        w_chunk = Signal(range(ecfg.dense_chunks))
+        w_chunk_out = Signal.like(w_chunk)
+        w_valid = Signal()
+        w_more = Signal()  # beats left to read
+        run_tokens = Signal(range(max(cfg.max_seq, cfg.max_head_dim) + 1))
+        w_in_blocks = Mux(qk_phase, head.head_blocks, blocks)
+        chunks_now = Mux(qk_phase | ~head.prune, ecfg.dense_chunks, 1)
+        advance = ~w_valid | engine.weights.ready
+        for _, k_read in k_banks:
+            m.d.comb += [k_read.addr.eq(Cat(w_bk[:hb_bits], w_bn[:sb_bits])), k_read.en.eq(advance)]
+        m.d.comb += [p_read.addr.eq(Cat(w_bk[:sb_bits], w_bn[:sb_bits])), p_read.en.eq(advance)]
+        with m.If(qk_start | pv_start):
+            m.d.sync += [w_tile.eq(0), w_bn.eq(0), w_bk.eq(0), w_chunk.eq(0), w_more.eq(1)]
+        with m.Elif(advance):
+            m.d.sync += [w_valid.eq(w_more), w_chunk_out.eq(w_chunk)]
+            with m.If(w_more):
+                last_chunk = w_chunk == chunks_now - 1
+                m.d.sync += w_chunk.eq(Mux(last_chunk, 0, w_chunk + 1))
+                with m.If(last_chunk):
+                    m.d.sync += w_bk.eq(w_bk + 1)
+                    with m.If(w_bk == w_in_blocks - 1):
+                        m.d.sync += [w_bk.eq(0), w_bn.eq(w_bn + 1)]
+                        with m.If(w_bn == blocks - 1):
+                            m.d.sync += [w_bn.eq(0), w_tile.eq(w_tile + lanes)]
+                            with m.If(w_tile + lanes >= run_tokens):
+                                m.d.sync += w_more.eq(0)
+        k_block = [k_read.data.word_select(c, 8).as_signed() for _, k_read in k_banks for c in range(k)]
+        positions = [[min(c * n + j, k * k - 1) for j in range(n)] for c in range(ecfg.dense_chunks)]
+        p_block = p_read.data
+        p_values = [p_block.values[pos] for pos in range(k * k)]
+        weights = engine.weights.payload
+        m.d.comb += engine.weights.valid.eq(w_valid & (qk_phase | pv_phase))
+        with m.Switch(w_chunk_out):
+            for c, chunk in enumerate(positions):
+                with m.Case(c):
+                    for j, pos in enumerate(chunk):
+                        m.d.comb += weights.values[j].eq(Mux(qk_phase, k_block[pos], p_values[pos]))
+        with m.If(pv_phase & head.prune):
+            for j, value in enumerate(compact(p_block.mask, p_values, n)):
+                m.d.comb += weights.values[j].eq(value)
+            m.d.comb += weights.pattern.eq(p_block.pattern)
+
+        # --- engine activations: Q straight through for the scores, Vᵀ for the context --------------------
+        a_channel = Signal(range(cfg.max_head_dim + 1))
+        a_row = Signal(range(k))  # channel mod k: the V bank
+        a_cb = Signal(range(head_blocks_max + 1))  # channel // k
+        a_bk = Signal(range(seq_blocks + 1))
+        a_row_out = Signal.like(a_row)
+        a_valid = Signal()
+        a_more = Signal()
+        a_advance = ~a_valid | engine.activations.ready
+        for _, v_read in v_banks:
+            m.d.comb += [v_read.addr.eq(Cat(a_bk[:sb_bits], a_cb[:hb_bits])), v_read.en.eq(a_advance)]
+        with m.If(pv_start):
+            m.d.sync += [a_channel.eq(0), a_row.eq(0), a_cb.eq(0), a_bk.eq(0), a_more.eq(1)]
+        with m.Elif(a_advance & pv_phase):
+            m.d.sync += [a_valid.eq(a_more), a_row_out.eq(a_row)]
+            with m.If(a_more):
+                m.d.sync += a_bk.eq(a_bk + 1)
+                with m.If(a_bk == blocks - 1):
+                    m.d.sync += [a_bk.eq(0), a_channel.eq(a_channel + 1), a_row.eq(Mux(a_row == k - 1, 0, a_row + 1))]
+                    with m.If(a_row == k - 1):
+                        m.d.sync += a_cb.eq(a_cb + 1)
+                    with m.If(a_channel == channels - 1):
+                        m.d.sync += a_more.eq(0)
+        v_word = Mux(a_valid, Cat(*(v_read.data for _, v_read in v_banks)).word_select(a_row_out, 8 * k), 0)
+        with m.If(qk_phase):
+            m.d.comb += [engine.activations.valid.eq(self.queries.valid), engine.activations.payload.eq(self.queries.payload),
+                         self.queries.ready.eq(engine.activations.ready)]
+        with m.Elif(pv_phase):
+            m.d.comb += [engine.activations.valid.eq(a_valid), engine.activations.payload.eq(v_word)]
+
+        # --- engine params: per tile, per block row ------------------------------------------------------
+        q_tile = Signal(range(max(cfg.max_seq, cfg.max_head_dim) + lanes + 1))
+        q_bn = Signal(range(seq_blocks + 1))
+        with m.If(qk_start | pv_start):
+            m.d.sync += [q_tile.eq(0), q_bn.eq(0)]
+        params_left = (q_tile < run_tokens) & (qk_phase | pv_phase)
+        m.d.comb += engine.params.valid.eq(params_left)
+        for r in range(k):
+            m.d.comb += [engine.params.payload.bias[r].eq(0),
+                         engine.params.payload.multiplier[r].eq(Mux(pv_phase, head.context_multiplier, 0)),
+                         engine.params.payload.shift[r].eq(Mux(pv_phase, head.context_shift, 0))]
+        with m.If(engine.params.valid & engine.params.ready):
+            m.d.sync += q_bn.eq(Mux(q_bn == blocks - 1, 0, q_bn + 1))
+            with m.If(q_bn == blocks - 1):
+                m.d.sync += q_tile.eq(q_tile + lanes)
+
+        # --- softmax tiles and engine outputs --------------------------------------------------------------
+        s_base = Signal(range(cfg.max_seq + lanes + 1))
+        with m.If(qk_start):
+            m.d.sync += s_base.eq(0)
+        m.d.comb += softmax.tile.valid.eq(qk_phase & (s_base < head.length))
+        tile = softmax.tile.payload
+        m.d.comb += [
+            tile.rows.eq(Mux(head.length - s_base > lanes, lanes, head.length - s_base)),
+            tile.row_valid.eq(Cat(*((s_base + i) < head.valid_length for i in range(lanes)))),
+            tile.key_blocks.eq(blocks), tile.valid_keys.eq(head.valid_length), tile.prune.eq(head.prune),
+            tile.exp_multiplier.eq(head.exp_multiplier), tile.exp_shift.eq(head.exp_shift),
+        ]
+        with m.If(softmax.tile.valid & softmax.tile.ready):
+            m.d.sync += s_base.eq(s_base + lanes)
+        with m.If(qk_phase):
+            m.d.comb += [softmax.scores.valid.eq(engine.outputs.valid), softmax.scores.payload.values.eq(engine.outputs.payload.values),
+                         engine.outputs.ready.eq(softmax.scores.ready)]
+        with m.Elif(pv_phase):
+            wiring.connect(m, engine.outputs, wiring.flipped(self.context))
+        m.d.comb += [self.score_tap.valid.eq(qk_phase & engine.outputs.valid & engine.outputs.ready),
+                     self.score_tap.values.eq(engine.outputs.payload.values)]
+        contexts = Signal(range(seq_blocks * cfg.max_head_dim + 1))
+        with m.If(start):
+            m.d.sync += contexts.eq(0)
+        with m.If(self.context.valid & self.context.ready):
+            m.d.sync += contexts.eq(contexts + 1)
+
+        # --- control -------------------------------------------------------------------------------------
+        cmd = self.cmd.payload
+        pool_positions = compact(self.pool.payload.mask,
+                                 [Const.cast(pattern_layout(ecfg).elem_shape.const({"row": p // k, "col": p % k})) for p in range(k * k)], n)
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += [self.cmd.ready.eq(~self.pool.valid), self.exp_table.ready.eq(1),
+                             softmax.exp_write.eq(self.exp_table.valid), softmax.exp_addr.eq(self.exp_table.payload.addr),
+                             softmax.exp_data.eq(self.exp_table.payload.data)]
+                # A pool entry: the selection's mask and the engine's pattern table, in one beat.
+                m.d.comb += [engine.cmd.valid.eq(self.pool.valid), self.pool.ready.eq(engine.cmd.ready),
+                             engine.cmd.payload.op.eq(Opcode.LOAD_PATTERN), engine.cmd.payload.pattern_id.eq(self.pool.payload.id),
+                             softmax.mask_write.eq(self.pool.valid & engine.cmd.ready),
+                             softmax.mask_id.eq(self.pool.payload.id), softmax.mask.eq(self.pool.payload.mask)]
+                for j, position in enumerate(pool_positions):
+                    m.d.comb += engine.cmd.payload.positions[j].eq(position)
+                with m.If(self.pool.valid & engine.cmd.ready):
+                    ones = reduce(lambda a, b: a + b, [self.pool.payload.mask[p] for p in range(k * k)])
+                    with m.If(ones != n):
+                        m.d.sync += self.error.eq(1)
+                with m.If(self.cmd.valid & ~self.pool.valid):
+                    refused = ((cmd.length == 0) | (cmd.length > cfg.max_seq) | (cmd.valid_length > cmd.length)
+                               | (cmd.head_blocks == 0) | (cmd.head_blocks > head_blocks_max))
+                    with m.If(refused):
+                        m.d.sync += self.error.eq(1)
+                    with m.Else():
+                        m.d.comb += start.eq(1)
+                        m.d.sync += [head.eq(cmd), blocks.eq((cmd.length + k - 1) // k), channels.eq(cmd.head_blocks * k),
+                                     loading.eq(1)]
+                        m.next = "SCORES_RUN"
+            with m.State("SCORES_RUN"):
+                with m.If(k_done):
+                    m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(1),
+                                 engine.cmd.payload.raw.eq(1), engine.cmd.payload.tokens.eq(head.length),
+                                 engine.cmd.payload.in_blocks.eq(head.head_blocks), engine.cmd.payload.out_blocks.eq(blocks)]
+                    with m.If(engine.cmd.ready):
+                        m.d.comb += qk_start.eq(1)
+                        m.d.sync += [qk_phase.eq(1), run_tokens.eq(head.length)]
+                        m.next = "SCORES"
+            with m.State("SCORES"):
+                with m.If(probabilities_done & v_done & ~engine.busy):
+                    m.d.sync += [qk_phase.eq(0), loading.eq(0)]
+                    m.next = "CONTEXT_RUN"
+            with m.State("CONTEXT_RUN"):
+                m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(~head.prune),
+                             engine.cmd.payload.raw.eq(0), engine.cmd.payload.tokens.eq(channels),
+                             engine.cmd.payload.in_blocks.eq(blocks), engine.cmd.payload.out_blocks.eq(blocks)]
+                with m.If(engine.cmd.ready):
+                    m.d.comb += pv_start.eq(1)
+                    m.d.sync += [pv_phase.eq(1), run_tokens.eq(channels)]
+                    m.next = "CONTEXT"
+            with m.State("CONTEXT"):
+                with m.If(contexts == blocks * channels):
+                    m.d.sync += pv_phase.eq(0)
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | engine.busy | softmax.busy)
+        return m
