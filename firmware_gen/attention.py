@@ -3,10 +3,13 @@ the decoding of what comes back (context, and the score and probability taps).""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from core.atomic import write_atomic
 from core.encoder import exp_table
 from core.integer import attention
 from firmware_gen.beats import decode_leaf_array, encode
@@ -98,7 +101,33 @@ class AttentionProgram:
                 beats[name] += [encode(act, {"values": row}) for row in t.reshape(-1, k).tolist()]
         return beats
 
+    def widths(self) -> dict[str, int]:
+        """Bits of a beat of every stream, taps included."""
+        cfg = self.config
+        return {"pool": pool_layout(cfg).size, "exp_table": exp_table_layout().size, "cmd": head_layout(cfg).size,
+                "queries": activation_layout(cfg.engine).size, "keys": activation_layout(cfg.engine).size,
+                "values": activation_layout(cfg.engine).size, "context": output_layout(cfg.engine).size,
+                "scores": scores_layout(cfg.engine).size, "blocks": probability_block_layout(cfg.engine).size}
+
+    def write_hex(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """One ``$readmemh`` file per input stream (``<name>.hex``); returns their paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        widths, paths = self.widths(), {}
+        for name, beats in self.streams().items():
+            digits = -(-widths[name] // 4)
+            paths[name] = write_atomic(folder / f"{name}.hex", "".join(f"{b:0{digits}x}\n" for b in beats))
+        return paths
+
     # --- what comes back -------------------------------------------------------------------------------
+
+    def score_beats(self) -> int:
+        k = self.config.engine.pattern.block_size
+        return sum(h.length * -(-h.length // k) for h in self.heads)
+
+    def block_beats(self) -> int:
+        k = self.config.engine.pattern.block_size
+        return sum((-(-h.length // k)) ** 2 for h in self.heads)
 
     def context_beats(self) -> int:
         k = self.config.engine.pattern.block_size

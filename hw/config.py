@@ -162,3 +162,14 @@ class AttentionConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AttentionConfig":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("an attention config is a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown attention config keys: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)

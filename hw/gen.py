@@ -1,10 +1,14 @@
-"""Generate Verilog for the pattern-sparse matmul engine.
+"""Generate Verilog for the pattern-sparse matmul engine, or for the attention unit.
 
     python -m hw.gen --out build/rtl                      # default config
     python -m hw.gen --lanes 16 --pool-size 64 --out build/rtl
     python -m hw.gen --config my_engine.json --out build/rtl
+    python -m hw.gen --attention --max-seq 128 --max-head-dim 64 --out build/rtl
 
-Writes ``pattern_matmul.v`` and ``pattern_matmul.json`` (the config it was built from).
+Writes ``pattern_matmul.v`` and ``pattern_matmul.json`` (the config it was built from), or with
+``--attention`` ``attention_unit.v`` and ``attention_unit.json`` (the engine flags then describe the
+attention unit's MAC array; its ``weight_bits`` is 9 and its ``max_in_features`` follows the
+sequence length and head dimension).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from core.pattern import PatternConfig
-from hw.config import EngineConfig
-from hw.pattern_matmul import PatternMatmulEngine
 from core.atomic import write_atomic
+from core.pattern import PatternConfig
+from hw.attention_unit import AttentionUnit
+from hw.config import AttentionConfig, EngineConfig
+from hw.pattern_matmul import PatternMatmulEngine
 
 TOP_NAME = "pattern_matmul"
+ATTENTION_NAME = "attention_unit"
 VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
@@ -36,25 +42,46 @@ def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_N
     return write_atomic(out_dir / f"{name}.v", text)
 
 
+def generate_attention(config: AttentionConfig, out_dir: str | os.PathLike, name: str = ATTENTION_NAME) -> Path:
+    """Write the attention unit's ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(AttentionUnit(config), name=name, emit_src=False)
+    write_atomic(out_dir / f"{name}.json", config.to_json() + "\n")
+    return write_atomic(out_dir / f"{name}.v", text)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hw.gen", description="Generate the engine's Verilog.")
+    parser = argparse.ArgumentParser(prog="python -m hw.gen", description="Generate the engine's or the attention unit's Verilog.")
     parser.add_argument("--config", type=Path, help="engine config JSON (flags below override its fields)")
     for f in fields(PatternConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.pattern.{f.name}")
     for f in fields(EngineConfig):
         if f.name != "pattern":
             parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"EngineConfig.{f.name}")
+    parser.add_argument("--attention", action="store_true", help="generate the attention unit (--config is then an "
+                        "attention config JSON, its engine under \"engine\")")
+    for f in fields(AttentionConfig):
+        if f.name != "engine":
+            parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"AttentionConfig.{f.name} (with --attention)")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
-    parser.add_argument("--name", default=TOP_NAME, help=f"top module name (default {TOP_NAME})")
+    parser.add_argument("--name", help=f"top module name (default {TOP_NAME}, or {ATTENTION_NAME} with --attention)")
     args = parser.parse_args(argv)
+    given = lambda cls: {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     try:
-        config = EngineConfig.from_json(args.config.read_text()) if args.config else EngineConfig()
-        given = lambda cls: {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        text = args.config.read_text() if args.config else None
+        attention = AttentionConfig.from_json(text) if args.attention and text else AttentionConfig()
+        config = EngineConfig.from_json(text) if text and not args.attention else (attention.engine if args.attention else EngineConfig())
         pattern = replace(config.pattern, **given(PatternConfig))
         config = replace(config, **{**given(EngineConfig), "pattern": pattern})
+        if args.attention:
+            attention = replace(attention, **{**given(AttentionConfig), "engine": config})
+        elif given(AttentionConfig):
+            raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given(AttentionConfig))} need --attention")
     except (ValueError, OSError) as e:
-        print(f"error: invalid engine config: {e}", file=sys.stderr)
+        print(f"error: invalid {'attention' if args.attention else 'engine'} config: {e}", file=sys.stderr)
         return 2
+    args.name = args.name or (ATTENTION_NAME if args.attention else TOP_NAME)
     if not VERILOG_IDENTIFIER.fullmatch(args.name):
         print(f"error: --name {args.name!r} is not a plain Verilog identifier (a letter or _, then letters, digits, _ or $)",
               file=sys.stderr)
@@ -63,10 +90,12 @@ def main(argv=None) -> int:
         print(f"error: --out {args.out} is a file; give a folder for the Verilog", file=sys.stderr)
         return 2
     try:
-        path = generate(config, args.out, args.name)
+        path = generate_attention(attention, args.out, args.name) if args.attention else generate(config, args.out, args.name)
     except OSError as e:
         print(f"error: cannot write the Verilog into {args.out}: {e}", file=sys.stderr)
         return 2
+    if args.attention:
+        config = attention.engine
     print(f"wrote {path} ({config.multipliers} multipliers, {config.pattern.block_size}x{config.pattern.block_size} blocks keeping "
           f"{config.pattern.kept_per_block}, pool {config.pattern.pool_size})")
     return 0

@@ -112,8 +112,9 @@ def harness_parameters(config: EngineConfig) -> dict[str, int]:
             "OUT_W": output_layout(config).size}
 
 
-def _verilator_build(command: list[str], make_flags: list[str], mdir: Path, log_file: Path, *, always: bool) -> float:
-    """Run ``command`` (Verilator) into ``mdir`` and compile it; returns the build's seconds.
+def _verilator_build(command: list[str], make_flags: list[str], mdir: Path, log_file: Path, *, always: bool,
+                     binary: str = HARNESS_TOP) -> float:
+    """Run ``command`` (Verilator) into ``mdir`` and compile it into ``binary``; returns the build's seconds.
 
     Skipped when the command, the sources' contents and the Verilator version match the last build."""
     env = configure_verilator(dict(os.environ))
@@ -123,7 +124,7 @@ def _verilator_build(command: list[str], make_flags: list[str], mdir: Path, log_
         "sources": {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
     }).encode()).hexdigest()
     stamp = mdir / "build.stamp"
-    if not always and stamp.exists() and (mdir / HARNESS_TOP).exists():
+    if not always and stamp.exists() and (mdir / binary).exists():
         saved = json.loads(stamp.read_text())
         if saved.get("key") == key:
             return saved["seconds"]

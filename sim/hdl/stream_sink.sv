@@ -1,9 +1,13 @@
-// Stream sink for simulation: stores `out_count` beats, then writes them to `out_file` ($writememh)
-// and raises `done`. ready is random (`stall` percent) and never depends on valid.
+// Stream sink for simulation: stores `<name>_count` beats, then writes them to `<name>_file` ($writememh)
+// and raises `done` (plusarg names given by the *_ARG parameters). ready is random (`stall` percent;
+// always high when STALLS is 0, as for a tap that has no ready) and never depends on valid.
 module stream_sink #(
     parameter int WIDTH = 8,
     parameter int DEPTH = 1024,
-    parameter int SALT = 7
+    parameter int SALT = 7,
+    parameter FILE_ARG = "out_file=%s",
+    parameter COUNT_ARG = "out_count=%d",
+    parameter bit STALLS = 1
 ) (
     input  logic             clk,
     input  logic             rst,
@@ -19,9 +23,10 @@ module stream_sink #(
 
     initial begin
         expected = 0; stall = 0; seed = 1; file = "outputs.hex";
-        if ($value$plusargs("out_file=%s", file)) ;
-        if ($value$plusargs("out_count=%d", expected)) ;
+        if ($value$plusargs(FILE_ARG, file)) ;
+        if ($value$plusargs(COUNT_ARG, expected)) ;
         if ($value$plusargs("stall=%d", stall)) ;
+        if (!STALLS) stall = 0;
         if ($value$plusargs("tb_seed=%d", seed)) ;
         if (expected > DEPTH) $fatal(1, "sink: %0d beats exceed the sink depth %0d", expected, DEPTH);
     end

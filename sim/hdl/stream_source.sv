@@ -7,13 +7,15 @@ module stream_source #(
     parameter FILE_ARG = "src_file=%s",
     parameter COUNT_ARG = "src_count=%d",
     parameter REPLAYS_ARG = "src_replays=%d",
-    parameter int SALT = 1
+    parameter int SALT = 1,
+    parameter bit STALLS = 1
 ) (
     input  logic             clk,
     input  logic             rst,
     output logic             valid,
     input  logic             ready,
-    output logic [WIDTH-1:0] payload
+    output logic [WIDTH-1:0] payload,
+    output logic             finished
 );
     logic [WIDTH-1:0] mem [DEPTH];
     int unsigned count, replays, total, stall, seed;
@@ -27,6 +29,7 @@ module stream_source #(
         if ($value$plusargs(COUNT_ARG, count)) ;
         if ($value$plusargs(REPLAYS_ARG, replays)) ;
         if ($value$plusargs("stall=%d", stall)) ;
+        if (!STALLS) stall = 0;
         if ($value$plusargs("tb_seed=%d", seed)) ;
         if (count > DEPTH) $fatal(1, "%0d beats exceed the source depth %0d (%s)", count, DEPTH, file);
         total = count * replays;
@@ -58,4 +61,5 @@ module stream_source #(
     end
 
     assign payload = mem[index];
+    assign finished = sent == total;
 endmodule

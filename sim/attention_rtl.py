@@ -1,0 +1,123 @@
+"""The attention unit's Verilog under cocotb + Verilator: build the harness, run programs, check every
+boundary (scores, pattern ids, probabilities, context) against the golden model as whole tensors.
+
+The harness (``sim/hdl/tb_attention.sv``) streams every input from memory files and writes the context
+and the two taps to files, so no Python runs per cycle; the cocotb test (``sim/cocotb_attention.py``)
+resets the unit, waits for ``done`` and compares once. The build is made here, exposing only the
+harness's ports, as :mod:`sim.rtl` does for the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from cocotb_tools.runner import get_results, get_runner
+
+from firmware_gen.attention import AttentionProgram
+from hw.config import AttentionConfig
+from hw.gen import ATTENTION_NAME, generate_attention
+from sim.rtl import (CLOCK_NS, COCOTB_MAIN, CXX_MAKE_FLAGS, RESET_CYCLES, TIMESCALE, VERILATOR_FLAGS, BitExactMismatch,
+                     _verilator_build, prepare_case_dir)
+from sim.toolchain import HDL_DIR
+
+HARNESS_TOP = "tb_attention"
+BOUNDARIES = ("scores", "pattern_ids", "probabilities", "context")
+
+
+@dataclass
+class AttentionHarness:
+    config: AttentionConfig
+    build_dir: Path
+    build_seconds: float
+
+
+def build_attention_harness(config: AttentionConfig, build_dir: str | Path, *, always: bool = False) -> AttentionHarness:
+    """Generate the attention unit's Verilog for ``config`` and compile it with the stream harness
+    (cocotb + Verilator); an unchanged build is reused unless ``always``."""
+    import cocotb_tools.config
+
+    build_dir = Path(build_dir).resolve()
+    unit_v = generate_attention(config, build_dir / "rtl", ATTENTION_NAME)
+    widths = AttentionProgram(config, []).widths()
+    parameters = {"CMD_W": widths["cmd"], "POOL_W": widths["pool"], "EXP_W": widths["exp_table"], "ACT_W": widths["queries"],
+                  "OUT_W": widths["context"], "SCORE_W": widths["scores"], "BLOCK_W": widths["blocks"]}
+    libs = cocotb_tools.config.libs_dir
+    sources = [unit_v, HDL_DIR / "stream_source.sv", HDL_DIR / "stream_sink.sv", HDL_DIR / f"{HARNESS_TOP}.sv"]
+    command = (["verilator", "--cc", "--exe", "--top-module", HARNESS_TOP, "--prefix", "Vtop", "-o", HARNESS_TOP,
+                "--vpi", "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator"]
+               + VERILATOR_FLAGS + ["--timescale", "/".join(TIMESCALE)]
+               + [f"-G{name}={value}" for name, value in parameters.items()]
+               + [str(COCOTB_MAIN), *map(str, sources), str(HDL_DIR / f"{HARNESS_TOP}.vlt")])
+    seconds = _verilator_build(command, CXX_MAKE_FLAGS, build_dir / "sim", build_dir / "build.log", always=always,
+                               binary=HARNESS_TOP)
+    return AttentionHarness(config, build_dir, seconds)
+
+
+def run_attention_program(harness: AttentionHarness, program: AttentionProgram, case_dir: str | Path, *,
+                          stall_percent: int = 0, seed: int = 1, check: bool = True) -> dict:
+    """Run ``program`` on the harness and compare scores, pattern ids, probabilities and context of every
+    head with the golden model. Returns the result (``cycles`` from the first command to the last context
+    beat, ``mismatches`` per boundary, ``passed``, times); a mismatch raises :class:`BitExactMismatch`
+    unless ``check=False``. ``case_dir`` follows :func:`sim.rtl.prepare_case_dir`."""
+    if program.config != harness.config:
+        raise ValueError("the program was built for another attention config than the harness")
+    case_dir = prepare_case_dir(case_dir)
+    paths = program.write_hex(case_dir)
+    streams = program.streams()
+    counts = {"context": program.context_beats(), "scores": program.score_beats(), "blocks": program.block_beats()}
+    busy = sum(h.length * h.length * h.q.shape[1] for h in program.heads) // program.config.engine.multipliers
+    max_cycles = 20 * (busy + sum(h.length ** 2 for h in program.heads) + 1000) * (1 + stall_percent)
+    plusargs = [f"+stall={stall_percent}", f"+tb_seed={seed}", f"+main_clock_ns={CLOCK_NS}"]
+    for name, beats in streams.items():
+        plusargs += [f"+{name}_file={paths[name]}", f"+{name}_count={len(beats)}", f"+{name}_replays=1"]
+    for name, count in counts.items():
+        plusargs += [f"+{name}_file={case_dir / (name + '_out.hex')}", f"+{name}_count={count}"]
+    torch.save({"program": program}, case_dir / "case.pt")
+    (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS,
+                                                    "reset_cycles": RESET_CYCLES}))
+    results_xml = case_dir / "results.xml"
+    started = time.perf_counter()
+    try:
+        get_runner("verilator").test(
+            test_module="sim.cocotb_attention", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
+            build_dir=harness.build_dir / "sim", test_dir=case_dir, plusargs=plusargs,
+            extra_env={"TESSERA_CASE": str(case_dir), "COCOTB_REWRITE_ASSERTION_FILES": "cocotb_attention.py"},
+            results_xml=str(results_xml), timescale=TIMESCALE, log_file=case_dir / "sim.log")
+    except SystemExit:  # under pytest the runner exits on a failing test; the results file tells the story
+        pass
+    process_seconds = time.perf_counter() - started
+    try:
+        _, failed = get_results(results_xml)
+    except RuntimeError:  # no results: the simulator itself failed
+        failed = 1
+    result_path = case_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {"mismatches": None}
+    result["process_seconds"] = process_seconds
+    result["passed"] = failed == 0
+    if check and not result["passed"]:
+        what = (", ".join(f"{v} {k}" for k, v in result["mismatches"].items() if v) + " differ from the golden model"
+                if result.get("mismatches") else "the run did not complete (no output, an error flag or a timeout)")
+        raise BitExactMismatch(f"attention RTL is not bit-exact: {what}; see {case_dir / 'sim.log'}", result)
+    return result
+
+
+def read_hex(path: str | Path) -> list[int]:
+    lines = Path(path).read_text().splitlines()
+    return [int(line, 16) for line in lines if line.strip() and not line.startswith(("//", "@"))]
+
+
+def compare(program: AttentionProgram, context: list[int], scores: list[int], blocks: list[int]) -> dict[str, int]:
+    """Mismatching elements per boundary over every head (0 everywhere when bit-exact)."""
+    mismatches = dict.fromkeys(BOUNDARIES, 0)
+    got = zip(program.decode_scores(scores), program.decode_blocks(blocks), program.decode_context(context))
+    for (s, p, ids, c), (hs, (hp, hids), hc) in zip(program.golden(), got):
+        mismatches["scores"] += int((hs != s).sum())
+        mismatches["probabilities"] += int((hp != p).sum())
+        if ids is not None:
+            mismatches["pattern_ids"] += int((hids != ids).sum())
+        mismatches["context"] += int((hc != c.to(torch.int64)).sum())
+    return mismatches
