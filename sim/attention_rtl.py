@@ -58,9 +58,11 @@ def build_attention_harness(config: AttentionConfig, build_dir: str | Path, *, a
 
 
 def run_attention_program(harness: AttentionHarness, program: AttentionProgram, case_dir: str | Path, *,
-                          stall_percent: int = 0, seed: int = 1, check: bool = True) -> dict:
+                          stall_percent: int = 0, seed: int = 1, check: bool = True,
+                          reference: AttentionProgram | None = None) -> dict:
     """Run ``program`` on the harness and compare scores, pattern ids, probabilities and context of every
-    head with the golden model. Returns the result (``cycles`` from the first command to the last context
+    head with the golden model of ``reference`` (default: ``program`` itself; another one shows that a
+    corrupted input is caught). Returns the result (``cycles`` from the first command to the last context
     beat, ``mismatches`` per boundary, ``passed``, times); a mismatch raises :class:`BitExactMismatch`
     unless ``check=False``. ``case_dir`` follows :func:`sim.rtl.prepare_case_dir`."""
     if program.config != harness.config:
@@ -76,7 +78,7 @@ def run_attention_program(harness: AttentionHarness, program: AttentionProgram, 
         plusargs += [f"+{name}_file={paths[name]}", f"+{name}_count={len(beats)}", f"+{name}_replays=1"]
     for name, count in counts.items():
         plusargs += [f"+{name}_file={case_dir / (name + '_out.hex')}", f"+{name}_count={count}"]
-    torch.save({"program": program}, case_dir / "case.pt")
+    torch.save({"program": reference or program}, case_dir / "case.pt")
     (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS,
                                                     "reset_cycles": RESET_CYCLES}))
     results_xml = case_dir / "results.xml"
