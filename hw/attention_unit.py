@@ -87,6 +87,8 @@ class AttentionUnit(wiring.Component):
         Every score the engine hands to the softmax (for verification).
     block_tap : Out(StructLayout({"valid": 1, "block": probability_block_layout}))
         Every probability block the softmax emits (for verification).
+    stage : Out(2)
+        0 between heads (and while K loads), 1 scores and softmax, 2 context (for cycle accounting).
     busy : Out(1)
     error : Out(1)
         A refused command or pool entry (sticky).
@@ -105,6 +107,7 @@ class AttentionUnit(wiring.Component):
             "context": Out(stream.Signature(output_layout(engine))),
             "score_tap": Out(data.StructLayout({"valid": 1, "values": scores_layout(engine).members["values"]})),
             "block_tap": Out(data.StructLayout({"valid": 1, "block": probability_block_layout(engine)})),
+            "stage": Out(2),
             "busy": Out(1),
             "error": Out(1),
         })
@@ -364,5 +367,6 @@ class AttentionUnit(wiring.Component):
                 with m.If(contexts == blocks * channels):
                     m.d.sync += pv_phase.eq(0)
                     m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | engine.busy | softmax.busy)
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | engine.busy | softmax.busy),
+                     self.stage.eq(Mux(pv_phase, 2, Mux(qk_phase, 1, 0)))]
         return m

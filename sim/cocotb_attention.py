@@ -25,12 +25,13 @@ async def run_attention_case(dut):
     await with_timeout(RisingEdge(dut.done), case["max_cycles"] * case["clock_ns"], "ns")
     wall = time.perf_counter() - start
     cycles = int(dut.cycles.value)
+    stages = {"scores_cycles": int(dut.scores_cycles.value), "context_cycles": int(dut.context_cycles.value)}
 
     from sim.attention_rtl import compare, read_hex  # after the timed part: it loads the toolchain
 
     program = torch.load(case_dir / "case.pt", weights_only=False)["program"]
     mismatches = compare(program, *(read_hex(case_dir / f"{name}_out.hex") for name in ("context", "scores", "blocks")))
-    result = {"cycles": cycles, "wall_seconds": wall, "cycles_per_second": cycles / wall, "mismatches": mismatches,
+    result = {"cycles": cycles, **stages, "wall_seconds": wall, "cycles_per_second": cycles / wall, "mismatches": mismatches,
               "error": int(dut.error.value)}
     (case_dir / "result.json").write_text(json.dumps(result, indent=2))
     assert int(dut.error.value) == 0, "attention unit raised its error flag"

@@ -2,7 +2,8 @@
 // files, the context and the two verification taps (scores, probability blocks) are written to files,
 // so no Python runs per cycle. The pool and the exponential table are loaded before the first head's
 // command (the command source waits for them). `cycles` counts from the first command's transfer to the
-// last context beat.
+// last context beat; `scores_cycles` and `context_cycles` count those of them in the unit's scores-and-
+// softmax stage and in its context stage.
 module tb_attention #(
     parameter int CMD_W = 1,
     parameter int POOL_W = 1,
@@ -16,6 +17,8 @@ module tb_attention #(
     input  logic        rst,
     output logic        done,
     output logic [63:0] cycles,
+    output logic [63:0] scores_cycles,
+    output logic [63:0] context_cycles,
     output logic        busy,
     output logic        error
 );
@@ -29,6 +32,7 @@ module tb_attention #(
     logic [OUT_W-1:0] out_payload;
     logic [SCORE_W:0] score_tap;
     logic [BLOCK_W:0] block_tap;
+    logic [1:0] stage;
     wire configured = pool_finished && exp_finished;
 
     stream_source #(.WIDTH(POOL_W), .DEPTH(1 << 8), .FILE_ARG("pool_file=%s"), .COUNT_ARG("pool_count=%d"), .REPLAYS_ARG("pool_replays=%d"), .SALT(3), .STALLS(0)) pool_src (
@@ -63,16 +67,22 @@ module tb_attention #(
         .keys__valid(k_valid), .keys__ready(k_ready), .keys__payload(k_payload),
         .values__valid(v_valid), .values__ready(v_ready), .values__payload(v_payload),
         .context__valid(out_valid), .context__ready(out_ready), .context__payload(out_payload),
-        .score_tap, .block_tap, .busy, .error);
+        .score_tap, .block_tap, .stage, .busy, .error);
 
     logic started;
     always_ff @(posedge clk) begin
         if (rst) begin
             started <= 1'b0;
             cycles <= 64'd0;
+            scores_cycles <= 64'd0;
+            context_cycles <= 64'd0;
         end else begin
             if (cmd_valid && cmd_ready) started <= 1'b1;
-            if ((started || (cmd_valid && cmd_ready)) && !out_done) cycles <= cycles + 64'd1;
+            if ((started || (cmd_valid && cmd_ready)) && !out_done) begin
+                cycles <= cycles + 64'd1;
+                if (stage == 2'd1) scores_cycles <= scores_cycles + 64'd1;
+                if (stage == 2'd2) context_cycles <= context_cycles + 64'd1;
+            end
         end
     end
 endmodule
