@@ -26,6 +26,9 @@ from sim.toolchain import HDL_DIR
 
 HARNESS_TOP = "tb_attention"
 BOUNDARIES = ("scores", "pattern_ids", "probabilities", "context")
+#: Beats the harness's memories hold, per stream (a program that needs more is refused before it runs).
+DEPTHS = {"cmd": 1 << 10, "queries": 1 << 17, "keys": 1 << 17, "values": 1 << 17, "context": 1 << 17,
+          "scores": 1 << 19, "blocks": 1 << 17}
 
 
 @dataclass
@@ -44,7 +47,9 @@ def build_attention_harness(config: AttentionConfig, build_dir: str | Path, *, a
     unit_v = generate_attention(config, build_dir / "rtl", ATTENTION_NAME)
     widths = AttentionProgram(config, []).widths()
     parameters = {"CMD_W": widths["cmd"], "POOL_W": widths["pool"], "EXP_W": widths["exp_table"], "ACT_W": widths["queries"],
-                  "OUT_W": widths["context"], "SCORE_W": widths["scores"], "BLOCK_W": widths["blocks"]}
+                  "OUT_W": widths["context"], "SCORE_W": widths["scores"], "BLOCK_W": widths["blocks"],
+                  "CMD_DEPTH": DEPTHS["cmd"], "ACT_DEPTH": DEPTHS["queries"], "CONTEXT_DEPTH": DEPTHS["context"],
+                  "SCORE_DEPTH": DEPTHS["scores"], "BLOCK_DEPTH": DEPTHS["blocks"]}
     libs = cocotb_tools.config.libs_dir
     sources = [unit_v, HDL_DIR / "stream_source.sv", HDL_DIR / "stream_sink.sv", HDL_DIR / f"{HARNESS_TOP}.sv"]
     command = (["verilator", "--cc", "--exe", "--top-module", HARNESS_TOP, "--prefix", "Vtop", "-o", HARNESS_TOP,
@@ -67,10 +72,13 @@ def run_attention_program(harness: AttentionHarness, program: AttentionProgram, 
     unless ``check=False``. ``case_dir`` follows :func:`sim.rtl.prepare_case_dir`."""
     if program.config != harness.config:
         raise ValueError("the program was built for another attention config than the harness")
-    case_dir = prepare_case_dir(case_dir)
-    paths = program.write_hex(case_dir)
     streams = program.streams()
     counts = {"context": program.context_beats(), "scores": program.score_beats(), "blocks": program.block_beats()}
+    for name, count in [*((n, len(b)) for n, b in streams.items()), *counts.items()]:
+        if name in DEPTHS and count > DEPTHS[name]:
+            raise ValueError(f"the program needs {count} {name} beats; the harness holds {DEPTHS[name]}: run fewer heads at a time")
+    case_dir = prepare_case_dir(case_dir)
+    paths = program.write_hex(case_dir)
     busy = sum(h.length * h.length * h.q.shape[1] for h in program.heads) // program.config.engine.multipliers
     max_cycles = 20 * (busy + sum(h.length ** 2 for h in program.heads) + 1000) * (1 + stall_percent)
     plusargs = [f"+stall={stall_percent}", f"+tb_seed={seed}", f"+main_clock_ns={CLOCK_NS}"]

@@ -11,7 +11,12 @@ module tb_attention #(
     parameter int ACT_W = 1,
     parameter int OUT_W = 1,
     parameter int SCORE_W = 1,
-    parameter int BLOCK_W = 1
+    parameter int BLOCK_W = 1,
+    parameter int CMD_DEPTH = 1,
+    parameter int ACT_DEPTH = 1,
+    parameter int CONTEXT_DEPTH = 1,
+    parameter int SCORE_DEPTH = 1,
+    parameter int BLOCK_DEPTH = 1
 ) (
     input  logic        clk,
     input  logic        rst,
@@ -40,21 +45,21 @@ module tb_attention #(
     stream_source #(.WIDTH(EXP_W), .DEPTH(1 << 9), .FILE_ARG("exp_table_file=%s"), .COUNT_ARG("exp_table_count=%d"), .REPLAYS_ARG("exp_table_replays=%d"), .SALT(5), .STALLS(0)) exp_src (
         .clk, .rst, .valid(exp_valid), .ready(exp_ready), .payload(exp_payload), .finished(exp_finished));
     logic cmd_src_valid;
-    stream_source #(.WIDTH(CMD_W), .DEPTH(1 << 8), .FILE_ARG("cmd_file=%s"), .COUNT_ARG("cmd_count=%d"), .REPLAYS_ARG("cmd_replays=%d"), .SALT(11)) cmd_src (
+    stream_source #(.WIDTH(CMD_W), .DEPTH(CMD_DEPTH), .FILE_ARG("cmd_file=%s"), .COUNT_ARG("cmd_count=%d"), .REPLAYS_ARG("cmd_replays=%d"), .SALT(11)) cmd_src (
         .clk, .rst, .valid(cmd_src_valid), .ready(cmd_ready && configured), .payload(cmd_payload), .finished());
     assign cmd_valid = cmd_src_valid && configured;
-    stream_source #(.WIDTH(ACT_W), .DEPTH(1 << 16), .FILE_ARG("queries_file=%s"), .COUNT_ARG("queries_count=%d"), .REPLAYS_ARG("queries_replays=%d"), .SALT(23)) q_src (
+    stream_source #(.WIDTH(ACT_W), .DEPTH(ACT_DEPTH), .FILE_ARG("queries_file=%s"), .COUNT_ARG("queries_count=%d"), .REPLAYS_ARG("queries_replays=%d"), .SALT(23)) q_src (
         .clk, .rst, .valid(q_valid), .ready(q_ready), .payload(q_payload), .finished());
-    stream_source #(.WIDTH(ACT_W), .DEPTH(1 << 16), .FILE_ARG("keys_file=%s"), .COUNT_ARG("keys_count=%d"), .REPLAYS_ARG("keys_replays=%d"), .SALT(37)) k_src (
+    stream_source #(.WIDTH(ACT_W), .DEPTH(ACT_DEPTH), .FILE_ARG("keys_file=%s"), .COUNT_ARG("keys_count=%d"), .REPLAYS_ARG("keys_replays=%d"), .SALT(37)) k_src (
         .clk, .rst, .valid(k_valid), .ready(k_ready), .payload(k_payload), .finished());
-    stream_source #(.WIDTH(ACT_W), .DEPTH(1 << 16), .FILE_ARG("values_file=%s"), .COUNT_ARG("values_count=%d"), .REPLAYS_ARG("values_replays=%d"), .SALT(41)) v_src (
+    stream_source #(.WIDTH(ACT_W), .DEPTH(ACT_DEPTH), .FILE_ARG("values_file=%s"), .COUNT_ARG("values_count=%d"), .REPLAYS_ARG("values_replays=%d"), .SALT(41)) v_src (
         .clk, .rst, .valid(v_valid), .ready(v_ready), .payload(v_payload), .finished());
-    stream_sink #(.WIDTH(OUT_W), .DEPTH(1 << 16), .FILE_ARG("context_file=%s"), .COUNT_ARG("context_count=%d")) out_sink (
+    stream_sink #(.WIDTH(OUT_W), .DEPTH(CONTEXT_DEPTH), .FILE_ARG("context_file=%s"), .COUNT_ARG("context_count=%d")) out_sink (
         .clk, .rst, .valid(out_valid), .ready(out_ready), .payload(out_payload), .done(out_done));
     // The taps have no ready: their sinks never stall.
-    stream_sink #(.WIDTH(SCORE_W), .DEPTH(1 << 17), .FILE_ARG("scores_file=%s"), .COUNT_ARG("scores_count=%d"), .STALLS(0)) score_sink (
+    stream_sink #(.WIDTH(SCORE_W), .DEPTH(SCORE_DEPTH), .FILE_ARG("scores_file=%s"), .COUNT_ARG("scores_count=%d"), .STALLS(0)) score_sink (
         .clk, .rst, .valid(score_tap[0]), .ready(score_ready), .payload(score_tap[SCORE_W:1]), .done(score_done));
-    stream_sink #(.WIDTH(BLOCK_W), .DEPTH(1 << 16), .FILE_ARG("blocks_file=%s"), .COUNT_ARG("blocks_count=%d"), .STALLS(0)) block_sink (
+    stream_sink #(.WIDTH(BLOCK_W), .DEPTH(BLOCK_DEPTH), .FILE_ARG("blocks_file=%s"), .COUNT_ARG("blocks_count=%d"), .STALLS(0)) block_sink (
         .clk, .rst, .valid(block_tap[0]), .ready(block_ready), .payload(block_tap[BLOCK_W:1]), .done(block_done));
     assign done = out_done && score_done && block_done;
 

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from core.pattern import PatternConfig
-from hw.config import EngineConfig
+from hw.config import AttentionConfig, EngineConfig
 from hw.gen import generate
 from sim.toolchain import LINT_WAIVERS, configure_verilator
 
@@ -14,6 +14,10 @@ from sim.toolchain import LINT_WAIVERS, configure_verilator
     (["--pattern-id-bits", "4"], "pool_size=32 does not fit pattern_id_bits=4"),
     (["--max-in-features", "766"], "not a multiple of block_size"),
     (["--lanes", "0"], "lanes must be a positive integer"),
+    (["--attention", "--lanes", "6"], "lanes=6 must be a multiple of block_size=4"),
+    (["--attention", "--weight-bits", "8"], "need 9 signed bits"),
+    (["--attention", "--max-head-dim", "30"], "max_head_dim=30 is not a multiple of block_size=4"),
+    (["--max-seq", "64"], "--max-seq need --attention"),
 ])
 def test_generator_refuses_invalid_config(flags, message, tmp_path):
     result = subprocess.run([sys.executable, "-m", "hw.gen", *flags, "--out", str(tmp_path)], capture_output=True, text=True)
@@ -32,6 +36,17 @@ def test_generator_refuses_a_file_as_out_and_a_non_identifier_name(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hw.gen", "--out", str(out), "--name", "1abc"], capture_output=True, text=True)
     assert result.returncode == 2 and "'1abc' is not a plain Verilog identifier" in result.stderr
     assert not out.exists()
+
+
+def test_attention_unit_verilog_and_config_round_trip(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hw.gen", "--attention", "--max-seq", "32", "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "module attention_unit" in (tmp_path / "attention_unit.v").read_text()
+    config = AttentionConfig.from_json((tmp_path / "attention_unit.json").read_text())
+    assert config.max_seq == 32 and config.engine.weight_bits == 9 and config.engine.max_in_features == 64
+    with pytest.raises(ValueError, match="unknown attention config keys"):
+        AttentionConfig.from_json('{"max_sequence": 3}')
 
 
 def test_config_json_round_trip():
