@@ -3,6 +3,7 @@ and normalization over the kept entries (``core.integer.attention_probabilities`
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -159,23 +160,48 @@ class SoftmaxUnit(wiring.Component):
         recip = [[Signal(r_shape, name=f"r{s}_{i}") for i in range(lanes)] for s in range(2)]
         ell = [[Signal(ell_shape, name=f"ell{s}_{i}") for i in range(lanes)] for s in range(2)]
 
-        row = Signal(range(lanes))  # ingest / exp / reciprocal: the row
-        kb = Signal(COUNT_BITS)  # the key block
-        qb = Signal(range(block_rows))  # select / emit: the block row
-        step = Signal(range(k + SCALE_LATENCY + 2))  # select / emit: cycle within the block
+        row = Signal(range(lanes))  # ingest / exp: the row
+        kb = Signal(COUNT_BITS)  # ingest / exp: the key block
         last_row = row == tile.rows - 1
         last_kb = kb == tile.key_blocks - 1
-        last_qb = (qb + 1) * k >= tile.rows
-        second = Signal()  # the reciprocals of the kept sums
 
         def key_valid(block, i):
             return (block * k + i) < tile.valid_keys
 
+        # --- reciprocals: a row's is computed as soon as its sum is final, beside the passes ----------------
+        pending = Signal(lanes)  # rows whose sum is final and whose reciprocal is not yet computed
+        sending = Signal(range(lanes))
+        asked = Signal()  # a reciprocal is being computed for row `sending`
+        second = Signal()  # the reciprocals of the kept sums (after the selection)
+        next_row = Signal(range(lanes))
+        for i in reversed(range(lanes)):  # the lowest pending row
+            with m.If(pending[i]):
+                m.d.comb += next_row.eq(i)
+        m.d.comb += [reciprocal.total.valid.eq(pending.any() & ~asked),
+                     reciprocal.total.payload.eq(Mux(second, kept_sum[next_row], row_sum[next_row])),
+                     reciprocal.reciprocal.ready.eq(1)]
+        finished_rows = Signal(lanes)  # rows whose sums became final this cycle (set by the passes)
+        cleared = Signal(lanes)
+        with m.If(reciprocal.total.valid & reciprocal.total.ready):
+            m.d.sync += [sending.eq(next_row), asked.eq(1)]
+            m.d.comb += cleared.eq(1 << next_row)
+        m.d.sync += pending.eq((pending & ~cleared) | finished_rows)
+        with m.If(reciprocal.reciprocal.valid):
+            m.d.sync += asked.eq(0)
+            for i in range(lanes):
+                with m.If(sending == i):
+                    with m.If(second):
+                        m.d.sync += [recip[1][i].eq(reciprocal.reciprocal.payload.r), ell[1][i].eq(reciprocal.reciprocal.payload.ell)]
+                    with m.Else():
+                        m.d.sync += [recip[0][i].eq(reciprocal.reciprocal.payload.r), ell[0][i].eq(reciprocal.reciprocal.payload.ell)]
+        reciprocals_done = ~pending.any() & ~asked & ~finished_rows.any()
+
         # --- the exp pipeline: read (1), delta, IntegerExp ------------------------------------------------
-        meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k})
+        meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k, "last": 1})
         exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_LATENCY + 1)]
         issue_exp = Signal()
-        m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb)]
+        m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
+                     exp_line[0].last.eq(last_kb)]
         for i in range(k):
             m.d.sync += exp_line[0].keep[i].eq(tile.row_valid.bit_select(row, 1) & key_valid(kb, i))
         m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
@@ -184,48 +210,125 @@ class SoftmaxUnit(wiring.Component):
                          exp.multiplier.eq(tile.exp_multiplier), exp.shift.eq(tile.exp_shift)]
         done_exp = exp_line[-1]
         e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
+        exp_busy = Cat(*(line.valid for line in exp_line)).any()
+        # a row's sum is final the cycle after its last word's exponentials are added
+        sum_final = Signal(lanes)
+        with m.If(done_exp.valid & done_exp.last):
+            m.d.sync += sum_final.eq(1 << done_exp.row)
+        with m.Else():
+            m.d.sync += sum_final.eq(0)
 
-        # --- the block pipeline of select and emit: read (1), ReciprocalScale --------------------------
-        block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1})
+        # --- the block pipeline of select and emit: one read per cycle, k reads per block -------------------
+        # A block's k rows are read back to back and scaled (ReciprocalScale); the exponentials travel
+        # beside the scaling so that a block is whole when its last row is scaled.
+        bq = Signal(range(block_rows))  # the block row being read
+        bk = Signal(COUNT_BITS)  # the key block being read
+        bstep = Signal(range(k))  # the row within the block being read
+        issued_all = Signal()
+        credit_depth = 4
+        in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
+        block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
+                                        "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})
         block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(SCALE_LATENCY + 1)]
         issue_block = Signal()
-        block_row = qb * k + step  # the row a select/emit read fetches
-        m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(step),
-                     block_line[0].exists.eq(block_row < tile.rows)]
-        m.d.sync += [b.eq(a) for a, b in zip(block_line, block_line[1:])]
+        block_row = bq * k + bstep
+        m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(bstep), block_line[0].qb.eq(bq),
+                     block_line[0].kb.eq(bk), block_line[0].exists.eq(block_row < tile.rows)]
+        m.d.sync += [b.eq(a) for a, b in zip(block_line[1:], block_line[2:])]
+        for field in ("valid", "i", "exists", "qb", "kb"):
+            m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
         data_row = Signal(range(lanes))  # the row whose word the read port shows
-        m.d.comb += data_row.eq(qb * k + block_line[0].i)
-        use_kept = tile.prune
+        m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
         for i in range(k):
             x = Mux(block_line[0].exists, read.data[i][:E_BITS], 0)
+            m.d.sync += block_line[1].e[i].eq(x)
             m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x),
                          densities[i].r.eq(Array(recip[0])[data_row]), densities[i].ell.eq(Array(ell[0])[data_row]),
                          probabilities[i].en.eq(1), probabilities[i].x.eq(x),
-                         probabilities[i].r.eq(Mux(use_kept, Array(recip[1])[data_row], Array(recip[0])[data_row])),
-                         probabilities[i].ell.eq(Mux(use_kept, Array(ell[1])[data_row], Array(ell[0])[data_row]))]
-        e_block = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k))
-        with m.If(block_line[0].valid):
-            for i in range(k):
-                m.d.sync += e_block[block_line[0].i][i].eq(Mux(block_line[0].exists, read.data[i][:E_BITS], 0))
+                         probabilities[i].r.eq(Mux(tile.prune, Array(recip[1])[data_row], Array(recip[0])[data_row])),
+                         probabilities[i].ell.eq(Mux(tile.prune, Array(ell[1])[data_row], Array(ell[0])[data_row]))]
         scaled = block_line[-1]
-        dense_block = Signal(select.blocks.payload.shape())
-        prob_block = Signal(data.ArrayLayout(unsigned(8), cfg.pattern.positions))
+        dense_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(SELECTION_BITS + 1), k), k - 1))
+        prob_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(8), k), k - 1))
+        e_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k - 1))
         with m.If(scaled.valid):
-            for r in range(k):
+            for r in range(k - 1):
                 with m.If(scaled.i == r):
                     for c in range(k):
-                        m.d.sync += [dense_block[r * k + c].eq(densities[c].y), prob_block[r * k + c].eq(probabilities[c].y)]
-        m.d.comb += select.blocks.payload.eq(dense_block)
+                        m.d.sync += [dense_rows[r][c].eq(densities[c].y), prob_rows[r][c].eq(probabilities[c].y),
+                                     e_rows[r][c].eq(scaled.e[c])]
+        block_done = scaled.valid & (scaled.i == k - 1)  # the block's last row is scaled this cycle
+        whole_dense = [dense_rows[r][c] if r < k - 1 else densities[c].y[:SELECTION_BITS + 1] for r in range(k) for c in range(k)]
+        whole_probs = [prob_rows[r][c] if r < k - 1 else probabilities[c].y for r in range(k) for c in range(k)]
+        whole_e = [[e_rows[r][c] if r < k - 1 else scaled.e[c] for c in range(k)] for r in range(k)]
+
+        # select: finished dense blocks queue for PatternSelect; their exponentials and place wait beside
+        m.submodules.to_select = to_select = SyncFIFOBuffered(width=len(select.blocks.payload.as_value()), depth=credit_depth)
+        side_layout = data.StructLayout({"e": data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k),
+                                         "qb": range(block_rows), "kb": COUNT_BITS})
+        m.submodules.beside = beside = SyncFIFOBuffered(width=side_layout.size, depth=credit_depth)
+        selecting = Signal()
+        emitting = Signal()
+        m.d.comb += [to_select.w_data.eq(Cat(*whole_dense)), to_select.w_en.eq(block_done & selecting),
+                     select.blocks.payload.as_value().eq(to_select.r_data), select.blocks.valid.eq(to_select.r_rdy),
+                     to_select.r_en.eq(select.blocks.ready)]
+        side_in = Signal(side_layout)
+        for r in range(k):
+            for c in range(k):
+                m.d.comb += side_in.e[r][c].eq(whole_e[r][c])
+        m.d.comb += [side_in.qb.eq(scaled.qb), side_in.kb.eq(scaled.kb),
+                     beside.w_data.eq(side_in), beside.w_en.eq(block_done & selecting)]
+        side = data.View(side_layout, beside.r_data)
+        chosen = Signal()
+        m.d.comb += [select.choice.ready.eq(beside.r_rdy), beside.r_en.eq(select.choice.valid),
+                     chosen.eq(select.choice.valid & beside.r_rdy)]
+        last_block = Signal()  # the block being chosen is the tile's last
+        with m.If(chosen):
+            mask = select.choice.payload.mask
+            m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
+                         choice_write.en.eq(1)]
+            for r in range(k):
+                kept = [Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)]
+                m.d.sync += kept_sum[side.qb * k + r].eq(kept_sum[side.qb * k + r] + _sum(kept))
+            with m.If(side.kb == tile.key_blocks - 1):  # the block row's kept sums are final next cycle
+                m.d.sync += sum_final.eq(Cat(*(((side.qb * k + r) < tile.rows) for r in range(k))) << (side.qb * k))
+
+        # emit: finished probability blocks queue for the output
+        m.submodules.out = out = SyncFIFOBuffered(width=len(self.blocks.payload.as_value()), depth=credit_depth)
+        emitted = Signal(probability_block_layout(cfg))
+        m.d.comb += choice_read.addr.eq(Cat(scaled.kb[:kb_bits], scaled.qb))
         mask_now = Mux(tile.prune, choice_read.data.mask, (1 << cfg.pattern.positions) - 1)
-        m.d.comb += choice_read.addr.eq(Cat(kb[:kb_bits], qb))
+        m.d.comb += [emitted.pattern.eq(Mux(tile.prune, choice_read.data.id, 0)), emitted.mask.eq(mask_now)]
+        for pos in range(cfg.pattern.positions):
+            m.d.comb += emitted.values[pos].eq(Mux(mask_now[pos], whole_probs[pos], 0))
+        m.d.comb += [out.w_data.eq(emitted), out.w_en.eq(block_done & emitting),
+                     self.blocks.payload.as_value().eq(out.r_data), self.blocks.valid.eq(out.r_rdy),
+                     out.r_en.eq(self.blocks.ready)]
+
+        # credits: a block's reads start only when the queue behind it has room for it
+        left = Signal()  # a block left: chosen (select) or taken by the output (emit)
+        m.d.comb += left.eq(Mux(selecting, chosen, self.blocks.valid & self.blocks.ready))
+        starts = issue_block & (bstep == 0)
+        m.d.sync += in_flight.eq(in_flight + starts - left)
+        m.d.comb += issue_block.eq((selecting | emitting) & ~issued_all & ((bstep != 0) | (in_flight < credit_depth)))
+        with m.If(issue_block):
+            m.d.sync += bstep.eq(Mux(bstep == k - 1, 0, bstep + 1))
+            with m.If(bstep == k - 1):
+                m.d.sync += bk.eq(Mux(bk == tile.key_blocks - 1, 0, bk + 1))
+                with m.If(bk == tile.key_blocks - 1):
+                    m.d.sync += bq.eq(bq + 1)
+                    with m.If((bq + 1) * k >= tile.rows):
+                        m.d.sync += issued_all.eq(1)
+        pass_done = issued_all & (in_flight == 0) & ~Cat(*(line.valid for line in block_line)).any()
+        m.d.comb += finished_rows.eq(sum_final)
 
         # --- control -------------------------------------------------------------------------------------
-        m.d.comb += [read.addr.eq(Mux(issue_block, Cat(kb[:kb_bits], block_row), Cat(kb[:kb_bits], row)))]
+        m.d.comb += [read.addr.eq(Mux(issue_block, Cat(bk[:kb_bits], block_row), Cat(kb[:kb_bits], row)))]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.tile.ready.eq(1)
                 with m.If(self.tile.valid):
-                    m.d.sync += [tile.eq(self.tile.payload), row.eq(0), kb.eq(0), qb.eq(0), step.eq(0), second.eq(0)]
+                    m.d.sync += [tile.eq(self.tile.payload), row.eq(0), kb.eq(0), second.eq(0)]
                     for i in range(lanes):
                         m.d.sync += [row_max[i].eq(golden.ACC_MIN), row_sum[i].eq(0), kept_sum[i].eq(0)]
                     m.next = "INGEST"
@@ -254,90 +357,27 @@ class SoftmaxUnit(wiring.Component):
                     m.d.sync += row.eq(row + 1)
                     with m.If(last_row):
                         m.d.sync += row.eq(0)
-                        m.next = "EXP_DRAIN"
+                        m.next = "EXP_WAIT"
 
-            with m.State("EXP_DRAIN"):
-                with m.If(~Cat(*(meta.valid for meta in exp_line)).any()):
-                    m.next = "RECIPROCAL"
-
-            with m.State("RECIPROCAL"):
-                m.d.comb += [reciprocal.total.valid.eq(1),
-                             reciprocal.total.payload.eq(Mux(second, kept_sum[row], row_sum[row]))]
-                with m.If(reciprocal.total.ready):
-                    m.next = "RECIPROCAL_WAIT"
-
-            with m.State("RECIPROCAL_WAIT"):
-                m.d.comb += reciprocal.reciprocal.ready.eq(1)
-                with m.If(reciprocal.reciprocal.valid):
-                    for i in range(lanes):
-                        with m.If(row == i):
-                            with m.If(second):
-                                m.d.sync += [recip[1][i].eq(reciprocal.reciprocal.payload.r),
-                                             ell[1][i].eq(reciprocal.reciprocal.payload.ell)]
-                            with m.Else():
-                                m.d.sync += [recip[0][i].eq(reciprocal.reciprocal.payload.r),
-                                             ell[0][i].eq(reciprocal.reciprocal.payload.ell)]
-                    m.d.sync += row.eq(row + 1)
-                    with m.If(~last_row):
-                        m.next = "RECIPROCAL"
+            with m.State("EXP_WAIT"):  # the last exponentials, then every row's reciprocal
+                with m.If(~exp_busy & reciprocals_done):
+                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), second.eq(tile.prune)]
+                    with m.If(tile.prune):
+                        m.d.sync += selecting.eq(1)
+                        m.next = "SELECT"
                     with m.Else():
-                        m.d.sync += [row.eq(0), kb.eq(0), qb.eq(0), step.eq(0)]
-                        with m.If(tile.prune & ~second):
-                            m.next = "SELECT"
-                        with m.Else():
-                            m.next = "EMIT"
+                        m.d.sync += emitting.eq(1)
+                        m.next = "EMIT"
 
-            with m.State("SELECT"):
-                m.d.comb += issue_block.eq(step < k)
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == k + SCALE_LATENCY):  # the block's last row is scaled
-                    m.d.sync += step.eq(0)
-                    m.next = "SELECT_OFFER"
-
-            with m.State("SELECT_OFFER"):
-                m.d.comb += select.blocks.valid.eq(1)
-                with m.If(select.blocks.ready):
-                    m.next = "SELECT_WAIT"
-
-            with m.State("SELECT_WAIT"):
-                m.d.comb += select.choice.ready.eq(1)
-                with m.If(select.choice.valid):
-                    mask = select.choice.payload.mask
-                    m.d.comb += [choice_write.addr.eq(Cat(kb[:kb_bits], qb)), choice_write.data.eq(select.choice.payload),
-                                 choice_write.en.eq(1)]
-                    for r in range(k):
-                        kept = [Mux(mask[r * k + c], e_block[r][c], 0) for c in range(k)]
-                        target = qb * k + r
-                        m.d.sync += kept_sum[target].eq(kept_sum[target] + _sum(kept))
-                    m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
-                    m.next = "SELECT"
-                    with m.If(last_kb):
-                        m.d.sync += qb.eq(qb + 1)
-                        with m.If(last_qb):
-                            m.d.sync += [qb.eq(0), row.eq(0), second.eq(1)]
-                            m.next = "RECIPROCAL"
+            with m.State("SELECT"):  # every block chosen, then every kept sum's reciprocal
+                with m.If(pass_done & reciprocals_done):
+                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), selecting.eq(0), emitting.eq(1)]
+                    m.next = "EMIT"
 
             with m.State("EMIT"):
-                m.d.comb += issue_block.eq(step < k)
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == k + SCALE_LATENCY):
-                    m.d.sync += step.eq(0)
-                    m.next = "EMIT_OFFER"
-
-            with m.State("EMIT_OFFER"):
-                m.d.comb += [self.blocks.valid.eq(1),
-                             self.blocks.payload.pattern.eq(Mux(tile.prune, choice_read.data.id, 0)),
-                             self.blocks.payload.mask.eq(mask_now)]
-                for pos in range(cfg.pattern.positions):
-                    m.d.comb += self.blocks.payload.values[pos].eq(Mux(mask_now[pos], prob_block[pos], 0))
-                with m.If(self.blocks.ready):
-                    m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
-                    m.next = "EMIT"
-                    with m.If(last_kb):
-                        m.d.sync += qb.eq(qb + 1)
-                        with m.If(last_qb):
-                            m.d.sync += qb.eq(0)
-                            m.next = "IDLE"
+                with m.If(pass_done):
+                    m.d.sync += emitting.eq(0)
+                    m.next = "IDLE"
 
         # exponentials written back over their scores, summed per row
         with m.If(done_exp.valid):
