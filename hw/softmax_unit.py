@@ -143,18 +143,28 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += [exp.en.eq(1), exp.table_write.eq(self.exp_write), exp.table_addr.eq(self.exp_addr),
                          exp.table_data.eq(self.exp_data)]
 
-        # --- storage ---------------------------------------------------------------------------------
+        # --- storage: two banks of one tile each, so the next tile's scores arrive while this one is processed
         word = data.ArrayLayout(signed(golden.ACC_BITS), k)
-        m.submodules.buffer = buffer = Memory(shape=word, depth=lanes << kb_bits, init=[])
-        write = buffer.write_port()
-        read = buffer.read_port()
+        banks = []
+        for b in range(2):
+            m.submodules[f"bank_{b}"] = bank = Memory(shape=word, depth=lanes << kb_bits, init=[])
+            banks.append((bank.write_port(), bank.read_port()))
         choice_layout = select.choice.payload.shape()
         m.submodules.choices = choices = Memory(shape=choice_layout, depth=block_rows << kb_bits, init=[])
         choice_write = choices.write_port()
         choice_read = choices.read_port(domain="comb")
 
-        tile = Signal(tile_layout(cfg))
-        row_max = Array(Signal(signed(golden.ACC_BITS), name=f"max_{i}") for i in range(lanes))
+        full = Signal(2)  # the bank holds a whole tile's scores
+        ingest_bank, process_bank = Signal(), Signal()
+        tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(2)]
+        maxima = [Array(Signal(signed(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(2)]
+        tile, ingest_tile = Signal(tile_layout(cfg)), Signal(tile_layout(cfg))
+        m.d.comb += [tile.eq(Mux(process_bank, tiles[1], tiles[0])), ingest_tile.eq(Mux(ingest_bank, tiles[1], tiles[0]))]
+        read_data = Signal(word)
+        m.d.comb += read_data.eq(Mux(process_bank, banks[1][1].data, banks[0][1].data))
+        read_addr = Signal.like(banks[0][1].addr)
+        for _, read in banks:
+            m.d.comb += read.addr.eq(read_addr)
         row_sum = Array(Signal(self._total_bits, name=f"sum_{i}") for i in range(lanes))
         kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))
         recip = [[Signal(r_shape, name=f"r{s}_{i}") for i in range(lanes)] for s in range(2)]
@@ -206,7 +216,7 @@ class SoftmaxUnit(wiring.Component):
             m.d.sync += exp_line[0].keep[i].eq(tile.row_valid.bit_select(row, 1) & key_valid(kb, i))
         m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
         for i, exp in enumerate(self._exps):
-            m.d.comb += [exp.delta.eq(row_max[exp_line[0].row] - read.data[i]),
+            m.d.comb += [exp.delta.eq(Mux(process_bank, maxima[1][exp_line[0].row], maxima[0][exp_line[0].row]) - read_data[i]),
                          exp.multiplier.eq(tile.exp_multiplier), exp.shift.eq(tile.exp_shift)]
         done_exp = exp_line[-1]
         e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
@@ -240,7 +250,7 @@ class SoftmaxUnit(wiring.Component):
         data_row = Signal(range(lanes))  # the row whose word the read port shows
         m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
         for i in range(k):
-            x = Mux(block_line[0].exists, read.data[i][:E_BITS], 0)
+            x = Mux(block_line[0].exists, read_data[i][:E_BITS], 0)
             m.d.sync += block_line[1].e[i].eq(x)
             m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x),
                          densities[i].r.eq(Array(recip[0])[data_row]), densities[i].ell.eq(Array(ell[0])[data_row]),
@@ -322,33 +332,65 @@ class SoftmaxUnit(wiring.Component):
         pass_done = issued_all & (in_flight == 0) & ~Cat(*(line.valid for line in block_line)).any()
         m.d.comb += finished_rows.eq(sum_final)
 
-        # --- control -------------------------------------------------------------------------------------
-        m.d.comb += [read.addr.eq(Mux(issue_block, Cat(bk[:kb_bits], block_row), Cat(kb[:kb_bits], row)))]
+        # --- ingest: the engine's scores into the free bank, each row's maximum ---------------------------
+        irow = Signal(range(lanes))
+        ikb = Signal(COUNT_BITS)
+        ingest_write = Signal()
+        with m.FSM() as ingest:
+            with m.State("IDLE"):
+                m.d.comb += self.tile.ready.eq(~full.bit_select(ingest_bank, 1))
+                with m.If(self.tile.valid & self.tile.ready):
+                    for b in range(2):
+                        with m.If(ingest_bank == b):
+                            m.d.sync += tiles[b].eq(self.tile.payload)
+                            m.d.sync += [maxima[b][i].eq(golden.ACC_MIN) for i in range(lanes)]
+                    m.d.sync += [irow.eq(0), ikb.eq(0)]
+                    m.next = "SCORES"
+            with m.State("SCORES"):
+                m.d.comb += [self.scores.ready.eq(1), ingest_write.eq(self.scores.valid)]
+                with m.If(self.scores.valid):
+                    for b in range(2):
+                        with m.If(ingest_bank == b):
+                            largest = maxima[b][irow]
+                            for i in range(k):
+                                value = self.scores.payload.values[i]
+                                counts = (ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
+                                          & (value > largest))
+                                largest = Mux(counts, value, largest)
+                            m.d.sync += maxima[b][irow].eq(largest)
+                    last_irow = irow == ingest_tile.rows - 1
+                    m.d.sync += irow.eq(Mux(last_irow, 0, irow + 1))
+                    with m.If(last_irow):
+                        m.d.sync += ikb.eq(ikb + 1)
+                        with m.If(ikb == ingest_tile.key_blocks - 1):
+                            m.d.sync += [ikb.eq(0), ingest_bank.eq(~ingest_bank)]
+                            m.next = "IDLE"
+        tile_ingested = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
+                         & (ikb == ingest_tile.key_blocks - 1))
+        tile_processed = Signal()
+        for b in range(2):
+            with m.If(tile_ingested & (ingest_bank == b)):
+                m.d.sync += full[b].eq(1)
+            with m.Elif(tile_processed & (process_bank == b)):
+                m.d.sync += full[b].eq(0)
+        for b, (write, _) in enumerate(banks):
+            with m.If(ingest_write & (ingest_bank == b)):
+                m.d.comb += [write.addr.eq(Cat(ikb[:kb_bits], irow)), write.data.eq(self.scores.payload.values), write.en.eq(1)]
+            with m.Elif(done_exp.valid & (process_bank == b)):  # exponentials written back over their scores
+                m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
+                for i in range(k):
+                    m.d.comb += write.data[i].eq(e_out[i])
+        with m.If(done_exp.valid):
+            m.d.sync += row_sum[done_exp.row].eq(row_sum[done_exp.row] + _sum(e_out))
+
+        # --- processing: exp, select, emit over the full bank ------------------------------------------
+        m.d.comb += read_addr.eq(Mux(issue_block, Cat(bk[:kb_bits], block_row), Cat(kb[:kb_bits], row)))
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.tile.ready.eq(1)
-                with m.If(self.tile.valid):
-                    m.d.sync += [tile.eq(self.tile.payload), row.eq(0), kb.eq(0), second.eq(0)]
-                    for i in range(lanes):
-                        m.d.sync += [row_max[i].eq(golden.ACC_MIN), row_sum[i].eq(0), kept_sum[i].eq(0)]
-                    m.next = "INGEST"
-
-            with m.State("INGEST"):
-                m.d.comb += [self.scores.ready.eq(1), write.addr.eq(Cat(kb[:kb_bits], row)),
-                             write.data.eq(self.scores.payload.values), write.en.eq(self.scores.valid)]
-                with m.If(self.scores.valid):
-                    largest = row_max[row]
-                    for i in range(k):
-                        value = self.scores.payload.values[i]
-                        counts = tile.row_valid.bit_select(row, 1) & key_valid(kb, i) & (value > largest)
-                        largest = Mux(counts, value, largest)
-                    m.d.sync += row_max[row].eq(largest)
-                    m.d.sync += row.eq(Mux(last_row, 0, row + 1))
-                    with m.If(last_row):
-                        m.d.sync += kb.eq(kb + 1)
-                        with m.If(last_kb):
-                            m.d.sync += kb.eq(0)
-                            m.next = "EXP"
+                with m.If(full.bit_select(process_bank, 1)):
+                    m.d.sync += [row.eq(0), kb.eq(0), second.eq(0)]
+                    m.d.sync += [row_sum[i].eq(0) for i in range(lanes)] + [kept_sum[i].eq(0) for i in range(lanes)]
+                    m.next = "EXP"
 
             with m.State("EXP"):
                 m.d.comb += issue_exp.eq(1)
@@ -376,16 +418,11 @@ class SoftmaxUnit(wiring.Component):
 
             with m.State("EMIT"):
                 with m.If(pass_done):
-                    m.d.sync += emitting.eq(0)
+                    m.d.comb += tile_processed.eq(1)
+                    m.d.sync += [emitting.eq(0), process_bank.eq(~process_bank)]
                     m.next = "IDLE"
 
-        # exponentials written back over their scores, summed per row
-        with m.If(done_exp.valid):
-            m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
-            for i in range(k):
-                m.d.comb += write.data[i].eq(e_out[i])
-            m.d.sync += row_sum[done_exp.row].eq(row_sum[done_exp.row] + _sum(e_out))
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | ~ingest.ongoing("IDLE") | full.any())
         return m
 
 
