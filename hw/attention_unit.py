@@ -53,7 +53,8 @@ def compact(mask, values, count):
 class AttentionUnit(wiring.Component):
     """Multi-head self-attention, one head after another, on one pattern-sparse MAC array.
 
-    Per head (a ``cmd`` beat): the keys and values are stored (K in ``k`` banks by key row, V in ``k``
+    Per head (a ``cmd`` beat, taken — with the head's keys — while the previous head's context is still
+    computed): the keys and values are stored (K in ``k`` banks by key row, V in ``k``
     banks by channel, so that a k×k block of K and a k-key column of Vᵀ each read in one cycle); then
 
     1. **scores**: the engine runs ``S = Q · Kᵀ`` in dense raw mode, Q streamed straight from ``queries``
@@ -130,7 +131,8 @@ class AttentionUnit(wiring.Component):
         head = Signal(head_layout(cfg))
         blocks = Signal(range(seq_blocks + 1))  # ⌈L/k⌉
         channels = Signal(range(cfg.max_head_dim + 1))  # d
-        start = Signal()  # a head's command was taken
+        start = Signal()  # a head becomes the current one
+        k_start = Signal()  # a head's command was taken: its keys may arrive (during the previous head's context)
         qk_start, pv_start = Signal(), Signal()
         qk_phase, pv_phase = Signal(), Signal()
 
@@ -152,13 +154,19 @@ class AttentionUnit(wiring.Component):
         v_tb = Signal(range(seq_blocks + 1))
         v_cb = Signal(range(head_blocks_max + 1))
         v_token = Signal(range(cfg.max_seq + 1))
-        loading = Signal()  # between a head's command and its P·V: K and V may arrive
+        # K of a head may arrive from its command on, V from when it is the current head until its context
+        # starts (the V banks feed the previous head's context until then).
+        k_active, v_active = Signal(), Signal()
+        k_length = Signal.like(head.length)
+        k_blocks = Signal.like(head.head_blocks)
+        with m.If(k_start):
+            m.d.sync += [k_row.eq(0), k_tb.eq(0), k_cb.eq(0), k_token.eq(0), k_active.eq(1),
+                         k_length.eq(self.cmd.payload.length), k_blocks.eq(self.cmd.payload.head_blocks)]
         with m.If(start):
-            m.d.sync += [k_row.eq(0), k_tb.eq(0), k_cb.eq(0), k_token.eq(0), v_row.eq(0), v_tb.eq(0), v_cb.eq(0),
-                         v_token.eq(0)]
-        k_done = k_token == head.length
+            m.d.sync += [v_row.eq(0), v_tb.eq(0), v_cb.eq(0), v_token.eq(0), v_active.eq(1)]
+        k_done = k_active & (k_token == k_length)
         v_done = v_token == head.length
-        m.d.comb += [self.keys.ready.eq(loading & ~k_done), self.values.ready.eq(loading & ~v_done)]
+        m.d.comb += [self.keys.ready.eq(k_active & ~k_done), self.values.ready.eq(v_active & ~v_done)]
         for b, ((k_write, _), (v_write, _)) in enumerate(zip(k_banks, v_banks)):
             m.d.comb += [
                 k_write.addr.eq(Cat(k_cb[:hb_bits], k_tb[:sb_bits])), k_write.data.eq(self.keys.payload.as_value()),
@@ -167,11 +175,12 @@ class AttentionUnit(wiring.Component):
                 v_write.data.eq(self.values.payload.values[b].replicate(k)),
                 v_write.en.eq(Mux(self.values.valid & self.values.ready, 1 << v_row, 0)),
             ]
-        for ready, valid, row, tb, cb, token in ((self.keys.ready, self.keys.valid, k_row, k_tb, k_cb, k_token),
-                                                  (self.values.ready, self.values.valid, v_row, v_tb, v_cb, v_token)):
+        for ready, valid, row, tb, cb, token, per_token in (
+                (self.keys.ready, self.keys.valid, k_row, k_tb, k_cb, k_token, k_blocks),
+                (self.values.ready, self.values.valid, v_row, v_tb, v_cb, v_token, head.head_blocks)):
             with m.If(valid & ready):
                 m.d.sync += cb.eq(cb + 1)
-                with m.If(cb == head.head_blocks - 1):
+                with m.If(cb == per_token - 1):
                     m.d.sync += [cb.eq(0), token.eq(token + 1), row.eq(Mux(row == k - 1, 0, row + 1))]
                     with m.If(row == k - 1):
                         m.d.sync += tb.eq(tb + 1)
@@ -314,6 +323,14 @@ class AttentionUnit(wiring.Component):
 
         # --- control -------------------------------------------------------------------------------------
         cmd = self.cmd.payload
+        refused = ((cmd.length == 0) | (cmd.length > cfg.max_seq) | (cmd.valid_length > cmd.length)
+                   | (cmd.head_blocks == 0) | (cmd.head_blocks > head_blocks_max))
+        next_head = Signal.like(head)
+        next_pending = Signal()
+
+        def become_current(new):
+            m.d.comb += start.eq(1)
+            m.d.sync += [head.eq(new), blocks.eq((new.length + k - 1) // k), channels.eq(new.head_blocks * k)]
         pool_positions = compact(self.pool.payload.mask,
                                  [Const.cast(pattern_layout(ecfg).elem_shape.const({"row": p // k, "col": p % k})) for p in range(k * k)], n)
         with m.FSM() as fsm:
@@ -333,14 +350,11 @@ class AttentionUnit(wiring.Component):
                     with m.If(ones != n):
                         m.d.sync += self.error.eq(1)
                 with m.If(self.cmd.valid & ~self.pool.valid):
-                    refused = ((cmd.length == 0) | (cmd.length > cfg.max_seq) | (cmd.valid_length > cmd.length)
-                               | (cmd.head_blocks == 0) | (cmd.head_blocks > head_blocks_max))
                     with m.If(refused):
                         m.d.sync += self.error.eq(1)
                     with m.Else():
-                        m.d.comb += start.eq(1)
-                        m.d.sync += [head.eq(cmd), blocks.eq((cmd.length + k - 1) // k), channels.eq(cmd.head_blocks * k),
-                                     loading.eq(1)]
+                        m.d.comb += k_start.eq(1)
+                        become_current(cmd)
                         m.next = "SCORES_RUN"
             with m.State("SCORES_RUN"):
                 with m.If(k_done):
@@ -353,7 +367,7 @@ class AttentionUnit(wiring.Component):
                         m.next = "SCORES"
             with m.State("SCORES"):
                 with m.If(probabilities_done & v_done & ~engine.busy):
-                    m.d.sync += [qk_phase.eq(0), loading.eq(0)]
+                    m.d.sync += [qk_phase.eq(0), v_active.eq(0)]
                     m.next = "CONTEXT_RUN"
             with m.State("CONTEXT_RUN"):
                 m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(~head.prune),
@@ -364,9 +378,23 @@ class AttentionUnit(wiring.Component):
                     m.d.sync += [pv_phase.eq(1), run_tokens.eq(channels)]
                     m.next = "CONTEXT"
             with m.State("CONTEXT"):
-                with m.If(contexts == blocks * channels):
+                # The next head's command and keys are taken while this head's context runs.
+                context_done = contexts == blocks * channels
+                m.d.comb += self.cmd.ready.eq(~next_pending & ~context_done)
+                with m.If(self.cmd.valid & self.cmd.ready):
+                    with m.If(refused):
+                        m.d.sync += self.error.eq(1)
+                    with m.Else():
+                        m.d.comb += k_start.eq(1)
+                        m.d.sync += [next_head.eq(cmd), next_pending.eq(1)]
+                with m.If(context_done):
                     m.d.sync += pv_phase.eq(0)
-                    m.next = "IDLE"
+                    with m.If(next_pending):
+                        become_current(next_head)
+                        m.d.sync += next_pending.eq(0)
+                        m.next = "SCORES_RUN"
+                    with m.Else():
+                        m.next = "IDLE"
         m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | engine.busy | softmax.busy),
                      self.stage.eq(Mux(pv_phase, 2, Mux(qk_phase, 1, 0)))]
         return m
