@@ -52,17 +52,20 @@ class SoftmaxUnit(wiring.Component):
     """Integer softmax with attention-map pattern pruning over a tile of up to ``lanes`` query rows.
 
     The scores arrive in the matmul engine's raw output order (per key block, per row of the tile: ``k``
-    int32 scores) and are kept in a buffer of ``lanes × ⌈max_keys/k⌉`` words of ``k`` entries. Then,
-    one word per cycle:
+    int32 scores) into one of two banks of ``lanes × ⌈max_keys/k⌉`` words of ``k`` entries, each row's
+    maximum tracked as they come; the next tile is ingested into the other bank while this one is
+    processed, one word per cycle:
 
-    1. **ingest**: store the scores, track each row's maximum over its valid entries;
-    2. **exp**: ``e = IntegerExp(max − S)`` (0 for invalid entries), written back over the scores,
-       summed per row; one :class:`RowReciprocal` per row sum;
-    3. **select** (with ``prune``): per k×k block, the dense probabilities (``k`` ReciprocalScale, floor,
-       16 fractional bits) go to :class:`PatternSelect`; the chosen mask's kept exponentials are summed
-       per row, and each kept sum gets its reciprocal;
-    4. **emit**: per k×k block, ``P = N(255 · e, kept sum)`` (``k`` ReciprocalScale, half up) masked by
-       the chosen pattern, one ``blocks`` beat per block.
+    1. **exp**: ``e = IntegerExp(max − S)`` (0 for invalid entries), written back over the scores and
+       summed per row; each row's :class:`RowReciprocal` starts as soon as its sum is final;
+    2. **select** (with ``prune``): per k×k block, ``k`` reads back to back through ``k`` ReciprocalScale
+       (floor, 16 fractional bits); whole blocks queue for :class:`PatternSelect` with their
+       exponentials beside them, and each choice adds the kept exponentials to the kept sums, whose
+       reciprocals start once a block row is chosen;
+    3. **emit**: per block, ``k`` reads through ``k`` ReciprocalScale (``N(255 · e, kept sum)``, half
+       up), masked by the chosen pattern, queued for ``blocks``.
+
+    The queues hold ``4`` blocks; a block's reads start only when there is room behind it.
 
     Blocks are emitted per block row of the tile (``k`` query rows), per key block. Rows of the last
     block row beyond ``rows`` are zero, as the contract pads the map. Without ``prune`` the pattern
