@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -31,20 +30,13 @@ from firmware_gen.attention import AttentionHead, AttentionProgram  # noqa: E402
 from hw.config import AttentionConfig  # noqa: E402
 from hw.cycle_model import BERT_BASE, MINILM_L6, matmul_cycles  # noqa: E402
 from sim.attention_rtl import build_attention_harness, run_attention_program  # noqa: E402
+from sim.cases import random_pool_masks  # noqa: E402
 
 OUT = Path("build/bench")
 DOC = Path("docs/results/performance.md")
 MARKERS = ("<!-- bench:attention -->", "<!-- /bench:attention -->")
 SEQ = 128
 TARGETS = {"pv_speedup": 1.9, "utilization": 0.85}
-
-
-def random_pool(config: AttentionConfig, seed: int) -> torch.Tensor:
-    rng, p = random.Random(seed), config.engine.pattern
-    pool = torch.zeros(p.pool_size, p.positions, dtype=torch.bool)
-    for i in range(p.pool_size):
-        pool[i, rng.sample(range(p.positions), p.kept_per_block)] = True
-    return pool
 
 
 def shape_rows(harness, config: AttentionConfig) -> list[dict]:
@@ -56,7 +48,7 @@ def shape_rows(harness, config: AttentionConfig) -> list[dict]:
         operands = [[torch.randint(-128, 128, (SEQ, d), generator=g, dtype=torch.int8) for _ in range(3)] for _ in range(heads)]
         for pruned in (False, True):
             program = AttentionProgram(config, [AttentionHead(q, kk, v, SEQ, 32768, 26, 40000, 22) for q, kk, v in operands],
-                                       random_pool(config, 1) if pruned else None)
+                                       random_pool_masks(config.engine.pattern, 1) if pruned else None)
             started = time.perf_counter()
             result = run_attention_program(harness, program, OUT / "attention_cases" / f"{encoder.name}_{'pruned' if pruned else 'dense'}")
             scores_model = matmul_cycles(engine, SEQ, d, SEQ, dense=True).cycles * heads

@@ -35,19 +35,19 @@ VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_NAME) -> Path:
     """Write ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically); return the Verilog path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(PatternMatmulEngine(config), name=name, emit_src=False)
-    write_atomic(out_dir / f"{name}.json", config.to_json() + "\n")
-    return write_atomic(out_dir / f"{name}.v", text)
+    return _write(PatternMatmulEngine(config), config.to_json(), out_dir, name)
 
 
 def generate_attention(config: AttentionConfig, out_dir: str | os.PathLike, name: str = ATTENTION_NAME) -> Path:
     """Write the attention unit's ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically)."""
+    return _write(AttentionUnit(config), config.to_json(), out_dir, name)
+
+
+def _write(component, config_json: str, out_dir: str | os.PathLike, name: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(AttentionUnit(config), name=name, emit_src=False)
-    write_atomic(out_dir / f"{name}.json", config.to_json() + "\n")
+    text = verilog.convert(component, name=name, emit_src=False)
+    write_atomic(out_dir / f"{name}.json", config_json + "\n")
     return write_atomic(out_dir / f"{name}.v", text)
 
 

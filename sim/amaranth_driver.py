@@ -10,6 +10,19 @@ from firmware_gen.program import MatmulProgram
 from hw.pattern_matmul import PatternMatmulEngine
 
 
+def stream_source(stream, beats: list[int], rng: random.Random, stall_probability: float):
+    """A testbench that offers ``beats`` on ``stream`` one after another, with random valid gaps."""
+    async def drive(ctx):
+        for beat in beats:
+            while rng.random() < stall_probability:
+                await ctx.tick()
+            ctx.set(stream.valid, 1)
+            ctx.set(stream.payload.as_value(), beat)
+            await ctx.tick().until(stream.ready)
+            ctx.set(stream.valid, 0)
+    return drive
+
+
 def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.0, seed: int = 0,
                         max_cycles: int = 200_000, vcd_path: str | None = None) -> tuple[list[int], int]:
     """Drive every input stream (with random valid gaps and ready stalls); return ``(output beats, cycles)``."""
@@ -19,16 +32,7 @@ def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.
     cycles = 0
 
     def source(stream, beats, replays):
-        async def drive(ctx):
-            for _ in range(replays):
-                for beat in beats:
-                    while rng.random() < stall_probability:
-                        await ctx.tick()
-                    ctx.set(stream.valid, 1)
-                    ctx.set(stream.payload.as_value(), beat)
-                    await ctx.tick().until(stream.ready)
-                    ctx.set(stream.valid, 0)
-        return drive
+        return stream_source(stream, beats * replays, rng, stall_probability)
 
     async def sink(ctx):
         nonlocal cycles

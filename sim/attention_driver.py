@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 
 from firmware_gen.attention import AttentionProgram
 from hw.attention_unit import AttentionUnit
+from sim.amaranth_driver import stream_source
 
 
 @dataclass
@@ -29,15 +30,7 @@ def run_attention_in_amaranth_sim(program: AttentionProgram, *, stall_probabilit
     expected = program.context_beats()
 
     def source(stream, beats):
-        async def drive(ctx):
-            for beat in beats:
-                while rng.random() < stall_probability:
-                    await ctx.tick()
-                ctx.set(stream.valid, 1)
-                ctx.set(stream.payload.as_value(), beat)
-                await ctx.tick().until(stream.ready)
-                ctx.set(stream.valid, 0)
-        return drive
+        return stream_source(stream, beats, rng, stall_probability)
 
     streams = program.streams()
 

@@ -10,18 +10,16 @@ harness's ports, as :mod:`sim.rtl` does for the engine.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from cocotb_tools.runner import get_results, get_runner
 
 from firmware_gen.attention import AttentionProgram
 from hw.config import AttentionConfig
 from hw.gen import ATTENTION_NAME, generate_attention
 from sim.rtl import (CLOCK_NS, COCOTB_MAIN, CXX_MAKE_FLAGS, RESET_CYCLES, TIMESCALE, VERILATOR_FLAGS, BitExactMismatch,
-                     _verilator_build, prepare_case_dir)
+                     _verilator_build, prepare_case_dir, run_cocotb_case)
 from sim.toolchain import HDL_DIR
 
 HARNESS_TOP = "tb_attention"
@@ -89,25 +87,8 @@ def run_attention_program(harness: AttentionHarness, program: AttentionProgram, 
     torch.save({"program": reference or program}, case_dir / "case.pt")
     (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS,
                                                     "reset_cycles": RESET_CYCLES}))
-    results_xml = case_dir / "results.xml"
-    started = time.perf_counter()
-    try:
-        get_runner("verilator").test(
-            test_module="sim.cocotb_attention", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
-            build_dir=harness.build_dir / "sim", test_dir=case_dir, plusargs=plusargs,
-            extra_env={"TESSERA_CASE": str(case_dir), "COCOTB_REWRITE_ASSERTION_FILES": "cocotb_attention.py"},
-            results_xml=str(results_xml), timescale=TIMESCALE, log_file=case_dir / "sim.log")
-    except SystemExit:  # under pytest the runner exits on a failing test; the results file tells the story
-        pass
-    process_seconds = time.perf_counter() - started
-    try:
-        _, failed = get_results(results_xml)
-    except RuntimeError:  # no results: the simulator itself failed
-        failed = 1
-    result_path = case_dir / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.exists() else {"mismatches": None}
-    result["process_seconds"] = process_seconds
-    result["passed"] = failed == 0
+    result = run_cocotb_case("verilator", "sim.cocotb_attention", HARNESS_TOP, harness.build_dir / "sim", case_dir,
+                             plusargs, {"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_attention.py"})
     if check and not result["passed"]:
         what = (", ".join(f"{v} {k}" for k, v in result["mismatches"].items() if v) + " differ from the golden model"
                 if result.get("mismatches") else "the run did not complete (no output, an error flag or a timeout)")

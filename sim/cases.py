@@ -22,6 +22,16 @@ def random_pool_positions(config: PatternConfig, generator: torch.Generator) -> 
     return torch.tensor(rows, dtype=torch.int64)
 
 
+def random_pool_masks(config: PatternConfig, seed: int, count: int | None = None) -> torch.Tensor:
+    """``[count, k²]`` bool masks of random patterns keeping ``kept_per_block`` (``count`` defaults to
+    the pool size; patterns may repeat)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(config.pool_size if count is None else count, config.positions, dtype=torch.bool)
+    for mask in masks:
+        mask[torch.randperm(config.positions, generator=g)[: config.kept_per_block]] = True
+    return masks
+
+
 def random_case(tokens: int, in_features: int, out_features: int, config: PatternConfig, seed: int,
                 extremes: bool = False) -> tuple[LinearImage, torch.Tensor]:
     """A random image and int8 activations. ``extremes`` draws values from {-128/-127, 0, 127} only,

@@ -238,15 +238,22 @@ def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor
                                                     "reset_cycles": RESET_CYCLES}))
     if clock == "simulator":
         plusargs.append(f"+main_clock_ns={CLOCK_NS}")
-    runner = get_runner(harness.simulator)
+    result = run_cocotb_case(harness.simulator, "sim.cocotb_matmul", HARNESS_TOP, harness.build_dir / "sim", case_dir,
+                             plusargs, COCOTB_ENV)
+    return _checked(result, case_dir, check)
+
+
+def run_cocotb_case(simulator: str, test_module: str, top: str, build_dir: Path, case_dir: Path, plusargs: list[str],
+                    env: dict[str, str]) -> dict:
+    """Run one prepared case's cocotb test on a built harness; returns the ``result.json`` the test wrote
+    (``{"mismatches": None}`` when it wrote none) with ``process_seconds`` and ``passed`` added."""
     results_xml = case_dir / "results.xml"
     started = time.perf_counter()
     try:
-        runner.test(
-            test_module="sim.cocotb_matmul", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
-            build_dir=harness.build_dir / "sim", test_dir=case_dir, plusargs=plusargs,
-            extra_env={"TESSERA_CASE": str(case_dir), **COCOTB_ENV}, results_xml=str(results_xml), timescale=TIMESCALE,
-            log_file=case_dir / "sim.log",
+        get_runner(simulator).test(
+            test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog", build_dir=build_dir,
+            test_dir=case_dir, plusargs=plusargs, extra_env={"TESSERA_CASE": str(case_dir), **env},
+            results_xml=str(results_xml), timescale=TIMESCALE, log_file=case_dir / "sim.log",
         )
     except SystemExit:  # under pytest the runner exits on a failing test; the results file tells the story
         pass
@@ -259,7 +266,7 @@ def run_program(harness: Harness, program: MatmulProgram, expected: torch.Tensor
     result = json.loads(result_path.read_text()) if result_path.exists() else {"mismatches": None}
     result["process_seconds"] = process_seconds
     result["passed"] = failed == 0
-    return _checked(result, case_dir, check)
+    return result
 
 
 def _checked(result: dict, case_dir: Path, check: bool) -> dict:

@@ -1,8 +1,6 @@
 """The attention unit in amaranth.sim against ``core.integer.attention``: scores, pattern ids,
 probabilities and context of every head, as whole tensors."""
 
-import random
-
 import pytest
 import torch
 
@@ -11,18 +9,14 @@ from core.pattern import PatternConfig
 from firmware_gen.attention import AttentionHead, AttentionProgram
 from hw.config import AttentionConfig, EngineConfig
 from sim.attention_driver import run_attention_in_amaranth_sim
+from sim.cases import random_pool_masks
 
 CONFIG = AttentionConfig(engine=EngineConfig(pattern=PatternConfig(block_size=4, kept_per_block=8, pool_size=8), lanes=4,
                                              weight_bits=9), max_seq=16, max_head_dim=8)
 
 
-def _pool(seed, count=6, config=CONFIG):
-    rng = random.Random(seed)
-    p = config.engine.pattern
-    pool = torch.zeros(count, p.positions, dtype=torch.bool)
-    for i in range(count):
-        pool[i, rng.sample(range(p.positions), p.kept_per_block)] = True
-    return pool
+def _pool(seed):
+    return random_pool_masks(CONFIG.engine.pattern, seed, count=6)  # a model pool smaller than the unit's
 
 
 def _head(seed, length, dim, valid_length, *, extremes=False):

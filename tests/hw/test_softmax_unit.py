@@ -11,17 +11,14 @@ from core.integer import attention_probabilities
 from core.pattern import PatternConfig
 from hw.config import EngineConfig
 from hw.softmax_unit import SoftmaxUnit
+from sim.cases import random_pool_masks
 
 CONFIG = EngineConfig(pattern=PatternConfig(block_size=4, kept_per_block=8, pool_size=8), lanes=8)
 MULTIPLIER, SHIFT = 32768, 14  # a score step of 1 is 2/256 of a binade: rows span many table entries
 
 
-def _pool(rng, config=CONFIG):
-    p = config.pattern
-    masks = torch.zeros(p.pool_size, p.positions, dtype=torch.bool)
-    for i in range(p.pool_size):
-        masks[i, rng.sample(range(p.positions), p.kept_per_block)] = True
-    return masks
+def _pool(rng):
+    return random_pool_masks(CONFIG.pattern, rng.randrange(2**31))
 
 
 def _simulate(scores, valid_length, pool, *, stall=0.0, seed=0, table_writes=(), config=CONFIG, max_keys=32):

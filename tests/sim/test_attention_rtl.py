@@ -1,7 +1,6 @@
 """The attention unit's Verilog (cocotb + Verilator) against the golden model: scores, pattern ids,
 probabilities and context of every head, as whole tensors, with random stalls on every stream."""
 
-import random
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from core.encoder import exp_table
 from firmware_gen.attention import AttentionHead, AttentionProgram
 from hw.config import AttentionConfig
 from sim.attention_rtl import build_attention_harness, run_attention_program
+from sim.cases import random_pool_masks
 from sim.rtl import BitExactMismatch
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests"
@@ -22,13 +22,8 @@ def harness():
     return build_attention_harness(CONFIG, BUILD / "attention")
 
 
-def _pool(seed, count=CONFIG.engine.pattern.pool_size):
-    rng = random.Random(seed)
-    p = CONFIG.engine.pattern
-    pool = torch.zeros(count, p.positions, dtype=torch.bool)
-    for i in range(count):
-        pool[i, rng.sample(range(p.positions), p.kept_per_block)] = True
-    return pool
+def _pool(seed):
+    return random_pool_masks(CONFIG.engine.pattern, seed)
 
 
 def _head(generator, length, dim, valid_length, *, extremes=False, exp_shift=26):
