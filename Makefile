@@ -31,7 +31,7 @@ verilog: setup
 lint: verilog
 
 sim: setup
-	$(PY) -m pytest -q tests/sim/test_rtl.py
+	$(PY) -m pytest -q tests/sim
 
 test: setup
 	$(PY) -m pytest -q
