@@ -9,6 +9,7 @@ import torch
 from core.encoder import exp_table
 from firmware_gen.attention import AttentionHead, AttentionProgram
 from hw.config import AttentionConfig
+from hw.cycle_model import matmul_cycles
 from sim.attention_rtl import build_attention_harness, run_attention_program
 from sim.cases import random_pool_masks
 from sim.rtl import BitExactMismatch
@@ -87,3 +88,13 @@ def test_a_corrupted_exp_table_entry_and_a_flipped_pattern_bit_are_caught(harnes
             run_attention_program(harness, fed, BUILD / "attention_cases" / f"mutated_{name}", reference=reference)
         assert sum(caught.value.result["mismatches"].values()) > 0  # it ran to the end and differed
 
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_context_stage_takes_the_cycles_of_the_engine_model(harness, pruned):
+    # P·V is one engine RUN per head, fed without stalls: its cycles are the engine's cycle model's.
+    g = torch.Generator().manual_seed(12)
+    heads = [_head(g, 128, 32, 128), _head(g, 45, 64, 40)]
+    result = _run(harness, AttentionProgram(CONFIG, heads, _pool(13) if pruned else None), f"context_cycles_{pruned}")
+    model = sum(matmul_cycles(CONFIG.engine, h.q.shape[1], h.length, h.length, dense=not pruned).cycles for h in heads)
+    assert result["context_cycles"] == model
