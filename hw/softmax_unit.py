@@ -127,9 +127,12 @@ class SoftmaxUnit(wiring.Component):
         block_rows = lanes // k
         kb_bits = max(1, (self._key_blocks - 1).bit_length())
         m.submodules.select = select = self._select
-        m.submodules.reciprocal = reciprocal = RowReciprocal(total_bits=self._total_bits)
-        ell_shape = reciprocal.reciprocal.payload.ell.shape()
-        r_shape = reciprocal.reciprocal.payload.r.shape()
+        # One divider for the row sums (exp pass), one for the kept sums (select pass): the two passes run
+        # at once, on different tiles.
+        m.submodules.sum_reciprocal = sum_reciprocal = RowReciprocal(total_bits=self._total_bits)
+        m.submodules.kept_reciprocal = kept_reciprocal = RowReciprocal(total_bits=self._total_bits)
+        ell_shape = sum_reciprocal.reciprocal.payload.ell.shape()
+        r_shape = sum_reciprocal.reciprocal.payload.r.shape()
         for i, exp in enumerate(self._exps):
             m.submodules[f"exp_{i}"] = exp
         densities = [ReciprocalScale(x_bits=E_BITS, ell_bits=ell_shape.width, fraction_bits=SELECTION_BITS)
@@ -146,7 +149,9 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += [exp.en.eq(1), exp.table_write.eq(self.exp_write), exp.table_addr.eq(self.exp_addr),
                          exp.table_data.eq(self.exp_data)]
 
-        # --- storage: two banks of one tile each, so the next tile's scores arrive while this one is processed
+        # --- storage: two banks of one tile each ------------------------------------------------------
+        # A tile moves through its bank: ingest (scores), exp (exponentials written back), select and emit.
+        # The exp pass of one tile runs while the other tile is selected and emitted.
         word = data.ArrayLayout(signed(golden.ACC_BITS), k)
         banks = []
         for b in range(2):
@@ -157,183 +162,51 @@ class SoftmaxUnit(wiring.Component):
         choice_write = choices.write_port()
         choice_read = choices.read_port(domain="comb")
 
-        full = Signal(2)  # the bank holds a whole tile's scores
-        ingest_bank, process_bank = Signal(), Signal()
+        full = Signal(2)  # the bank holds a tile (from its last score until it is emitted)
+        exped = Signal(2)  # the bank's exponentials and row reciprocals are ready
+        ingest_bank, exp_bank, norm_bank = Signal(), Signal(), Signal()
         tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(2)]
         maxima = [Array(Signal(signed(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(2)]
-        tile, ingest_tile = Signal(tile_layout(cfg)), Signal(tile_layout(cfg))
-        m.d.comb += [tile.eq(Mux(process_bank, tiles[1], tiles[0])), ingest_tile.eq(Mux(ingest_bank, tiles[1], tiles[0]))]
-        read_data = Signal(word)
-        m.d.comb += read_data.eq(Mux(process_bank, banks[1][1].data, banks[0][1].data))
-        read_addr = Signal.like(banks[0][1].addr)
-        for _, read in banks:
-            m.d.comb += read.addr.eq(read_addr)
-        row_sum = Array(Signal(self._total_bits, name=f"sum_{i}") for i in range(lanes))
+        sums = [Array(Signal(self._total_bits, name=f"sum_{b}_{i}") for i in range(lanes)) for b in range(2)]
+        recips = [Array(Signal(r_shape, name=f"r_{b}_{i}") for i in range(lanes)) for b in range(2)]
+        ells = [Array(Signal(ell_shape, name=f"ell_{b}_{i}") for i in range(lanes)) for b in range(2)]
         kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))
-        recip = [[Signal(r_shape, name=f"r{s}_{i}") for i in range(lanes)] for s in range(2)]
-        ell = [[Signal(ell_shape, name=f"ell{s}_{i}") for i in range(lanes)] for s in range(2)]
+        kept_r = Array(Signal(r_shape, name=f"kept_r_{i}") for i in range(lanes))
+        kept_ell = Array(Signal(ell_shape, name=f"kept_ell_{i}") for i in range(lanes))
 
-        row = Signal(range(lanes))  # ingest / exp: the row
-        kb = Signal(COUNT_BITS)  # ingest / exp: the key block
-        last_row = row == tile.rows - 1
-        last_kb = kb == tile.key_blocks - 1
+        def pick(bank, pair):
+            return Mux(bank, pair[1], pair[0])
 
-        def key_valid(block, i):
-            return (block * k + i) < tile.valid_keys
+        ingest_tile, exp_tile, tile = (Signal(tile_layout(cfg), name=n) for n in ("ingest_tile", "exp_tile", "norm_tile"))
+        m.d.comb += [ingest_tile.eq(pick(ingest_bank, tiles)), exp_tile.eq(pick(exp_bank, tiles)), tile.eq(pick(norm_bank, tiles))]
+        exp_data, norm_data = Signal(word), Signal(word)
+        m.d.comb += [exp_data.eq(pick(exp_bank, [r.data for _, r in banks])), norm_data.eq(pick(norm_bank, [r.data for _, r in banks]))]
+        exp_addr, norm_addr = Signal.like(banks[0][1].addr), Signal.like(banks[0][1].addr)
+        exp_reading = Signal()  # the exp pass reads its bank; otherwise the reads are select's and emit's
+        for b, (_, read) in enumerate(banks):
+            m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
 
-        # --- reciprocals: a row's is computed as soon as its sum is final, beside the passes ----------------
-        pending = Signal(lanes)  # rows whose sum is final and whose reciprocal is not yet computed
-        sending = Signal(range(lanes))
-        asked = Signal()  # a reciprocal is being computed for row `sending`
-        second = Signal()  # the reciprocals of the kept sums (after the selection)
-        next_row = Signal(range(lanes))
-        for i in reversed(range(lanes)):  # the lowest pending row
-            with m.If(pending[i]):
-                m.d.comb += next_row.eq(i)
-        m.d.comb += [reciprocal.total.valid.eq(pending.any() & ~asked),
-                     reciprocal.total.payload.eq(Mux(second, kept_sum[next_row], row_sum[next_row])),
-                     reciprocal.reciprocal.ready.eq(1)]
-        finished_rows = Signal(lanes)  # rows whose sums became final this cycle (set by the passes)
-        cleared = Signal(lanes)
-        with m.If(reciprocal.total.valid & reciprocal.total.ready):
-            m.d.sync += [sending.eq(next_row), asked.eq(1)]
-            m.d.comb += cleared.eq(1 << next_row)
-        m.d.sync += pending.eq((pending & ~cleared) | finished_rows)
-        with m.If(reciprocal.reciprocal.valid):
-            m.d.sync += asked.eq(0)
-            for i in range(lanes):
-                with m.If(sending == i):
-                    with m.If(second):
-                        m.d.sync += [recip[1][i].eq(reciprocal.reciprocal.payload.r), ell[1][i].eq(reciprocal.reciprocal.payload.ell)]
-                    with m.Else():
-                        m.d.sync += [recip[0][i].eq(reciprocal.reciprocal.payload.r), ell[0][i].eq(reciprocal.reciprocal.payload.ell)]
-        reciprocals_done = ~pending.any() & ~asked & ~finished_rows.any()
-
-        # --- the exp pipeline: read (1), delta, IntegerExp ------------------------------------------------
-        meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k, "last": 1})
-        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_LATENCY + 1)]
-        issue_exp = Signal()
-        m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
-                     exp_line[0].last.eq(last_kb)]
-        for i in range(k):
-            m.d.sync += exp_line[0].keep[i].eq(tile.row_valid.bit_select(row, 1) & key_valid(kb, i))
-        m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
-        for i, exp in enumerate(self._exps):
-            m.d.comb += [exp.delta.eq(Mux(process_bank, maxima[1][exp_line[0].row], maxima[0][exp_line[0].row]) - read_data[i]),
-                         exp.multiplier.eq(tile.exp_multiplier), exp.shift.eq(tile.exp_shift)]
-        done_exp = exp_line[-1]
-        e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
-        exp_busy = Cat(*(line.valid for line in exp_line)).any()
-        # a row's sum is final the cycle after its last word's exponentials are added
-        sum_final = Signal(lanes)
-        with m.If(done_exp.valid & done_exp.last):
-            m.d.sync += sum_final.eq(1 << done_exp.row)
-        with m.Else():
-            m.d.sync += sum_final.eq(0)
-
-        # --- the block pipeline of select and emit: one read per cycle, k reads per block -------------------
-        # A block's k rows are read back to back and scaled (ReciprocalScale); the exponentials travel
-        # beside the scaling so that a block is whole when its last row is scaled.
-        bq = Signal(range(block_rows))  # the block row being read
-        bk = Signal(COUNT_BITS)  # the key block being read
-        bstep = Signal(range(k))  # the row within the block being read
-        issued_all = Signal()
-        credit_depth = 4
-        in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
-        block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
-                                        "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})
-        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(SCALE_LATENCY + 1)]
-        issue_block = Signal()
-        block_row = bq * k + bstep
-        m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(bstep), block_line[0].qb.eq(bq),
-                     block_line[0].kb.eq(bk), block_line[0].exists.eq(block_row < tile.rows)]
-        m.d.sync += [b.eq(a) for a, b in zip(block_line[1:], block_line[2:])]
-        for field in ("valid", "i", "exists", "qb", "kb"):
-            m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
-        data_row = Signal(range(lanes))  # the row whose word the read port shows
-        m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
-        for i in range(k):
-            x = Mux(block_line[0].exists, read_data[i][:E_BITS], 0)
-            m.d.sync += block_line[1].e[i].eq(x)
-            m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x),
-                         densities[i].r.eq(Array(recip[0])[data_row]), densities[i].ell.eq(Array(ell[0])[data_row]),
-                         probabilities[i].en.eq(1), probabilities[i].x.eq(x),
-                         probabilities[i].r.eq(Mux(tile.prune, Array(recip[1])[data_row], Array(recip[0])[data_row])),
-                         probabilities[i].ell.eq(Mux(tile.prune, Array(ell[1])[data_row], Array(ell[0])[data_row]))]
-        scaled = block_line[-1]
-        dense_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(SELECTION_BITS + 1), k), k - 1))
-        prob_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(8), k), k - 1))
-        e_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k - 1))
-        with m.If(scaled.valid):
-            for r in range(k - 1):
-                with m.If(scaled.i == r):
-                    for c in range(k):
-                        m.d.sync += [dense_rows[r][c].eq(densities[c].y), prob_rows[r][c].eq(probabilities[c].y),
-                                     e_rows[r][c].eq(scaled.e[c])]
-        block_done = scaled.valid & (scaled.i == k - 1)  # the block's last row is scaled this cycle
-        whole_dense = [dense_rows[r][c] if r < k - 1 else densities[c].y[:SELECTION_BITS + 1] for r in range(k) for c in range(k)]
-        whole_probs = [prob_rows[r][c] if r < k - 1 else probabilities[c].y for r in range(k) for c in range(k)]
-        whole_e = [[e_rows[r][c] if r < k - 1 else scaled.e[c] for c in range(k)] for r in range(k)]
-
-        # select: finished dense blocks queue for PatternSelect; their exponentials and place wait beside
-        m.submodules.to_select = to_select = SyncFIFOBuffered(width=len(select.blocks.payload.as_value()), depth=credit_depth)
-        side_layout = data.StructLayout({"e": data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k),
-                                         "qb": range(block_rows), "kb": COUNT_BITS})
-        m.submodules.beside = beside = SyncFIFOBuffered(width=side_layout.size, depth=credit_depth)
-        selecting = Signal()
-        emitting = Signal()
-        m.d.comb += [to_select.w_data.eq(Cat(*whole_dense)), to_select.w_en.eq(block_done & selecting),
-                     select.blocks.payload.as_value().eq(to_select.r_data), select.blocks.valid.eq(to_select.r_rdy),
-                     to_select.r_en.eq(select.blocks.ready)]
-        side_in = Signal(side_layout)
-        for r in range(k):
-            for c in range(k):
-                m.d.comb += side_in.e[r][c].eq(whole_e[r][c])
-        m.d.comb += [side_in.qb.eq(scaled.qb), side_in.kb.eq(scaled.kb),
-                     beside.w_data.eq(side_in), beside.w_en.eq(block_done & selecting)]
-        side = data.View(side_layout, beside.r_data)
-        chosen = Signal()
-        m.d.comb += [select.choice.ready.eq(beside.r_rdy), beside.r_en.eq(select.choice.valid),
-                     chosen.eq(select.choice.valid & beside.r_rdy)]
-        last_block = Signal()  # the block being chosen is the tile's last
-        with m.If(chosen):
-            mask = select.choice.payload.mask
-            m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
-                         choice_write.en.eq(1)]
-            for r in range(k):
-                kept = [Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)]
-                m.d.sync += kept_sum[side.qb * k + r].eq(kept_sum[side.qb * k + r] + _sum(kept))
-            with m.If(side.kb == tile.key_blocks - 1):  # the block row's kept sums are final next cycle
-                m.d.sync += sum_final.eq(Cat(*(((side.qb * k + r) < tile.rows) for r in range(k))) << (side.qb * k))
-
-        # emit: finished probability blocks queue for the output
-        m.submodules.out = out = SyncFIFOBuffered(width=len(self.blocks.payload.as_value()), depth=credit_depth)
-        emitted = Signal(probability_block_layout(cfg))
-        m.d.comb += choice_read.addr.eq(Cat(scaled.kb[:kb_bits], scaled.qb))
-        mask_now = Mux(tile.prune, choice_read.data.mask, (1 << cfg.pattern.positions) - 1)
-        m.d.comb += [emitted.pattern.eq(Mux(tile.prune, choice_read.data.id, 0)), emitted.mask.eq(mask_now)]
-        for pos in range(cfg.pattern.positions):
-            m.d.comb += emitted.values[pos].eq(Mux(mask_now[pos], whole_probs[pos], 0))
-        m.d.comb += [out.w_data.eq(emitted), out.w_en.eq(block_done & emitting),
-                     self.blocks.payload.as_value().eq(out.r_data), self.blocks.valid.eq(out.r_rdy),
-                     out.r_en.eq(self.blocks.ready)]
-
-        # credits: a block's reads start only when the queue behind it has room for it
-        left = Signal()  # a block left: chosen (select) or taken by the output (emit)
-        m.d.comb += left.eq(Mux(selecting, chosen, self.blocks.valid & self.blocks.ready))
-        starts = issue_block & (bstep == 0)
-        m.d.sync += in_flight.eq(in_flight + starts - left)
-        m.d.comb += issue_block.eq((selecting | emitting) & ~issued_all & ((bstep != 0) | (in_flight < credit_depth)))
-        with m.If(issue_block):
-            m.d.sync += bstep.eq(Mux(bstep == k - 1, 0, bstep + 1))
-            with m.If(bstep == k - 1):
-                m.d.sync += bk.eq(Mux(bk == tile.key_blocks - 1, 0, bk + 1))
-                with m.If(bk == tile.key_blocks - 1):
-                    m.d.sync += bq.eq(bq + 1)
-                    with m.If((bq + 1) * k >= tile.rows):
-                        m.d.sync += issued_all.eq(1)
-        pass_done = issued_all & (in_flight == 0) & ~Cat(*(line.valid for line in block_line)).any()
-        m.d.comb += finished_rows.eq(sum_final)
+        def reciprocal_engine(unit, totals, results_r, results_ell, finished):
+            """Row reciprocals on ``unit``: a row is sent once its bit rises in ``finished`` (the cycle
+            its total is final); returns a signal that is high when none is pending or computing."""
+            pending = Signal(lanes)
+            sending = Signal(range(lanes))
+            asked = Signal()
+            next_row = Signal(range(lanes))
+            for i in reversed(range(lanes)):  # the lowest pending row
+                with m.If(pending[i]):
+                    m.d.comb += next_row.eq(i)
+            m.d.comb += [unit.total.valid.eq(pending.any() & ~asked), unit.total.payload.eq(totals[next_row]),
+                         unit.reciprocal.ready.eq(1)]
+            cleared = Signal(lanes)
+            with m.If(unit.total.valid & unit.total.ready):
+                m.d.sync += [sending.eq(next_row), asked.eq(1)]
+                m.d.comb += cleared.eq(1 << next_row)
+            m.d.sync += pending.eq((pending & ~cleared) | finished)
+            with m.If(unit.reciprocal.valid):
+                m.d.sync += [asked.eq(0), results_r[sending].eq(unit.reciprocal.payload.r),
+                             results_ell[sending].eq(unit.reciprocal.payload.ell)]
+            return ~pending.any() & ~asked & ~finished.any()
 
         # --- ingest: the engine's scores into the free bank, each row's maximum ---------------------------
         irow = Signal(range(lanes))
@@ -370,31 +243,47 @@ class SoftmaxUnit(wiring.Component):
                             m.next = "IDLE"
         tile_ingested = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
                          & (ikb == ingest_tile.key_blocks - 1))
-        tile_processed = Signal()
-        for b in range(2):
-            with m.If(tile_ingested & (ingest_bank == b)):
-                m.d.sync += full[b].eq(1)
-            with m.Elif(tile_processed & (process_bank == b)):
-                m.d.sync += full[b].eq(0)
-        for b, (write, _) in enumerate(banks):
-            with m.If(ingest_write & (ingest_bank == b)):
-                m.d.comb += [write.addr.eq(Cat(ikb[:kb_bits], irow)), write.data.eq(self.scores.payload.values), write.en.eq(1)]
-            with m.Elif(done_exp.valid & (process_bank == b)):  # exponentials written back over their scores
-                m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
-                for i in range(k):
-                    m.d.comb += write.data[i].eq(e_out[i])
+
+        # --- exp: e = IntegerExp(max − S) written back and summed per row; row reciprocals beside ----------
+        row = Signal(range(lanes))
+        kb = Signal(COUNT_BITS)
+        last_row = row == exp_tile.rows - 1
+        last_kb = kb == exp_tile.key_blocks - 1
+        meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k, "last": 1})
+        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_LATENCY + 1)]
+        issue_exp = Signal()
+        m.d.comb += [exp_addr.eq(Cat(kb[:kb_bits], row)), exp_reading.eq(issue_exp)]
+        m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
+                     exp_line[0].last.eq(last_kb)]
+        for i in range(k):
+            m.d.sync += exp_line[0].keep[i].eq(exp_tile.row_valid.bit_select(row, 1) & ((kb * k + i) < exp_tile.valid_keys))
+        m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
+        for i, exp in enumerate(self._exps):
+            m.d.comb += [exp.delta.eq(pick(exp_bank, [mx[exp_line[0].row] for mx in maxima]) - exp_data[i]),
+                         exp.multiplier.eq(exp_tile.exp_multiplier), exp.shift.eq(exp_tile.exp_shift)]
+        done_exp = exp_line[-1]
+        e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
+        exp_busy = Cat(*(line.valid for line in exp_line)).any()
+        sum_final = Signal(lanes)  # a row's sum is final the cycle after its last word's exponentials are added
+        m.d.sync += sum_final.eq(Mux(done_exp.valid & done_exp.last, 1 << done_exp.row, 0))
+        exp_sums = Array(Signal(self._total_bits, name=f"exp_sum_{i}") for i in range(lanes))
+        exp_r = Array(Signal(r_shape, name=f"exp_r_{i}") for i in range(lanes))
+        exp_ell = Array(Signal(ell_shape, name=f"exp_ell_{i}") for i in range(lanes))
+        for i in range(lanes):
+            m.d.comb += exp_sums[i].eq(pick(exp_bank, [sums[0][i], sums[1][i]]))
+        sums_done = reciprocal_engine(sum_reciprocal, exp_sums, exp_r, exp_ell, sum_final)
         with m.If(done_exp.valid):
-            m.d.sync += row_sum[done_exp.row].eq(row_sum[done_exp.row] + _sum(e_out))
-
-        # --- processing: exp, select, emit over the full bank ------------------------------------------
-        m.d.comb += read_addr.eq(Mux(issue_block, Cat(bk[:kb_bits], block_row), Cat(kb[:kb_bits], row)))
-        with m.FSM() as fsm:
+            for b in range(2):
+                with m.If(exp_bank == b):
+                    m.d.sync += sums[b][done_exp.row].eq(sums[b][done_exp.row] + _sum(e_out))
+        with m.FSM() as exp_fsm:
             with m.State("IDLE"):
-                with m.If(full.bit_select(process_bank, 1)):
-                    m.d.sync += [row.eq(0), kb.eq(0), second.eq(0)]
-                    m.d.sync += [row_sum[i].eq(0) for i in range(lanes)] + [kept_sum[i].eq(0) for i in range(lanes)]
+                with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
+                    m.d.sync += [row.eq(0), kb.eq(0)]
+                    for b in range(2):
+                        with m.If(exp_bank == b):
+                            m.d.sync += [sums[b][i].eq(0) for i in range(lanes)]
                     m.next = "EXP"
-
             with m.State("EXP"):
                 m.d.comb += issue_exp.eq(1)
                 m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
@@ -402,30 +291,163 @@ class SoftmaxUnit(wiring.Component):
                     m.d.sync += row.eq(row + 1)
                     with m.If(last_row):
                         m.d.sync += row.eq(0)
-                        m.next = "EXP_WAIT"
+                        m.next = "WAIT"
+            with m.State("WAIT"):  # the last exponentials, then every row's reciprocal
+                with m.If(~exp_busy & sums_done):
+                    for b in range(2):
+                        with m.If(exp_bank == b):
+                            m.d.sync += [recips[b][i].eq(exp_r[i]) for i in range(lanes)]
+                            m.d.sync += [ells[b][i].eq(exp_ell[i]) for i in range(lanes)]
+                    m.d.sync += exp_bank.eq(~exp_bank)
+                    m.next = "IDLE"
+        tile_exped = exp_fsm.ongoing("WAIT") & ~exp_busy & sums_done
 
-            with m.State("EXP_WAIT"):  # the last exponentials, then every row's reciprocal
-                with m.If(~exp_busy & reciprocals_done):
-                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), second.eq(tile.prune)]
+        # --- the block pipeline of select and emit: one read per cycle, k reads per block -------------------
+        # A block's k rows are read back to back and scaled (ReciprocalScale); the exponentials travel
+        # beside the scaling so that a block is whole when its last row is scaled.
+        bq = Signal(range(block_rows))  # the block row being read
+        bk = Signal(COUNT_BITS)  # the key block being read
+        bstep = Signal(range(k))  # the row within the block being read
+        issued_all = Signal()
+        credit_depth = 4
+        in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
+        block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
+                                        "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})
+        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(SCALE_LATENCY + 1)]
+        issue_block = Signal()
+        block_row = bq * k + bstep
+        m.d.comb += norm_addr.eq(Cat(bk[:kb_bits], block_row))
+        m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(bstep), block_line[0].qb.eq(bq),
+                     block_line[0].kb.eq(bk), block_line[0].exists.eq(block_row < tile.rows)]
+        m.d.sync += [b.eq(a) for a, b in zip(block_line[1:], block_line[2:])]
+        for field in ("valid", "i", "exists", "qb", "kb"):
+            m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
+        data_row = Signal(range(lanes))  # the row whose word the read port shows
+        m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
+        row_r = pick(norm_bank, [recips[0][data_row], recips[1][data_row]])
+        row_ell = pick(norm_bank, [ells[0][data_row], ells[1][data_row]])
+        for i in range(k):
+            x = Mux(block_line[0].exists, norm_data[i][:E_BITS], 0)
+            m.d.sync += block_line[1].e[i].eq(x)
+            m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x), densities[i].r.eq(row_r), densities[i].ell.eq(row_ell),
+                         probabilities[i].en.eq(1), probabilities[i].x.eq(x),
+                         probabilities[i].r.eq(Mux(tile.prune, kept_r[data_row], row_r)),
+                         probabilities[i].ell.eq(Mux(tile.prune, kept_ell[data_row], row_ell))]
+        scaled = block_line[-1]
+        dense_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(SELECTION_BITS + 1), k), k - 1))
+        prob_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(8), k), k - 1))
+        e_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k - 1))
+        with m.If(scaled.valid):
+            for r in range(k - 1):
+                with m.If(scaled.i == r):
+                    for c in range(k):
+                        m.d.sync += [dense_rows[r][c].eq(densities[c].y), prob_rows[r][c].eq(probabilities[c].y),
+                                     e_rows[r][c].eq(scaled.e[c])]
+        block_done = scaled.valid & (scaled.i == k - 1)  # the block's last row is scaled this cycle
+        whole_dense = [dense_rows[r][c] if r < k - 1 else densities[c].y[:SELECTION_BITS + 1] for r in range(k) for c in range(k)]
+        whole_probs = [prob_rows[r][c] if r < k - 1 else probabilities[c].y for r in range(k) for c in range(k)]
+        whole_e = [[e_rows[r][c] if r < k - 1 else scaled.e[c] for c in range(k)] for r in range(k)]
+
+        # select: finished dense blocks queue for PatternSelect; their exponentials and place wait beside
+        m.submodules.to_select = to_select = SyncFIFOBuffered(width=len(select.blocks.payload.as_value()), depth=credit_depth)
+        side_layout = data.StructLayout({"e": data.ArrayLayout(data.ArrayLayout(unsigned(E_BITS), k), k),
+                                         "qb": range(block_rows), "kb": COUNT_BITS})
+        m.submodules.beside = beside = SyncFIFOBuffered(width=side_layout.size, depth=credit_depth)
+        selecting = Signal()
+        emitting = Signal()
+        m.d.comb += [to_select.w_data.eq(Cat(*whole_dense)), to_select.w_en.eq(block_done & selecting),
+                     select.blocks.payload.as_value().eq(to_select.r_data), select.blocks.valid.eq(to_select.r_rdy),
+                     to_select.r_en.eq(select.blocks.ready)]
+        side_in = Signal(side_layout)
+        for r in range(k):
+            for c in range(k):
+                m.d.comb += side_in.e[r][c].eq(whole_e[r][c])
+        m.d.comb += [side_in.qb.eq(scaled.qb), side_in.kb.eq(scaled.kb),
+                     beside.w_data.eq(side_in), beside.w_en.eq(block_done & selecting)]
+        side = data.View(side_layout, beside.r_data)
+        chosen = Signal()
+        m.d.comb += [select.choice.ready.eq(beside.r_rdy), beside.r_en.eq(select.choice.valid),
+                     chosen.eq(select.choice.valid & beside.r_rdy)]
+        kept_final = Signal(lanes)  # a block row's kept sums are final the cycle after its last choice
+        m.d.sync += kept_final.eq(0)
+        with m.If(chosen):
+            mask = select.choice.payload.mask
+            m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
+                         choice_write.en.eq(1)]
+            for r in range(k):
+                kept = [Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)]
+                m.d.sync += kept_sum[side.qb * k + r].eq(kept_sum[side.qb * k + r] + _sum(kept))
+            with m.If(side.kb == tile.key_blocks - 1):
+                m.d.sync += kept_final.eq(Cat(*(((side.qb * k + r) < tile.rows) for r in range(k))) << (side.qb * k))
+        kept_done = reciprocal_engine(kept_reciprocal, kept_sum, kept_r, kept_ell, kept_final)
+
+        # emit: finished probability blocks queue for the output
+        m.submodules.out = out = SyncFIFOBuffered(width=len(self.blocks.payload.as_value()), depth=credit_depth)
+        emitted = Signal(probability_block_layout(cfg))
+        m.d.comb += choice_read.addr.eq(Cat(scaled.kb[:kb_bits], scaled.qb))
+        mask_now = Mux(tile.prune, choice_read.data.mask, (1 << cfg.pattern.positions) - 1)
+        m.d.comb += [emitted.pattern.eq(Mux(tile.prune, choice_read.data.id, 0)), emitted.mask.eq(mask_now)]
+        for pos in range(cfg.pattern.positions):
+            m.d.comb += emitted.values[pos].eq(Mux(mask_now[pos], whole_probs[pos], 0))
+        m.d.comb += [out.w_data.eq(emitted), out.w_en.eq(block_done & emitting),
+                     self.blocks.payload.as_value().eq(out.r_data), self.blocks.valid.eq(out.r_rdy),
+                     out.r_en.eq(self.blocks.ready)]
+
+        # credits: a block's reads start only when the queue behind it has room for it
+        left = Signal()  # a block left: chosen (select) or taken by the output (emit)
+        m.d.comb += left.eq(Mux(selecting, chosen, self.blocks.valid & self.blocks.ready))
+        starts = issue_block & (bstep == 0)
+        m.d.sync += in_flight.eq(in_flight + starts - left)
+        m.d.comb += issue_block.eq((selecting | emitting) & ~issued_all & ((bstep != 0) | (in_flight < credit_depth)))
+        with m.If(issue_block):
+            m.d.sync += bstep.eq(Mux(bstep == k - 1, 0, bstep + 1))
+            with m.If(bstep == k - 1):
+                m.d.sync += bk.eq(Mux(bk == tile.key_blocks - 1, 0, bk + 1))
+                with m.If(bk == tile.key_blocks - 1):
+                    m.d.sync += bq.eq(bq + 1)
+                    with m.If((bq + 1) * k >= tile.rows):
+                        m.d.sync += issued_all.eq(1)
+        pass_done = issued_all & (in_flight == 0) & ~Cat(*(line.valid for line in block_line)).any()
+
+        with m.FSM() as norm:
+            with m.State("IDLE"):
+                with m.If(exped.bit_select(norm_bank, 1)):
+                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0)]
+                    m.d.sync += [kept_sum[i].eq(0) for i in range(lanes)]
                     with m.If(tile.prune):
                         m.d.sync += selecting.eq(1)
                         m.next = "SELECT"
                     with m.Else():
                         m.d.sync += emitting.eq(1)
                         m.next = "EMIT"
-
             with m.State("SELECT"):  # every block chosen, then every kept sum's reciprocal
-                with m.If(pass_done & reciprocals_done):
+                with m.If(pass_done & kept_done):
                     m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), selecting.eq(0), emitting.eq(1)]
                     m.next = "EMIT"
-
             with m.State("EMIT"):
                 with m.If(pass_done):
-                    m.d.comb += tile_processed.eq(1)
-                    m.d.sync += [emitting.eq(0), process_bank.eq(~process_bank)]
+                    m.d.sync += [emitting.eq(0), norm_bank.eq(~norm_bank)]
                     m.next = "IDLE"
+        tile_emitted = norm.ongoing("EMIT") & pass_done
 
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | ~ingest.ongoing("IDLE") | full.any())
+        for b in range(2):
+            with m.If(tile_ingested & (ingest_bank == b)):
+                m.d.sync += full[b].eq(1)
+            with m.Elif(tile_emitted & (norm_bank == b)):
+                m.d.sync += full[b].eq(0)
+            with m.If(tile_exped & (exp_bank == b)):
+                m.d.sync += exped[b].eq(1)
+            with m.Elif(tile_emitted & (norm_bank == b)):
+                m.d.sync += exped[b].eq(0)
+        for b, (write, _) in enumerate(banks):
+            with m.If(ingest_write & (ingest_bank == b)):
+                m.d.comb += [write.addr.eq(Cat(ikb[:kb_bits], irow)), write.data.eq(self.scores.payload.values), write.en.eq(1)]
+            with m.Elif(done_exp.valid & (exp_bank == b)):  # exponentials written back over their scores
+                m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
+                for i in range(k):
+                    m.d.comb += write.data[i].eq(e_out[i])
+
+        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | ~exp_fsm.ongoing("IDLE") | ~norm.ongoing("IDLE") | full.any())
         return m
 
 
