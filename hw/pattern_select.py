@@ -7,10 +7,10 @@ from amaranth.lib.wiring import In, Out
 from core.pattern import PatternConfig
 
 
-def select_cycles(pool_size: int, patterns_per_cycle: int) -> int:
-    """Cycles from a block's transfer to its pattern id's ``valid``: one per group of patterns, then the
-    last group's comparison and the result register."""
-    return -(-pool_size // patterns_per_cycle) + 2
+def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
+    """Cycles between blocks when they come back to back and choices are taken at once: the next block is
+    taken in the cycle of the previous block's last comparison."""
+    return -(-pool_size // patterns_per_cycle) + 1
 
 
 class PatternSelect(wiring.Component):
@@ -21,7 +21,9 @@ class PatternSelect(wiring.Component):
     cycle (a masked adder tree each, registered) and compared in the next cycle: the group's largest by
     a tree whose ties go to the lower id, then against the best so far, which only a strictly larger
     mass replaces. Groups come in id order, so every tie goes to the lower id. Ids at or beyond
-    ``patterns`` (the loaded pool's size) are skipped.
+    ``patterns`` (the loaded pool's size) are skipped. The next block is taken in the cycle of the last
+    comparison, so blocks pass at one per :func:`select_interval` cycles; that comparison waits while the
+    previous choice is still offered.
 
     Parameters
     ----------
@@ -30,7 +32,7 @@ class PatternSelect(wiring.Component):
     value_bits : int
         Width of a block value (17 for the 16-bit dense probabilities, which reach 2^16).
     patterns_per_cycle : int
-        Masses formed per cycle, 1 … P: a block takes :func:`select_cycles` cycles.
+        Masses formed per cycle, 1 … P: a block's choice is valid ⌈P/G⌉ + 2 cycles after its transfer.
 
     Interface attributes
     --------------------
@@ -76,12 +78,16 @@ class PatternSelect(wiring.Component):
         busy = Signal()
         comparing = Signal()  # formed holds a group to compare
 
-        m.d.comb += self.blocks.ready.eq(~busy & ~self.choice.valid)
-        with m.If(self.blocks.valid & self.blocks.ready):
-            m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1), best.valid.eq(0)]
+        # The last group's comparison makes the choice; it waits while the previous choice is still offered.
+        # The next block is taken in that same cycle (its masses form from the next cycle on).
+        finishing = comparing & (index == groups)
+        can_finish = ~self.choice.valid | self.choice.ready
+        stalled = finishing & ~can_finish
+        m.d.comb += self.blocks.ready.eq(~busy | (finishing & can_finish))
 
         forming = busy & (index < groups)
-        m.d.sync += comparing.eq(forming)
+        with m.If(~stalled):
+            m.d.sync += comparing.eq(forming)
         with m.If(forming):
             m.d.sync += index.eq(index + 1)
             for g in range(group):
@@ -105,13 +111,15 @@ class PatternSelect(wiring.Component):
         winner = contenders[0]
         better = winner.valid & (~best.valid | (winner.mass > best.mass))
         final = entry(Mux(better, winner.as_value(), best.as_value()))
-        with m.If(comparing):
-            m.d.sync += best.eq(final)
-            with m.If(index == groups):  # the last group: the block's choice
-                m.d.sync += [busy.eq(0), self.choice.payload.id.eq(final.id), self.choice.payload.mask.eq(masks[final.id]),
-                             self.choice.valid.eq(1)]
         with m.If(self.choice.valid & self.choice.ready):
             m.d.sync += self.choice.valid.eq(0)
+        with m.If(comparing & ~stalled):
+            m.d.sync += best.eq(final)
+            with m.If(finishing):  # the last group: the block's choice
+                m.d.sync += [busy.eq(0), self.choice.payload.id.eq(final.id), self.choice.payload.mask.eq(masks[final.id]),
+                             self.choice.valid.eq(1)]
+        with m.If(self.blocks.valid & self.blocks.ready):  # after the choice: a new block starts afresh
+            m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1), best.valid.eq(0)]
         return m
 
 
