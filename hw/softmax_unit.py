@@ -186,9 +186,10 @@ class SoftmaxUnit(wiring.Component):
         for b, (_, read) in enumerate(banks):
             m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
 
-        def reciprocal_engine(unit, totals, results_r, results_ell, finished):
+        def reciprocal_engine(unit, totals, results_r, results_ell, finished, stored=None):
             """Row reciprocals on ``unit``: a row is sent once its bit rises in ``finished`` (the cycle
-            its total is final); returns a signal that is high when none is pending or computing."""
+            its total is final), and its bit in ``stored`` rises with its result; returns a signal that
+            is high when none is pending or computing."""
             pending = Signal(lanes)
             sending = Signal(range(lanes))
             asked = Signal()
@@ -206,6 +207,8 @@ class SoftmaxUnit(wiring.Component):
             with m.If(unit.reciprocal.valid):
                 m.d.sync += [asked.eq(0), results_r[sending].eq(unit.reciprocal.payload.r),
                              results_ell[sending].eq(unit.reciprocal.payload.ell)]
+                if stored is not None:
+                    m.d.sync += stored.eq(stored | (1 << sending))
             return ~pending.any() & ~asked & ~finished.any()
 
         # --- ingest: the engine's scores into the free bank, each row's maximum ---------------------------
@@ -379,7 +382,13 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += kept_sum[side.qb * k + r].eq(kept_sum[side.qb * k + r] + _sum(kept))
             with m.If(side.kb == tile.key_blocks - 1):
                 m.d.sync += kept_final.eq(Cat(*(((side.qb * k + r) < tile.rows) for r in range(k))) << (side.qb * k))
-        kept_done = reciprocal_engine(kept_reciprocal, kept_sum, kept_r, kept_ell, kept_final)
+        kept_ready = Signal(lanes)  # rows whose kept sum's reciprocal is stored
+        reciprocal_engine(kept_reciprocal, kept_sum, kept_r, kept_ell, kept_final, kept_ready)
+        # a block row may be emitted once its rows' kept reciprocals are stored (rows past the tile's end
+        # have none), while later block rows' are still computed
+        row_ready = Signal()
+        m.d.comb += row_ready.eq(~tile.prune | Cat(*((kept_ready.bit_select(bq * k + r, 1) | ((bq * k + r) >= tile.rows))
+                                                   for r in range(k))).all())
 
         # emit: finished probability blocks queue for the output
         m.submodules.out = out = SyncFIFOBuffered(width=len(self.blocks.payload.as_value()), depth=credit_depth)
@@ -398,7 +407,8 @@ class SoftmaxUnit(wiring.Component):
         m.d.comb += left.eq(Mux(selecting, chosen, self.blocks.valid & self.blocks.ready))
         starts = issue_block & (bstep == 0)
         m.d.sync += in_flight.eq(in_flight + starts - left)
-        m.d.comb += issue_block.eq((selecting | emitting) & ~issued_all & ((bstep != 0) | (in_flight < credit_depth)))
+        m.d.comb += issue_block.eq((selecting | (emitting & row_ready)) & ~issued_all
+                                   & ((bstep != 0) | (in_flight < credit_depth)))
         with m.If(issue_block):
             m.d.sync += bstep.eq(Mux(bstep == k - 1, 0, bstep + 1))
             with m.If(bstep == k - 1):
@@ -413,15 +423,15 @@ class SoftmaxUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(exped.bit_select(norm_bank, 1)):
                     m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0)]
-                    m.d.sync += [kept_sum[i].eq(0) for i in range(lanes)]
+                    m.d.sync += [kept_sum[i].eq(0) for i in range(lanes)] + [kept_ready.eq(0)]
                     with m.If(tile.prune):
                         m.d.sync += selecting.eq(1)
                         m.next = "SELECT"
                     with m.Else():
                         m.d.sync += emitting.eq(1)
                         m.next = "EMIT"
-            with m.State("SELECT"):  # every block chosen, then every kept sum's reciprocal
-                with m.If(pass_done & kept_done):
+            with m.State("SELECT"):  # every block chosen; emit starts as the kept sums' reciprocals arrive
+                with m.If(pass_done):
                     m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), selecting.eq(0), emitting.eq(1)]
                     m.next = "EMIT"
             with m.State("EMIT"):
