@@ -1,9 +1,11 @@
-"""Run a :class:`MatmulProgram` on the engine in ``amaranth.sim`` (small cases; cocotb for the rest)."""
+"""Drive components in ``amaranth.sim`` from Python: stream sources and sinks, and a :class:`MatmulProgram`
+on the engine (small cases; cocotb for the rest)."""
 
 from __future__ import annotations
 
 import random
 
+from amaranth import Value
 from amaranth.sim import Simulator
 
 from firmware_gen.program import MatmulProgram
@@ -17,10 +19,36 @@ def stream_source(stream, beats: list[int], rng: random.Random, stall_probabilit
             while rng.random() < stall_probability:
                 await ctx.tick()
             ctx.set(stream.valid, 1)
-            ctx.set(stream.payload.as_value(), beat)
+            ctx.set(Value.cast(stream.payload), beat)
             await ctx.tick().until(stream.ready)
             ctx.set(stream.valid, 0)
     return drive
+
+
+def stream_sink(stream, count: int, rng: random.Random, stall_probability: float, received: list, intervals: list | None = None):
+    """A testbench that takes ``count`` beats from ``stream`` (random ready stalls) into ``received``, as
+    values of its payload layout, and the cycles since the previous transfer into ``intervals``."""
+    async def take(ctx):
+        waited = 0
+        while len(received) < count:
+            ctx.set(stream.ready, int(rng.random() >= stall_probability))
+            _, _, valid, ready, payload = await ctx.tick().sample(stream.valid, stream.ready, stream.payload)
+            waited += 1
+            if valid and ready:
+                received.append(payload)
+                if intervals is not None:
+                    intervals.append(waited)
+                waited = 0
+    return take
+
+
+def simulate(sim: Simulator, vcd_path: str | None = None) -> None:
+    """Run ``sim`` to the end of its testbenches, writing a VCD when asked."""
+    if vcd_path:
+        with sim.write_vcd(vcd_path):
+            sim.run()
+    else:
+        sim.run()
 
 
 def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.0, seed: int = 0,
@@ -50,9 +78,5 @@ def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.
     for name, (beats, replays) in program.streams().items():
         sim.add_testbench(source(getattr(dut, name), beats, replays), background=True)
     sim.add_testbench(sink)
-    if vcd_path:
-        with sim.write_vcd(vcd_path):
-            sim.run()
-    else:
-        sim.run()
+    simulate(sim, vcd_path)
     return outputs, cycles

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from firmware_gen.attention import AttentionProgram
 from hw.attention_unit import AttentionUnit
-from sim.amaranth_driver import stream_source
+from sim.amaranth_driver import simulate, stream_source
 
 
 @dataclass
@@ -63,9 +63,5 @@ def run_attention_in_amaranth_sim(program: AttentionProgram, *, stall_probabilit
     for name in ("queries", "keys", "values"):
         sim.add_testbench(source(getattr(dut, name), streams[name]), background=True)
     sim.add_testbench(sink)
-    if vcd_path:
-        with sim.write_vcd(vcd_path):
-            sim.run()
-    else:
-        sim.run()
+    simulate(sim, vcd_path)
     return run

@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 from core.integer import SELECTION_BITS, select_patterns
 from core.pattern import PatternConfig
 from hw.pattern_select import PatternSelect, select_interval
+from sim.amaranth_driver import stream_sink
 
 VALUE_BITS = SELECTION_BITS + 1
 
@@ -43,25 +44,14 @@ def _run(config, group, masks, blocks, *, stall=0.0, seed=0):
             await ctx.tick().until(dut.blocks.ready)
             ctx.set(dut.blocks.valid, 0)
 
-    async def sink(ctx):
-        waited = 0
-        while len(got) < len(blocks):
-            ctx.set(dut.choice.ready, int(rng.random() >= stall))
-            _, _, valid, ready, choice, mask = await ctx.tick().sample(dut.choice.valid, dut.choice.ready,
-                                                                       dut.choice.payload.id, dut.choice.payload.mask)
-            waited += 1
-            if valid and ready:
-                assert mask == sum(int(bit) << pos for pos, bit in enumerate(masks[choice].tolist()))
-                got.append(choice)
-                cycles.append(waited)
-                waited = 0
-
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(drive)
-    sim.add_testbench(sink)
+    sim.add_testbench(stream_sink(dut.choice, len(blocks), rng, stall, got, cycles))
     sim.run()
-    return got, cycles
+    for choice in got:  # the choice carries its pattern's mask
+        assert int(choice.mask) == sum(int(bit) << pos for pos, bit in enumerate(masks[int(choice.id)].tolist()))
+    return [int(choice.id) for choice in got], cycles
 
 
 def _golden(config, masks, blocks):

@@ -7,6 +7,7 @@ from amaranth.sim import Simulator
 
 from core.integer import row_reciprocal
 from hw.row_reciprocal import RowReciprocal, reciprocal_cycles
+from sim.amaranth_driver import stream_sink, stream_source
 
 TOTAL_BITS = 24
 
@@ -14,35 +15,13 @@ TOTAL_BITS = 24
 def _run(totals, *, stall=0.0, seed=0):
     dut = RowReciprocal(total_bits=TOTAL_BITS)
     rng = random.Random(seed)
-    got, cycles = [], []
-
-    async def drive(ctx):
-        for total in totals:
-            while rng.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.total.valid, 1)
-            ctx.set(dut.total.payload, total)
-            await ctx.tick().until(dut.total.ready)
-            ctx.set(dut.total.valid, 0)
-
-    async def sink(ctx):
-        waited = 0
-        while len(got) < len(totals):
-            ctx.set(dut.reciprocal.ready, int(rng.random() >= stall))
-            _, _, valid, ready, r, ell = await ctx.tick().sample(dut.reciprocal.valid, dut.reciprocal.ready,
-                                                                 dut.reciprocal.payload.r, dut.reciprocal.payload.ell)
-            waited += 1
-            if valid and ready:
-                got.append((r, ell))
-                cycles.append(waited)
-                waited = 0
-
+    received, cycles = [], []
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(drive)
-    sim.add_testbench(sink)
+    sim.add_testbench(stream_source(dut.total, totals, rng, stall))
+    sim.add_testbench(stream_sink(dut.reciprocal, len(totals), rng, stall, received, cycles))
     sim.run()
-    return got, cycles
+    return [(int(p.r), int(p.ell)) for p in received], cycles
 
 
 def _golden(totals):
