@@ -60,6 +60,7 @@ def projections(base: EngineConfig, fmax_by_lanes: dict[int, float]) -> list[dic
 
 def matmul_section(matmul: dict) -> str:
     cfg = matmul["config"]
+    cfg = {**cfg, **cfg.get("pattern", {})}  # the pattern geometry sits under "pattern" in EngineConfig's JSON
     lines = [f"Engine: {cfg['lanes']} lanes × {cfg['kept_per_block']} multipliers, {cfg['block_size']}×{cfg['block_size']} "
              f"blocks keeping {cfg['kept_per_block']}. Every run's outputs equal the golden model bit for bit.", "",
              "| model | shape (M×K×N) | mode | simulated cycles | model cycles | model error | MAC utilization | pattern vs dense |",

@@ -326,6 +326,7 @@ def throughput(config: EngineConfig, fmax_mhz: float, mult18: int, dsp48: int) -
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
+    cfg = {**cfg, **cfg.get("pattern", {})}  # the pattern geometry sits under "pattern" in EngineConfig's JSON
     rows = report["results"]
     out = [f"# Resources and Fmax of the pattern-sparse matmul engine",
            "",
