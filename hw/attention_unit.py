@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from core import golden
 from hw.config import AttentionConfig
-from hw.layouts import Opcode, activation_layout, channel_params_layout, output_layout, pattern_layout
+from hw.layouts import Opcode, activation_layout, output_layout, pattern_layout
 from hw.pattern_matmul import PatternMatmulEngine
 from hw.softmax_unit import SoftmaxUnit, probability_block_layout, scores_layout
 
@@ -233,13 +233,12 @@ class AttentionUnit(wiring.Component):
                             with m.If(w_tile + lanes >= run_tokens):
                                 m.d.sync += w_more.eq(0)
         k_block = [k_read.data.word_select(c, 8).as_signed() for _, k_read in k_banks for c in range(k)]
-        positions = [[min(c * n + j, k * k - 1) for j in range(n)] for c in range(ecfg.dense_chunks)]
         p_block = p_read.data
         p_values = [p_block.values[pos] for pos in range(k * k)]
         weights = engine.weights.payload
         m.d.comb += engine.weights.valid.eq(w_valid & (qk_phase | pv_phase))
         with m.Switch(w_chunk_out):
-            for c, chunk in enumerate(positions):
+            for c, chunk in enumerate(ecfg.dense_chunk_positions()):
                 with m.Case(c):
                     for j, pos in enumerate(chunk):
                         m.d.comb += weights.values[j].eq(Mux(qk_phase, k_block[pos], p_values[pos]))

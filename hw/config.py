@@ -79,6 +79,13 @@ class EngineConfig:
         """Weight beats per block in dense mode: k² positions, ``kept_per_block`` per beat."""
         return -(-self.pattern.positions // self.pattern.kept_per_block)
 
+    def dense_chunk_positions(self) -> list[list[int]]:
+        """Row-major block positions of each beat of a dense block: chunk ``c`` carries positions
+        ``c·n … c·n + n − 1``; past the block's last position (``k²`` not a multiple of ``n``) a slot repeats
+        it and its value is 0."""
+        k2, n = self.pattern.positions, self.pattern.kept_per_block
+        return [[min(c * n + j, k2 - 1) for j in range(n)] for c in range(self.dense_chunks)]
+
     @property
     def max_in_blocks(self) -> int:
         return self.max_in_features // self.pattern.block_size

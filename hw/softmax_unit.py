@@ -1,7 +1,7 @@
 """The attention softmax of one tile of query rows: integer exponential, attention-map pattern selection
 and normalization over the kept entries (``core.integer.attention_probabilities``)."""
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory

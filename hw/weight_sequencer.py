@@ -98,7 +98,7 @@ class WeightSequencer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        k, n, lanes = cfg.pattern.block_size, cfg.pattern.kept_per_block, cfg.lanes
+        k, lanes = cfg.pattern.block_size, cfg.lanes
 
         m.submodules.pattern_table = table = Memory(shape=pattern_layout(cfg), depth=cfg.pattern.pool_size, init=[])
         table_write = table.write_port()
@@ -150,10 +150,8 @@ class WeightSequencer(wiring.Component):
 
         # A dense k×k block arrives as chunks of n positions in row-major order.
         dense_positions = Array(
-            Const.cast(pattern_layout(cfg).const([
-                {"row": min(c * n + j, k * k - 1) // k, "col": min(c * n + j, k * k - 1) % k} for j in range(n)
-            ]))
-            for c in range(cfg.dense_chunks)
+            Const.cast(pattern_layout(cfg).const([{"row": p // k, "col": p % k} for p in chunk]))
+            for chunk in cfg.dense_chunk_positions()
         )
         m.d.comb += table_read.addr.eq(self.weights.payload.pattern)
         m.d.sync += [
