@@ -12,6 +12,13 @@ from core.pattern import PatternConfig
 COUNT_BITS = 16
 
 
+def refuse(component, message: str):
+    """Raise ``ValueError(message)`` from a component's constructor. The half-built component is marked
+    as never to be elaborated, so Amaranth does not also warn that it was created and not used."""
+    component._MustUse__silence = True
+    raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Parameters of :class:`hw.pattern_matmul.PatternMatmulEngine`.

@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from core.pattern import PatternConfig
+from hw.config import refuse
 
 
 def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
@@ -49,7 +50,7 @@ class PatternSelect(wiring.Component):
 
     def __init__(self, pattern: PatternConfig, *, value_bits: int, patterns_per_cycle: int):
         if not 1 <= patterns_per_cycle <= pattern.pool_size:
-            raise ValueError(f"patterns_per_cycle must be in [1, pool_size={pattern.pool_size}], got {patterns_per_cycle}")
+            refuse(self, f"patterns_per_cycle must be in [1, pool_size={pattern.pool_size}], got {patterns_per_cycle}")
         self._pattern, self._value_bits, self._group = pattern, value_bits, patterns_per_cycle
         id_bits = max(1, (pattern.pool_size - 1).bit_length())
         super().__init__({

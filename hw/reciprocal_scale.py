@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from core.integer import RECIPROCAL_BITS
+from hw.config import refuse
 
 #: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: the multiply, the constant scale,
 #: the rounding half, the shift.
@@ -44,9 +45,9 @@ class ReciprocalScale(wiring.Component):
 
     def __init__(self, *, x_bits: int, ell_bits: int, fraction_bits: int, scale: int = 1, rounded: bool = False):
         if scale < 1 or (scale & (scale + 1) and scale & (scale - 1)):
-            raise ValueError(f"scale must be 2^a or 2^a − 1, got {scale}")
+            refuse(self, f"scale must be 2^a or 2^a − 1, got {scale}")
         if not 0 <= fraction_bits < RECIPROCAL_BITS:
-            raise ValueError(f"fraction_bits must be in [0, {RECIPROCAL_BITS - 1}], got {fraction_bits}")
+            refuse(self, f"fraction_bits must be in [0, {RECIPROCAL_BITS - 1}], got {fraction_bits}")
         self._x_bits, self._ell_bits = x_bits, ell_bits
         self._fraction_bits, self._scale, self._rounded = fraction_bits, scale, rounded
         super().__init__({

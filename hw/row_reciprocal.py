@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from core.integer import RECIPROCAL_BITS
+from hw.config import refuse
 
 
 def reciprocal_layout(total_bits: int) -> data.StructLayout:
@@ -42,7 +43,7 @@ class RowReciprocal(wiring.Component):
 
     def __init__(self, *, total_bits: int):
         if total_bits < 1:
-            raise ValueError(f"total_bits must be positive, got {total_bits}")
+            refuse(self, f"total_bits must be positive, got {total_bits}")
         self._total_bits = total_bits
         super().__init__({
             "total": In(stream.Signature(unsigned(total_bits))),

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from core import golden
 from core.encoder import EXP_OUT_BITS
 from core.integer import PROB_ONE, SELECTION_BITS
-from hw.config import COUNT_BITS, EngineConfig
+from hw.config import COUNT_BITS, EngineConfig, refuse
 from hw.exp_unit import EXP_LATENCY, IntegerExp
 from hw.pattern_select import PatternSelect
 from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
@@ -98,9 +98,9 @@ class SoftmaxUnit(wiring.Component):
     def __init__(self, config: EngineConfig, *, max_keys: int, patterns_per_cycle: int = 8):
         k = config.pattern.block_size
         if config.lanes % k:
-            raise ValueError(f"lanes={config.lanes} must be a multiple of block_size={k}: a tile holds whole block rows")
+            refuse(self, f"lanes={config.lanes} must be a multiple of block_size={k}: a tile holds whole block rows")
         if max_keys < 1:
-            raise ValueError(f"max_keys must be positive, got {max_keys}")
+            refuse(self, f"max_keys must be positive, got {max_keys}")
         self._config, self._max_keys = config, max_keys
         self._key_blocks = -(-max_keys // k)
         self._total_bits = E_BITS + max(1, (max_keys - 1).bit_length())
