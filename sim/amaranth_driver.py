@@ -42,6 +42,31 @@ def stream_sink(stream, count: int, rng: random.Random, stall_probability: float
     return take
 
 
+def run_enabled_pipeline(dut, inputs: list[dict], output, latency: int, enables: list[int]) -> list[int]:
+    """Feed ``inputs`` (port name → value) to a pipeline with an ``en`` input, one per enabled cycle of
+    ``enables``; return ``output`` for each input, read ``latency`` enabled cycles after it went in."""
+    got = []
+
+    async def bench(ctx):
+        pending, in_flight = list(inputs), 0
+        for en in enables:
+            ctx.set(dut.en, en)
+            if en and pending:
+                for name, value in pending.pop(0).items():
+                    ctx.set(getattr(dut, name), value)
+            await ctx.tick()
+            if en:
+                in_flight += 1
+                if in_flight >= latency and len(got) < len(inputs):
+                    got.append(ctx.get(output))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
 def simulate(sim: Simulator, vcd_path: str | None = None) -> None:
     """Run ``sim`` to the end of its testbenches, writing a VCD when asked."""
     if vcd_path:

@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from core.encoder import EXP_OUT_BITS
 from core.integer import PROB_ONE, SELECTION_BITS, row_reciprocal, scale_by_reciprocal
 from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
+from sim.amaranth_driver import run_enabled_pipeline
 
 X_BITS = EXP_OUT_BITS + 1
 ELL_BITS = 5
@@ -27,29 +27,8 @@ def _cases(seed):
 def _run(dut, cases, stalls):
     rows = row_reciprocal(torch.tensor([t for _, t in cases]))
     inputs = [(x, r, ell) for (x, _), r, ell in zip(cases, rows[0].tolist(), rows[1].tolist())]
-    got = []
-
-    async def bench(ctx):
-        pending, in_flight = list(inputs), 0
-        # The pipeline holds while en is low; a result is out after SCALE_LATENCY enabled cycles.
-        for en in stalls:
-            ctx.set(dut.en, en)
-            if en and pending:
-                x, r, ell = pending.pop(0)
-                ctx.set(dut.x, x)
-                ctx.set(dut.r, r)
-                ctx.set(dut.ell, ell)
-            await ctx.tick()
-            if en:
-                in_flight += 1
-                if in_flight >= SCALE_LATENCY and len(got) < len(inputs):
-                    got.append(ctx.get(dut.y))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    return got
+    # The pipeline holds while en is low; a result is out after SCALE_LATENCY enabled cycles.
+    return run_enabled_pipeline(dut, [{"x": x, "r": r, "ell": ell} for x, r, ell in inputs], dut.y, SCALE_LATENCY, stalls)
 
 
 @pytest.mark.parametrize("use", ["selection", "probability"])

@@ -1,10 +1,10 @@
 import random
 
 import torch
-from amaranth.sim import Simulator
 
-from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
 from core import golden
+from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
+from sim.amaranth_driver import run_enabled_pipeline
 
 
 def _cases():
@@ -25,29 +25,8 @@ def _golden(cases):
 def _run(cases, enables):
     """Feed ``cases`` one per enabled cycle; return the results in the order they come out."""
     dut = Requantizer()
-    got = []
-
-    async def bench(ctx):
-        pending = list(cases)
-        in_flight = 0
-        for en in enables:
-            ctx.set(dut.en, en)
-            if en and pending:
-                a, mult, s = pending.pop(0)
-                ctx.set(dut.value, a)
-                ctx.set(dut.multiplier, mult)
-                ctx.set(dut.shift, s)
-            await ctx.tick()
-            if en:
-                in_flight += 1
-                if in_flight >= REQUANTIZER_LATENCY and len(got) < len(cases):
-                    got.append(ctx.get(dut.result))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    return got
+    inputs = [{"value": a, "multiplier": mult, "shift": s} for a, mult, s in cases]
+    return run_enabled_pipeline(dut, inputs, dut.result, REQUANTIZER_LATENCY, enables)
 
 
 def test_requantizer_equals_golden():
