@@ -1,0 +1,252 @@
+"""The residual add and the LayerNorm that follows it, ``core.integer.residual_add`` + ``layer_norm``."""
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from core import golden
+from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
+from hw.config import COUNT_BITS, refuse
+from hw.integer_sqrt import IntegerSqrt, sqrt_cycles
+from hw.rounding_divider import RoundingDivider, divider_latency
+
+#: Width of a residual sum ``r = wide + x · 2^RESIDUAL_SHIFT``: ``|r| < 2^WIDE_BITS``.
+SUM_BITS = WIDE_BITS + 1
+#: Quotient bits of the shared divider: the mean, ``|μ| < 2^WIDE_BITS``, needs the most (``|z| ≤ 2^z_bits``).
+QUOTIENT_BITS = WIDE_BITS
+#: Width of a LayerNorm weight γ (the contract allows ``|γ| ≤ MULTIPLIER_MAX``) and bias β (int32).
+GAMMA_BITS = golden.MULTIPLIER_BITS + 1
+#: Enabled cycles from an entry's row read to its output: the read, the divider, the γ/β read, then
+#: multiply, add, shift and saturate.
+NORMALIZE_LATENCY = 1 + divider_latency(QUOTIENT_BITS) + 1 + 4
+
+
+def norm_command_layout(max_width: int) -> data.StructLayout:
+    """One LayerNorm command: ``rows`` rows of ``width`` entries, γ/β loaded first, output ``shift``."""
+    return data.StructLayout({
+        "width": unsigned(max_width.bit_length()),
+        "rows": unsigned(COUNT_BITS),
+        "shift": unsigned(golden.SHIFT_MAX.bit_length()),
+    })
+
+
+def norm_params_layout() -> data.StructLayout:
+    """γ and β of one channel."""
+    return data.StructLayout({"gamma": signed(GAMMA_BITS), "beta": signed(golden.ACC_BITS)})
+
+
+def norm_input_layout() -> data.StructLayout:
+    """One entry of a row: the branch's wide output and the residual's int8 input of the same channel."""
+    return data.StructLayout({"wide": signed(WIDE_BITS), "residual": signed(8)})
+
+
+def row_cycles(width: int, max_width: int) -> int:
+    """Cycles per row of ``width`` entries when no stream stalls: the ingest (one per entry), three
+    for the last square, the mean's issue and its trip through the divider (and one to take it), two
+    for the variance, the square root's hand-over and its bits, one read per entry, one to turn to
+    the next row."""
+    return width + 3 + 1 + divider_latency(QUOTIENT_BITS) + 1 + 2 + 1 + sqrt_cycles(_variance_bits(max_width)) + width + 1
+
+
+def _variance_bits(max_width: int) -> int:
+    """``V = Σ (r − μ)² < width · 2^(2·WIDE_BITS)``."""
+    return 2 * WIDE_BITS + max_width.bit_length()
+
+
+class ResidualLayerNorm(wiring.Component):
+    """``y = saturate_int8(rounding_shift(z · γ + β, shift))``, ``z = div_round((r − μ) · 2^z_bits, σ)``,
+    over rows of ``r = wide + residual · 2^RESIDUAL_SHIFT``; one entry per cycle in and out.
+
+    A command loads the ``width`` channels' γ/β (one ``params`` beat each), then normalizes ``rows`` rows
+    of ``width`` entries. Per row: the ingest stores ``r`` in a row memory while summing ``S = Σ r`` and
+    ``Q = Σ r²``; the mean ``μ = div_round(S, width)`` goes through the divider; the variance follows
+    without a second pass, exactly, as ``V = Q − 2μS + width·μ²`` (μ is an integer); ``σ = isqrt(V)``
+    comes from :class:`~hw.integer_sqrt.IntegerSqrt`; then every entry is read back, ``r − μ`` divided by
+    ``σ`` (the same :class:`~hw.rounding_divider.RoundingDivider`: one entry per cycle, the next row's
+    mean behind the last entry), scaled by γ, offset by β and requantized. σ = 0 (a constant row) gives
+    ``z = 0``, as the contract says. Every stage after the row read advances when the output is free
+    (``~valid | ready``), so a stalled consumer holds the pipeline and loses nothing.
+
+    Parameters
+    ----------
+    max_width : int
+        Largest row (hidden size); the depth of the row memory and of γ/β.
+
+    Interface attributes
+    --------------------
+    command : In(stream.Signature(norm_command_layout))
+        Taken when idle and the previous command's outputs have all left.
+    params : In(stream.Signature(norm_params_layout))
+        ``width`` beats after each command, channel 0 first.
+    inputs : In(stream.Signature(norm_input_layout))
+        ``rows × width`` beats, row by row.
+    outputs : Out(stream.Signature(signed(8)))
+        The normalized rows in input order.
+
+    A command with ``width`` or ``rows`` 0 is taken and does nothing.
+
+    Throughput: one row per :func:`row_cycles` cycles (about ``2·width``; the ingest of a row and the
+    read-back of the previous one do not overlap). Latency from a row read to its output:
+    ``NORMALIZE_LATENCY`` enabled cycles.
+    """
+
+    def __init__(self, *, max_width: int):
+        if not isinstance(max_width, int) or max_width < 1:
+            refuse(self, f"max_width must be a positive integer, got {max_width!r}")
+        self._max_width = max_width
+        super().__init__({
+            "command": In(stream.Signature(norm_command_layout(max_width))),
+            "params": In(stream.Signature(norm_params_layout())),
+            "inputs": In(stream.Signature(norm_input_layout())),
+            "outputs": Out(stream.Signature(signed(8))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n_max = self._max_width
+        index_bits = max(1, (n_max - 1).bit_length())
+        sum_width = SUM_BITS + n_max.bit_length()
+        variance_bits = _variance_bits(n_max)
+        z_num_width = SUM_BITS + 1 + NORM_Z_BITS
+
+        m.submodules.row = row = Memory(shape=signed(SUM_BITS), depth=n_max, init=[])
+        m.submodules.channel = channel = Memory(shape=norm_params_layout(), depth=n_max, init=[])
+        row_write, row_read = row.write_port(), row.read_port()
+        channel_write, channel_read = channel.write_port(), channel.read_port()
+        tag = data.StructLayout({"valid": 1, "mean": 1, "index": unsigned(index_bits)})
+        m.submodules.divider = divider = RoundingDivider(
+            numerator_width=max(sum_width, z_num_width), denominator_width=max(n_max.bit_length(), (variance_bits + 1) // 2),
+            quotient_bits=QUOTIENT_BITS, tag_width=tag.size)
+        m.submodules.sqrt = sqrt = IntegerSqrt(width=variance_bits)
+
+        width = Signal.like(self.command.payload.width)
+        rows = Signal(COUNT_BITS)
+        shift = Signal.like(self.command.payload.shift)
+        count = Signal(range(n_max + 1))
+        total = Signal(signed(sum_width))  # S
+        squares = Signal(unsigned(2 * SUM_BITS + n_max.bit_length()))  # Q
+        mean = Signal(signed(QUOTIENT_BITS + 1))
+        sigma = Signal(unsigned((variance_bits + 1) // 2))
+        variance = Signal(signed(variance_bits + 2))
+        mean_total, mean_square = Signal(signed(sum_width + QUOTIENT_BITS + 1)), Signal(unsigned(2 * QUOTIENT_BITS))
+        width_mean_square = Signal(unsigned(2 * QUOTIENT_BITS + n_max.bit_length()))
+        mean_ready = Signal()
+        in_flight = Signal(range(n_max + NORMALIZE_LATENCY + 2))
+
+        # The output pipeline advances when its last stage is empty or being taken.
+        en = Signal()
+        m.d.comb += en.eq(~self.outputs.valid | self.outputs.ready)
+
+        # Squares of the ingested entries, one stage behind the ingest, accumulated one more behind.
+        ingested, ingested_valid = Signal(signed(SUM_BITS)), Signal()
+        square, square_valid = Signal(unsigned(2 * SUM_BITS)), Signal()
+        m.d.sync += [ingested_valid.eq(0), square_valid.eq(ingested_valid), square.eq(ingested * ingested)]
+        with m.If(square_valid):
+            m.d.sync += squares.eq(squares + square)
+
+        # Row read → divider input (one stage, enabled with the pipeline).
+        issue_read = Signal()
+        read_valid, read_index = Signal(), Signal(index_bits)
+        issue_mean = Signal()
+        m.d.comb += [row_read.addr.eq(count), row_read.en.eq(en)]
+        with m.If(en):
+            m.d.sync += [read_valid.eq(issue_read), read_index.eq(count)]
+        divider_tag = tag(divider.tag)
+        m.d.comb += [
+            divider.en.eq(en),
+            divider.numerator.eq(Mux(issue_mean, total, (row_read.data - mean) << NORM_Z_BITS)),
+            divider.denominator.eq(Mux(issue_mean, width, sigma)),
+            divider_tag.valid.eq(issue_mean | read_valid),
+            divider_tag.mean.eq(issue_mean),
+            divider_tag.index.eq(read_index),
+        ]
+
+        # Divider output: the mean is kept; an entry reads its channel's γ/β and goes on.
+        result_tag = tag(divider.quotient_tag)
+        with m.If(en & result_tag.valid & result_tag.mean):
+            m.d.sync += [mean.eq(divider.quotient), mean_ready.eq(1)]
+        m.d.comb += [channel_read.addr.eq(result_tag.index), channel_read.en.eq(en)]
+        z, z_valid = Signal(signed(NORM_Z_BITS + 2)), Signal()
+        product, beta, product_valid = Signal(signed(GAMMA_BITS + NORM_Z_BITS + 2)), Signal(signed(golden.ACC_BITS)), Signal()
+        rounded, rounded_valid = Signal(signed(golden.SHIFT_MAX + 20)), Signal()
+        shifted, shifted_valid = Signal.like(rounded), Signal()
+        params = channel_read.data
+        with m.If(en):
+            half = (Const(1, len(rounded)) << shift) >> 1
+            m.d.sync += [
+                z.eq(divider.quotient), z_valid.eq(result_tag.valid & ~result_tag.mean),
+                product.eq(z * params.gamma), beta.eq(params.beta), product_valid.eq(z_valid),
+                rounded.eq(product + beta + half), rounded_valid.eq(product_valid),
+                shifted.eq(rounded >> shift), shifted_valid.eq(rounded_valid),
+                self.outputs.payload.eq(Mux(shifted > golden.INT8_MAX, golden.INT8_MAX,
+                                            Mux(shifted < golden.INT8_MIN, golden.INT8_MIN, shifted))),
+                self.outputs.valid.eq(shifted_valid),
+            ]
+        m.d.sync += in_flight.eq(in_flight + (issue_read & en) - (self.outputs.valid & self.outputs.ready))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.command.ready.eq(in_flight == 0)
+                empty = (self.command.payload.width == 0) | (self.command.payload.rows == 0)
+                with m.If(self.command.valid & (in_flight == 0) & ~empty):
+                    m.d.sync += [width.eq(self.command.payload.width), rows.eq(self.command.payload.rows),
+                                 shift.eq(self.command.payload.shift), count.eq(0)]
+                    m.next = "PARAMS"
+            with m.State("PARAMS"):
+                m.d.comb += [self.params.ready.eq(1), channel_write.addr.eq(count), channel_write.data.eq(self.params.payload)]
+                with m.If(self.params.valid):
+                    m.d.comb += channel_write.en.eq(1)
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == width - 1):
+                        m.d.sync += [count.eq(0), total.eq(0), squares.eq(0)]
+                        m.next = "INGEST"
+            with m.State("INGEST"):
+                r = Signal(signed(SUM_BITS))
+                m.d.comb += [self.inputs.ready.eq(1), r.eq(self.inputs.payload.wide + (self.inputs.payload.residual << RESIDUAL_SHIFT)),
+                             row_write.addr.eq(count), row_write.data.eq(r)]
+                with m.If(self.inputs.valid):
+                    m.d.comb += row_write.en.eq(1)
+                    m.d.sync += [total.eq(total + r), ingested.eq(r), ingested_valid.eq(1), count.eq(count + 1)]
+                    with m.If(count == width - 1):
+                        m.next = "SQUARES"
+            with m.State("SQUARES"):  # the last square is still being accumulated
+                with m.If(~ingested_valid & ~square_valid):
+                    m.next = "MEAN"
+            with m.State("MEAN"):
+                m.d.comb += issue_mean.eq(~read_valid)
+                with m.If(en & ~read_valid):
+                    m.d.sync += mean_ready.eq(0)
+                    m.next = "MEAN_WAIT"
+            with m.State("MEAN_WAIT"):
+                with m.If(mean_ready):
+                    m.d.sync += [mean_total.eq(mean * total), mean_square.eq(mean * mean)]
+                    m.next = "VARIANCE_1"
+            with m.State("VARIANCE_1"):
+                m.d.sync += width_mean_square.eq(width * mean_square)
+                m.next = "VARIANCE_2"
+            with m.State("VARIANCE_2"):
+                m.d.sync += variance.eq(squares - 2 * mean_total + width_mean_square)
+                m.next = "ROOT"
+            with m.State("ROOT"):
+                m.d.comb += [sqrt.value.payload.eq(variance), sqrt.value.valid.eq(1)]
+                with m.If(sqrt.value.ready):
+                    m.next = "ROOT_WAIT"
+            with m.State("ROOT_WAIT"):
+                m.d.comb += sqrt.root.ready.eq(1)
+                with m.If(sqrt.root.valid):
+                    m.d.sync += [sigma.eq(sqrt.root.payload), count.eq(0)]
+                    m.next = "NORMALIZE"
+            with m.State("NORMALIZE"):
+                m.d.comb += issue_read.eq(1)
+                with m.If(en):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == width - 1):
+                        m.d.sync += [count.eq(0), rows.eq(rows - 1), total.eq(0), squares.eq(0)]
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                with m.If(rows == 0):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "INGEST"
+        return m
