@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 __all__ = [
     "TASKS", "TaskSpec", "GlueExample", "GlueDataset", "get_task", "load_glue_split", "load_glue_hf", "subsample",
-    "collate", "compute_metrics", "primary_metric", "glue_average",
+    "collate", "compute_metrics", "primary_metric", "glue_average", "majority_baseline", "failure", "write_subset",
 ]
 
 
@@ -311,7 +311,8 @@ def compute_metrics(task: str | TaskSpec, predictions, labels) -> dict[str, floa
     -------
     dict of str to float
         CoLA ``{"mcc"}``; MRPC and QQP ``{"f1", "accuracy"}`` (F1 of class 1); STS-B
-        ``{"spearman", "pearson"}``; all other tasks ``{"accuracy"}``. All × 100.
+        ``{"spearman", "pearson"}`` (0 for constant predictions, where no correlation is defined);
+        all other tasks ``{"accuracy"}``. All × 100.
     """
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -326,7 +327,9 @@ def compute_metrics(task: str | TaskSpec, predictions, labels) -> dict[str, floa
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
 
     if spec.is_regression:
-        scores = {"spearman": spearmanr(predictions, labels)[0], "pearson": pearsonr(predictions, labels)[0]}
+        constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0  # no correlation defined: scored 0, as MCC is
+        scores = {"spearman": 0.0, "pearson": 0.0} if constant else {
+            "spearman": spearmanr(predictions, labels)[0], "pearson": pearsonr(predictions, labels)[0]}
     elif spec.metric == "mcc":
         scores = {"mcc": matthews_corrcoef(labels, predictions)}
     elif spec.metric == "f1":
@@ -377,3 +380,93 @@ def glue_average(scores: dict[str, float], kind: str = "geometric") -> float:
     if (values == 0).any():
         return 0.0
     return float(np.exp(np.log(values).mean()))
+
+
+# ---------------------------------------------------------------------------------- failed runs
+
+MIN_CORRELATION = 10.0  # percent: a regression run below this |correlation| has learned next to nothing
+FAILURE_METRICS = ("accuracy",)  # checked beside the primary metric where a task reports them
+
+
+def majority_baseline(task: str | TaskSpec, train_labels, dev_labels) -> dict[str, float]:
+    """Scores of the constant prediction a model needs no input for, on the dev labels.
+
+    Classification: the most frequent class of ``train_labels`` (ties: the lower id) predicted for every
+    dev example, scored by :func:`compute_metrics` (MRPC: F1 81.2 / accuracy 68.4 on its dev set, since
+    class 1 is the majority; CoLA: MCC 0). Regression: a constant has no correlation, both scores 0.
+    """
+    spec = get_task(task)
+    dev = _as_numpy(dev_labels).reshape(-1)
+    if dev.size == 0:
+        raise ValueError("majority_baseline: no dev labels")
+    if spec.is_regression:
+        return {"spearman": 0.0, "pearson": 0.0}
+    train = _as_numpy(train_labels).reshape(-1).astype(int)
+    if train.size == 0:
+        raise ValueError("majority_baseline: no training labels")
+    majority = int(np.bincount(train, minlength=len(spec.labels)).argmax())
+    return compute_metrics(spec, np.full(dev.shape, majority), dev)
+
+
+def failure(task: str | TaskSpec, scores: dict[str, float], baseline: dict[str, float]) -> str | None:
+    """Why a run counts as failed, or ``None``.
+
+    Failed: a classification run whose primary score or accuracy is at or below the majority-class
+    prediction's (``baseline``, from :func:`majority_baseline`); a regression run whose primary
+    correlation is below :data:`MIN_CORRELATION` in magnitude (or not a number). Small GLUE tasks fail
+    this way on some seeds (fine-tuning instability, Mosbach et al., ICLR 2021).
+    """
+    spec = get_task(task)
+    value = scores.get(spec.metric)
+    if value is None:
+        raise ValueError(f"failure: scores {sorted(scores)} lack {spec.folder}'s metric {spec.metric!r}")
+    if spec.is_regression:
+        if not math.isfinite(value) or abs(value) < MIN_CORRELATION:
+            return f"{spec.metric} {value:.1f} is a near-zero correlation (|r| < {MIN_CORRELATION:g})"
+        return None
+    reasons = [f"{key} {scores[key]:.2f} ≤ majority-class {baseline[key]:.2f}"
+               for key in (spec.metric, *FAILURE_METRICS)
+               if key in scores and key in baseline and not scores[key] > baseline[key]]
+    return "; ".join(dict.fromkeys(reasons)) or None
+
+
+def write_subset(data_dir: str | Path, task: str | TaskSpec, out_dir: str | Path, rows: int, seed: int = 0) -> Path:
+    """A smaller copy of a GLUE task: ``rows`` training rows drawn at random (``seed``, file order kept),
+    copied verbatim with the header, and every dev split unchanged, into ``<out_dir>/<TaskFolder>/``.
+
+    Returns the new data directory (``out_dir``), which :func:`load_glue_split` reads like any other.
+    Raises ``ValueError`` when the task has fewer training rows than asked for.
+    """
+    spec = get_task(task)
+    source, target = Path(data_dir) / spec.folder, Path(out_dir) / spec.folder
+    train = source / "train.tsv"
+    if not train.is_file():
+        raise FileNotFoundError(f"GLUE file not found: {train}")
+    lines = train.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    header, body = (lines[:1], lines[1:]) if spec.has_header else ([], lines)
+    body = [line for line in body if line.strip()]
+    if not 0 < rows <= len(body):
+        raise ValueError(f"{train} has {len(body)} training rows; cannot take a subset of {rows}")
+    keep = sorted(random.Random(seed).sample(range(len(body)), rows))
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "train.tsv").write_text("".join(header + [body[i] for i in keep]), encoding="utf-8")
+    for split in spec.dev_splits:
+        dev = source / f"{split}.tsv"
+        if not dev.is_file():
+            raise FileNotFoundError(f"GLUE file not found: {dev}")
+        (target / f"{split}.tsv").write_text(dev.read_text(encoding="utf-8-sig"), encoding="utf-8")
+    load_glue_split(out_dir, spec, "train")  # the copy parses like the original
+    return Path(out_dir)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a random training subset of a GLUE task (dev splits copied).")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--data-dir", default="../shared/data/glue")
+    parser.add_argument("--out", required=True, help="new GLUE data directory")
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(write_subset(args.data_dir, args.task, args.out, args.rows, args.seed))

@@ -17,6 +17,14 @@ dense/model``); every other row starts from that checkpoint with ``finetune_epoc
 task and seed share one dense starting point and their times exclude the fine-tuning. A missing
 checkpoint (a fresh clone) is fine-tuned again first; the run is deterministic, and a recorded dense
 score that does not come out the same is reported.
+
+Any GLUE task in the standard TSV layout can be a column (``sw.glue.TASKS``: CoLA, SST-2, MRPC, QQP,
+STS-B with Spearman and Pearson, MNLI on its matched dev set, QNLI, RTE, WNLI). A run whose reported
+score is at or below the majority-class prediction's (near-zero correlation for STS-B) is recorded as
+failed (``failed``: the reason), logged, and marked ✗ in the table with the reasons listed under it.
+
+Under ``torchrun`` every rank runs the same rows (each run data-parallel, see ``sw.distributed``) and only
+rank 0 writes records, summaries, figures and the report.
 """
 
 from __future__ import annotations
@@ -37,12 +45,12 @@ import numpy as np
 import scipy.stats
 import torch
 
-from sw import glue
+from sw import distributed, glue
 from core.atomic import write_atomic, write_between_markers
 
 DENSE = "dense"
 TABLE_START, TABLE_END = "<!-- glue-table:start -->", "<!-- glue-table:end -->"
-METRIC_NAMES = {"mcc": "MCC", "f1": "F1", "accuracy": "acc", "spearman": "Spearman"}
+METRIC_NAMES = {"mcc": "MCC", "f1": "F1", "accuracy": "acc", "spearman": "Spearman", "pearson": "Pearson"}
 SCHEDULE_START, SCHEDULE_END = "<!-- glue-schedule:start -->", "<!-- glue-schedule:end -->"
 
 
@@ -240,14 +248,17 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
     else:
         result = run(config, export=spec.export)
     seconds = time.perf_counter() - start
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(config.output_dir) / "summary.json", json.dumps(result.summary(), indent=1))
+    ctx = distributed.current()
+    if ctx.is_main:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(config.output_dir) / "summary.json", json.dumps(result.summary(), indent=1))
 
     scores = final_metrics(row, result.metrics)
     record = {
         "row": row, "task": task, "seed": seed, "fingerprint": config_key,
         "score": scores[glue.primary_metric(task)], "metric": glue.primary_metric(task), "scores": scores,
         "metrics": result.metrics, "seconds": seconds,
+        "failed": result.failed, "failures": result.failures, "baseline": result.baseline,
         "phases": [{"name": p.name, "learning_rate": p.learning_rate, "steps": p.steps, "seconds": p.seconds} for p in result.phases],
         "residual_mean": [r["mean"] for p in result.phases for r in p.residuals],
         "artifact": str(result.artifact) if result.artifact else None,
@@ -259,11 +270,17 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
             f"the recorded {done['score']:.2f} (not deterministic on this machine?); the new record replaces it")
     if spec.figures and row != DENSE:
         figures = study.figures_dir / f"{task}_seed{seed}_{row}"
-        figures.mkdir(parents=True, exist_ok=True)
-        plot_sparsity(result, figures)
-        record["figures"] = sorted(str(p) for p in figures.glob("*.png"))
-    store_record(study.results, record)
+        record["figures"] = sorted(str(figures / name) for name in FIGURES)
+        if ctx.is_main:
+            figures.mkdir(parents=True, exist_ok=True)
+            plot_sparsity(result, figures)
+            record["figures"] = sorted(str(p) for p in figures.glob("*.png"))
+    if ctx.is_main:
+        store_record(study.results, record)
+    ctx.barrier()  # every rank reads the new record before deciding what runs next
     log(f"[{row} / {task} / seed {seed}] {record['metric']} {record['score']:.2f} in {seconds / 60:.1f} min")
+    if record["failed"]:
+        log(f"[{row} / {task} / seed {seed}] FAILED: {record['failed']} (majority-class baseline {json.dumps(result.baseline)})")
     return record
 
 
@@ -320,6 +337,8 @@ def table(study: Study, records: list[dict]) -> str:
         per_seed = _scores_by_seed(study, current, name)
         counts = [sum(task in scores for scores in per_seed.values()) for task in tasks]
         cells = [_mean_spread([scores[task] for scores in per_seed.values() if task in scores]) if n else "—" for task, n in zip(tasks, counts)]
+        cells = [cell + (" ✗" if any(current.get((name, task, s), {}).get("failed") for s in study.seeds) else "")
+                 for cell, task in zip(cells, tasks)]
         minutes = [f"{np.median(times):.1f}" if (times := [current[(name, t, s)]["seconds"] / 60 for s in study.seeds if (name, t, s) in current]) else "—"
                    for t in tasks]
         seeds = str(counts[0]) if len(set(counts)) == 1 else " / ".join(map(str, counts))
@@ -347,7 +366,46 @@ def table(study: Study, records: list[dict]) -> str:
             out.append(f"| {study.rows[name].label} − {study.rows[reference].label} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out + ["Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
-                     + time_lines + ["", PHASES_INTRO, ""] + phase_lines(study, current))
+                     + time_lines + ["", PHASES_INTRO, ""] + phase_lines(study, current) + failure_lines(study, current)
+                     + other_score_lines(study, current))
+
+
+def failure_lines(study: Study, current: dict) -> list[str]:
+    """Markdown bullets: the majority-class score of every task and every run flagged as failed (✗)."""
+    baselines = {}
+    for (_, task, _), record in current.items():
+        if record.get("baseline"):
+            baselines.setdefault(task, record["baseline"])
+    failed = [(key, record) for key, record in current.items() if record.get("failed")]
+    if not baselines and not failed:
+        return []
+    lines = ["", "Majority-class scores (the constant prediction of the most frequent training class; for STS-B no "
+             "correlation): " + "; ".join(f"{glue.get_task(t).folder} " + ", ".join(f"{k} {v:.1f}" for k, v in b.items())
+                                          for t, b in baselines.items()) + "."]
+    if failed:
+        lines += ["", "Runs flagged as failed (✗: the reported score at or below the majority-class one, or |correlation| "
+                  f"< {glue.MIN_CORRELATION:g}); the averages above include them:", ""]
+        lines += [f"- {study.rows[row].label} / {glue.get_task(task).folder} / seed {seed}: {record['failed']}"
+                  for (row, task, seed), record in sorted(failed, key=lambda item: (item[0][1], item[0][2], item[0][0]))]
+    else:
+        lines += ["", "No run is flagged as failed."]
+    return lines
+
+
+def other_score_lines(study: Study, current: dict) -> list[str]:
+    """Markdown bullets: the scores besides the primary one (MRPC accuracy, STS-B Pearson), mean over seeds."""
+    lines = []
+    for task in study.tasks:
+        primary = glue.primary_metric(task)
+        for metric in sorted({k for (_, t, _), r in current.items() if t == task for k in r.get("scores", {})} - {primary}):
+            cells = []
+            for name, row in study.rows.items():
+                values = [current[(name, task, s)]["scores"][metric] for s in study.seeds
+                          if (name, task, s) in current and metric in current[(name, task, s)].get("scores", {})]
+                if values:
+                    cells.append(f"{row.label} {_mean_spread(values)}")
+            lines.append(f"- {glue.get_task(task).folder} {METRIC_NAMES.get(metric, metric)}: " + "; ".join(cells))
+    return ["", "Other scores of the same runs (mean ± sample std over seeds):", ""] + lines if lines else []
 
 
 PHASES = {"admm": "after ADMM", "pruned": "after the hard cut", "retrain": "after retraining"}
@@ -413,6 +471,7 @@ def schedule(study: Study) -> str:
     return "\n".join(lines + ["", "Row overrides of this schedule:", ""] + rows)
 
 
+FIGURES = ("block_sparsity.png", "submatrix_sparsity.png", "weight_distribution.png")
 PLOT_PHASES = {"finetune": "dense", "admm": "after ADMM", "pruned": "hard cut", "retrain": "retrained"}
 
 
@@ -521,11 +580,15 @@ def main(argv=None) -> int:
 
     if args.command == "run":
         rows = sorted(rows, key=lambda r: r != DENSE)  # dense first: the others start from it
+        ctx = distributed.init()
+        log = print if ctx.is_main else (lambda message: None)
         for seed in seeds:
             for task in tasks:
                 for row in rows:
-                    run_one(study, row, task, seed, force=args.force)
-        write_report(study)
+                    run_one(study, row, task, seed, force=args.force, log=log)
+        if ctx.is_main:
+            write_report(study)
+        distributed.shutdown()
     elif args.command == "status":
         for row, task, seed, state in status(study):
             if row in rows and task in tasks and seed in seeds:

