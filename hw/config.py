@@ -187,3 +187,56 @@ class AttentionConfig:
         if unknown:
             raise ValueError(f"unknown attention config keys: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Parameters of the whole-encoder accelerator: its units and its on-chip memories.
+
+    Parameters
+    ----------
+    engine : EngineConfig
+        The MAC array of the linear layers (pattern geometry of the model's linears).
+    attention : AttentionConfig
+        The attention unit (attention-map pattern geometry, longest sequence, largest head).
+    max_width : int
+        Longest LayerNorm row: the largest hidden size.
+    scratch_bytes : int
+        On-chip int8 activation memory (the ``scratch`` address space of :mod:`hw.commands`).
+    wide_words : int
+        On-chip memory of 32-bit values (the ``wide`` address space).
+    """
+
+    engine: EngineConfig = EngineConfig()
+    attention: AttentionConfig = AttentionConfig()
+    max_width: int = 1024
+    scratch_bytes: int = 2**20
+    wide_words: int = 2**17
+
+    def __post_init__(self):
+        if isinstance(self.engine, dict):
+            object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
+        if isinstance(self.attention, dict):
+            object.__setattr__(self, "attention", AttentionConfig(**self.attention))
+        for name in ("max_width", "scratch_bytes", "wide_words"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def max_seq(self) -> int:
+        return self.attention.max_seq
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AcceleratorConfig":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("an accelerator config is a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown accelerator config keys: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)

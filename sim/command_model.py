@@ -1,0 +1,179 @@
+"""The command model: what the accelerator does with a memory image, one command at a time, in Python.
+
+It reads the command stream (``hw.commands``) and the regions (``hw.dram_formats``) the way the
+hardware does, and computes every operation with the arithmetic contract (``core``). It is the
+reference the RTL top is compared with, and it checks the compiler on its own: a compiled model run
+here must give the integer encoder's tensors at every layer boundary. It also counts the DRAM bytes
+each kind of command reads and writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core import golden
+from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
+from core.integer import attention, layer_norm, residual_add, table_lookup
+from firmware_gen.compiler import decode_command
+from hw import dram_formats as fmt
+from hw.commands import COMMAND_BYTES, ErrorCause, Op
+from hw.config import AcceleratorConfig
+
+
+class CommandError(RuntimeError):
+    """A run stopped with an error: its :class:`ErrorCause` and the index of the failing command."""
+
+    def __init__(self, cause: ErrorCause, index: int, message: str):
+        super().__init__(f"command {index}: {cause.name}: {message}")
+        self.cause, self.index = cause, index
+
+
+@dataclass
+class RunStats:
+    commands: int = 0
+    layers: int = 0
+    read: Counter = field(default_factory=Counter)  # DRAM bytes read, per op name
+    written: int = 0
+
+
+class CommandModel:
+    """DRAM (a bytearray), scratch (int8) and wide (int32) memories, and the command interpreter."""
+
+    def __init__(self, config: AcceleratorConfig, dram: bytearray):
+        self.config = config
+        self.dram = dram
+        self.scratch = np.zeros(config.scratch_bytes, dtype=np.int8)
+        self.wide = np.zeros(config.wide_words, dtype=np.int64)
+        self.stats = RunStats()
+        self._index = 0
+
+    # ---------------------------------------------------------------------------------- memories
+
+    def _fail(self, cause: ErrorCause, message: str):
+        raise CommandError(cause, self._index, message)
+
+    def _read(self, op: Op | str, address: int, size: int) -> bytes:
+        if address + size > len(self.dram):
+            self._fail(ErrorCause.BUS_ERROR, f"DRAM read {address:#x}+{size} past the end of memory ({len(self.dram)} bytes)")
+        self.stats.read[op if isinstance(op, str) else op.name] += size
+        return bytes(self.dram[address:address + size])
+
+    def _local(self, wide: bool, address: int, count: int) -> slice:
+        memory = self.wide if wide else self.scratch
+        if address + count > memory.size:
+            self._fail(ErrorCause.OUT_OF_RANGE, f"{'wide' if wide else 'scratch'} {address}+{count} past its {memory.size} entries")
+        return slice(address, address + count)
+
+    def _rows(self, address: int, rows: int, width: int, wide: bool = False) -> torch.Tensor:
+        memory = self.wide if wide else self.scratch
+        return torch.from_numpy(memory[self._local(wide, address, rows * width)].astype(np.int64).reshape(rows, width))
+
+    def _put(self, address: int, values: torch.Tensor, wide: bool = False):
+        memory = self.wide if wide else self.scratch
+        memory[self._local(wide, address, values.numel())] = values.flatten().numpy()
+
+    # ---------------------------------------------------------------------------------- run
+
+    def run(self, command_address: int = 0, max_commands: int = 1 << 16) -> RunStats:
+        for self._index in range(max_commands):
+            blob = self._read("COMMANDS", command_address + self._index * COMMAND_BYTES, COMMAND_BYTES)
+            op, f = decode_command(blob)
+            if op is None:
+                self._fail(ErrorCause.BAD_OPCODE, f"op byte {blob[0]:#04x} is not an operation")
+            self.stats.commands += 1
+            if op is Op.END:
+                return self.stats
+            getattr(self, f"_{op.name.lower()}")(op, f)
+        self._fail(ErrorCause.OUT_OF_RANGE, f"no END within {max_commands} commands")
+
+    def _matmul(self, op: Op, f: dict):
+        k, kept = self.config.engine.pattern.block_size, self.config.engine.pattern.kept_per_block
+        n, kin, dense = f["out_features"], f["in_features"], bool(f["dense"])
+        size = fmt.linear_region_bytes(n, kin, block_size=k, kept=kept, pool_size=f["pool_size"], dense=dense)
+        if f["weight_bytes"] != size:
+            self._fail(ErrorCause.BAD_SIZE, f"linear region is {f['weight_bytes']} bytes, a {n}×{kin} layer's is {size}")
+        blob = self._read(op, f["weights"], size)
+        table_bytes = fmt.pattern_table_bytes(f["pool_size"], kept, dense)
+        rows = np.frombuffer(blob[table_bytes:], dtype=fmt.block_row_dtype(kin, k, kept, dense))
+        nb, kb = rows.shape[0], fmt.blocks(kin, k)
+        values = torch.from_numpy(rows["blocks"]["values"].astype(np.int64))
+        if dense:
+            blocks = values
+        else:
+            positions = torch.from_numpy(np.frombuffer(blob[:table_bytes], dtype=np.uint8).astype(np.int64).reshape(-1, kept))
+            ids = torch.from_numpy(rows["blocks"]["id"].astype(np.int64))
+            if int(ids.max()) >= f["pool_size"]:
+                self._fail(ErrorCause.OUT_OF_RANGE, f"pattern id {int(ids.max())} beyond the pool of {f['pool_size']}")
+            blocks = torch.zeros(nb, kb, k * k, dtype=torch.int64).scatter(-1, positions[ids], values)
+        weight = blocks.reshape(nb, kb, k, k).permute(0, 2, 1, 3).reshape(nb * k, kb * k)[:n, :kin]
+        channels = rows["channels"].reshape(-1)[:n]
+        bias, multiplier, shift = (torch.from_numpy(channels[name].astype(np.int64)) for name in ("bias", "multiplier", "shift"))
+        x = self._rows(f["src"], f["tokens"], kin)
+        if f["raw"]:
+            y = golden.linear_accumulate(x, weight, bias).to(torch.int64)
+        else:
+            y = golden.linear(x, weight, bias, multiplier, shift, WIDE_BITS if f["wide"] else 8)[1].to(torch.int64)
+        self._put(f["dst"], y, bool(f["wide"]))
+
+    def _attention(self, op: Op, f: dict):
+        heads, d, length_tokens = f["heads"], f["head_dim"], f["tokens"]
+        ka = self.config.attention.engine.pattern.block_size
+        pruned = bool(f["pruned"])
+        blob = self._read(op, f["constants"], fmt.attention_constants_bytes(f["pool_size"], ka, pruned))
+        table_bytes = fmt.attention_constants_bytes(0, ka, False)
+        exp_table = torch.from_numpy(np.frombuffer(blob[:table_bytes], dtype=fmt.EXP_ENTRY).astype(np.int64))
+        pool = None
+        if pruned:
+            packed = np.frombuffer(blob[table_bytes:], dtype=np.uint8).reshape(f["pool_size"], -1)
+            pool = torch.from_numpy(np.unpackbits(packed, axis=1, bitorder="little")[:, :ka * ka].astype(bool))
+        valid_tokens = int.from_bytes(self._read(op, f["length"], 4), "little")
+        if valid_tokens > length_tokens:
+            self._fail(ErrorCause.OUT_OF_RANGE, f"{valid_tokens} valid tokens in a sequence of {length_tokens}")
+        valid = (torch.arange(length_tokens) < valid_tokens)[None]
+
+        def heads_of(address):  # [L, H·d] → [1, heads, L, d]
+            return self._rows(address, length_tokens, heads * d).reshape(length_tokens, heads, d).transpose(0, 1)[None]
+
+        _, _, _, context = attention(heads_of(f["q"]), heads_of(f["k"]), heads_of(f["v"]), valid, f["exp_multiplier"], f["exp_shift"],
+                                     exp_table, f["context_multiplier"], f["context_shift"], pool)
+        self._put(f["dst"], context[0].transpose(0, 1).reshape(length_tokens, heads * d).to(torch.int64))
+
+    def _norm(self, op: Op, f: dict):
+        width, rows = f["width"], f["tokens"]
+        params = np.frombuffer(self._read(op, f["params"], fmt.norm_region_bytes(width)), dtype=fmt.NORM_CHANNEL)
+        gamma, beta = (torch.from_numpy(params[name].astype(np.int64)) for name in ("gamma", "beta"))
+        r = residual_add(self._rows(f["wide_src"], rows, width, wide=True), self._rows(f["residual"], rows, width), RESIDUAL_SHIFT)
+        self._put(f["dst"], layer_norm(r, gamma, beta, f["shift"], NORM_Z_BITS).to(torch.int64))
+        self.stats.layers += f["ends_layer"]
+
+    def _table(self, op: Op, f: dict):
+        table = torch.from_numpy(np.frombuffer(self._read(op, f["table"], 256), dtype=np.int8).astype(np.int64))
+        x = self._rows(f["src"], 1, f["count"])
+        self._put(f["dst"], table_lookup(x, table))
+
+    def _load(self, op: Op, f: dict):
+        blob = self._read(op, f["dram"], f["bytes"])
+        values = np.frombuffer(blob, dtype="<i4" if f["wide"] else np.int8)
+        if f["wide"] and f["bytes"] % 4:
+            self._fail(ErrorCause.BAD_SIZE, f"a wide LOAD of {f['bytes']} bytes is not whole words")
+        self._put(f["local"], torch.from_numpy(values.astype(np.int64)), bool(f["wide"]))
+
+    def _store(self, op: Op, f: dict):
+        wide = bool(f["wide"])
+        if wide and f["bytes"] % 4:
+            self._fail(ErrorCause.BAD_SIZE, f"a wide STORE of {f['bytes']} bytes is not whole words")
+        count = f["bytes"] // 4 if wide else f["bytes"]
+        memory = self.wide if wide else self.scratch
+        values = memory[self._local(wide, f["local"], count)]
+        blob = values.astype("<i4").tobytes() if wide else values.tobytes()
+        if f["dram"] + len(blob) > len(self.dram):
+            self._fail(ErrorCause.BUS_ERROR, f"DRAM write {f['dram']:#x}+{len(blob)} past the end of memory")
+        self.dram[f["dram"]:f["dram"] + len(blob)] = blob
+        self.stats.written += len(blob)
+
+    def _barrier(self, op: Op, f: dict):
+        pass
