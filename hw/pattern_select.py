@@ -14,6 +14,12 @@ def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
     return -(-pool_size // patterns_per_cycle) + 1
 
 
+def choice_latency(pool_size: int, patterns_per_cycle: int) -> int:
+    """Cycles from a block's transfer to its choice's ``valid``: one cycle per group of masses, the last
+    group's comparison, then the registered choice."""
+    return -(-pool_size // patterns_per_cycle) + 2
+
+
 class PatternSelect(wiring.Component):
     """The pool pattern with the largest kept sum over one block, ties to the lower id (seed 000 §3.4).
 

@@ -18,6 +18,21 @@ from hw.row_reciprocal import RowReciprocal
 
 #: Bits of an exponential (``e ≤ 2^EXP_OUT_BITS``).
 E_BITS = EXP_OUT_BITS + 1
+#: Cycles from a tile bank's read address to its word (a synchronous read port).
+BANK_READ_LATENCY = 1
+#: Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start only
+#: while fewer blocks than this are between their first read and leaving (chosen, or taken from ``blocks``).
+QUEUE_DEPTH = 4
+#: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
+#: (``SyncFIFOBuffered``: its memory, then its output register).
+QUEUE_LATENCY = 2
+#: Cycles from the last addition into a row's total (its last exponentials, or its block row's last
+#: choice) to the total's offer to the row's :class:`RowReciprocal`: the flag that the total is final,
+#: then the pending row.
+RECIPROCAL_OFFER_LATENCY = 2
+#: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
+#: reciprocal being counted as stored.
+RECIPROCAL_RETURN_LATENCY = 1
 
 
 def tile_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -253,7 +268,7 @@ class SoftmaxUnit(wiring.Component):
         last_row = row == exp_tile.rows - 1
         last_kb = kb == exp_tile.key_blocks - 1
         meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k, "last": 1})
-        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_LATENCY + 1)]
+        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(BANK_READ_LATENCY + EXP_LATENCY)]
         issue_exp = Signal()
         m.d.comb += [exp_addr.eq(Cat(kb[:kb_bits], row)), exp_reading.eq(issue_exp)]
         m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
@@ -312,11 +327,11 @@ class SoftmaxUnit(wiring.Component):
         bk = Signal(COUNT_BITS)  # the key block being read
         bstep = Signal(range(k))  # the row within the block being read
         issued_all = Signal()
-        credit_depth = 4
+        credit_depth = QUEUE_DEPTH
         in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
         block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
                                         "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})
-        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(SCALE_LATENCY + 1)]
+        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(BANK_READ_LATENCY + SCALE_LATENCY)]
         issue_block = Signal()
         block_row = bq * k + bstep
         m.d.comb += norm_addr.eq(Cat(bk[:kb_bits], block_row))

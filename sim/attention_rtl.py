@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+from core.encoder import exp_table
+from core.integer import int_exp
+from core.pattern import from_blocks
 from firmware_gen.attention import AttentionProgram
 from hw.config import AttentionConfig
+from hw.cycle_model import AttentionHeadShape
 from hw.gen import ATTENTION_NAME, generate_attention
 from sim.rtl import (CLOCK_NS, COCOTB_MAIN, CXX_MAKE_FLAGS, RESET_CYCLES, TIMESCALE, VERILATOR_FLAGS, BitExactMismatch,
                      _verilator_build, prepare_case_dir, run_cocotb_case)
@@ -66,8 +70,9 @@ def run_attention_program(harness: AttentionHarness, program: AttentionProgram, 
     """Run ``program`` on the harness and compare scores, pattern ids, probabilities and context of every
     head with the golden model of ``reference`` (default: ``program`` itself; another one shows that a
     corrupted input is caught). Returns the result (``cycles`` from the first command to the last context
-    beat, ``mismatches`` per boundary, ``passed``, times); a mismatch raises :class:`BitExactMismatch`
-    unless ``check=False``. ``case_dir`` follows :func:`sim.rtl.prepare_case_dir`."""
+    beat, ``scores_cycles`` and ``context_cycles`` of the two stages, ``head_cycles`` per head (see
+    :func:`read_head_cycles`), ``mismatches`` per boundary, ``passed``, times); a mismatch raises
+    :class:`BitExactMismatch` unless ``check=False``. ``case_dir`` follows :func:`sim.rtl.prepare_case_dir`."""
     if program.config != harness.config:
         raise ValueError("the program was built for another attention config than the harness")
     streams = program.streams()
@@ -84,16 +89,49 @@ def run_attention_program(harness: AttentionHarness, program: AttentionProgram, 
         plusargs += [f"+{name}_file={paths[name]}", f"+{name}_count={len(beats)}", f"+{name}_replays=1"]
     for name, count in counts.items():
         plusargs += [f"+{name}_file={case_dir / (name + '_out.hex')}", f"+{name}_count={count}"]
+    stages_file = case_dir / "stages.txt"
+    plusargs.append(f"+stages_file={stages_file}")
     torch.save({"program": reference or program}, case_dir / "case.pt")
     (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS,
                                                     "reset_cycles": RESET_CYCLES}))
     result = run_cocotb_case("verilator", "sim.cocotb_attention", HARNESS_TOP, harness.build_dir / "sim", case_dir,
                              plusargs, {"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_attention.py"})
+    result["head_cycles"] = read_head_cycles(stages_file) if stages_file.exists() else None
     if check and not result["passed"]:
         what = (", ".join(f"{v} {k}" for k, v in result["mismatches"].items() if v) + " differ from the golden model"
                 if result.get("mismatches") else "the run did not complete (no output, an error flag or a timeout)")
         raise BitExactMismatch(f"attention RTL is not bit-exact: {what}; see {case_dir / 'sim.log'}", result)
     return result
+
+
+def head_shapes(program: AttentionProgram) -> list[AttentionHeadShape]:
+    """Every head of ``program`` as the cycle model sees it (:func:`hw.cycle_model.attention_cycles`),
+    with the real rows whose kept exponential sum is 0 under pruning, found from the golden model."""
+    k = program.config.engine.pattern.block_size
+    table = exp_table() if program.exp_table is None else program.exp_table
+    shapes = []
+    for h in program.heads:
+        zero = ()
+        if program.pool is not None and h.valid_length:
+            scores, _, ids, _ = h.golden(program.pool, program.exp_table)
+            real = h.valid_length
+            s = scores[:real, :real]
+            e = int_exp(s.amax(-1, keepdim=True) - s, h.exp_multiplier, h.exp_shift, table)
+            keep = from_blocks(program.pool[ids], k)[:real, :real]
+            zero = tuple(int(q) for q in torch.nonzero((e * keep).sum(-1) == 0).flatten())
+        shapes.append(AttentionHeadShape(h.length, h.q.shape[1], h.valid_length, zero))
+    return shapes
+
+
+def read_head_cycles(path: str | Path) -> list[dict[str, int]]:
+    """The harness's per-head counts: ``other`` (stage-0 cycles before and between its stages), ``scores``
+    (Q·Kᵀ and softmax), ``context`` (P·V), and their sum ``cycles``."""
+    heads = []
+    for line in Path(path).read_text().split("\n"):
+        if line.strip():
+            other, scores, context = (int(v) for v in line.split())
+            heads.append({"other": other, "scores": scores, "context": context, "cycles": other + scores + context})
+    return heads
 
 
 def read_hex(path: str | Path) -> list[int]:

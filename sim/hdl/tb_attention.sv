@@ -3,7 +3,10 @@
 // so no Python runs per cycle. The pool and the exponential table are loaded before the first head's
 // command (the command source waits for them). `cycles` counts from the first command's transfer to the
 // last context beat; `scores_cycles` and `context_cycles` count those of them in the unit's scores-and-
-// softmax stage and in its context stage.
+// softmax stage and in its context stage. The same counts per head (its stage-0 cycles, which come before
+// its scores stage and between its two stages, then its scores and its context cycles; a head's count ends
+// when the stage leaves the context) are written at the end of the simulation to `+stages_file`, one line
+// per head.
 module tb_attention #(
     parameter int CMD_W = 1,
     parameter int POOL_W = 1,
@@ -75,19 +78,45 @@ module tb_attention #(
         .score_tap, .block_tap, .stage, .busy, .error);
 
     logic started;
+    wire counting = (started || (cmd_valid && cmd_ready)) && !out_done;
+    logic [63:0] head_other [CMD_DEPTH], head_scores [CMD_DEPTH], head_context [CMD_DEPTH];
+    logic [31:0] head;
+    logic [1:0] last_stage;
+    wire [31:0] this_head = (last_stage == 2'd2 && stage != 2'd2) ? head + 1 : head;
+    initial for (int h = 0; h < CMD_DEPTH; h++) begin
+        head_other[h] = 64'd0; head_scores[h] = 64'd0; head_context[h] = 64'd0;
+    end
     always_ff @(posedge clk) begin
         if (rst) begin
             started <= 1'b0;
             cycles <= 64'd0;
             scores_cycles <= 64'd0;
             context_cycles <= 64'd0;
+            head <= 0;
+            last_stage <= 2'd0;
         end else begin
             if (cmd_valid && cmd_ready) started <= 1'b1;
-            if ((started || (cmd_valid && cmd_ready)) && !out_done) begin
+            if (counting) begin
                 cycles <= cycles + 64'd1;
                 if (stage == 2'd1) scores_cycles <= scores_cycles + 64'd1;
                 if (stage == 2'd2) context_cycles <= context_cycles + 64'd1;
+                if (this_head < CMD_DEPTH) begin
+                    if (stage == 2'd1) head_scores[this_head] <= head_scores[this_head] + 64'd1;
+                    else if (stage == 2'd2) head_context[this_head] <= head_context[this_head] + 64'd1;
+                    else head_other[this_head] <= head_other[this_head] + 64'd1;
+                end
+                head <= this_head;
+                last_stage <= stage;
             end
         end
+    end
+
+    string stages_file;
+    int fd;
+    final if ($value$plusargs("stages_file=%s", stages_file)) begin
+        fd = $fopen(stages_file, "w");
+        for (int h = 0; h <= head && h < CMD_DEPTH; h++)
+            $fdisplay(fd, "%0d %0d %0d", head_other[h], head_scores[h], head_context[h]);
+        $fclose(fd);
     end
 endmodule
