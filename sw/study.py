@@ -457,6 +457,12 @@ def schedule(study: Study) -> str:
         ("ADMM ρ", f"{admm.rho:g}, ×{admm.rho_growth:g} per Z/U update (cap {admm.rho_max:g}), update every {admm.update_every} steps, "
                    f"pool rebuilt every {admm.pool_rebuild_every} update(s)"),
         ("SR-STE λ", f"{base.compression.srste_decay:g}"),
+        *([("ADMM weight decay", f"{base.admm_weight_decay:g}")] if base.admm_weight_decay is not None else []),
+        *([("minimum steps per phase", base.min_steps)] if base.min_steps else []),
+        *([("checkpoint selection", f"fine-tune and retrain end on their best step on a {base.heldout_fraction:.0%} held-out slice "
+                                    f"of train, scored every {base.select_every} steps")] if base.select_every else []),
+        *([("knowledge distillation", "α {alpha:g}, T {temperature:g} from the dense model, in ADMM and retraining".format(
+            **{"alpha": 0.5, "temperature": 2.0, **base.compression.distillation}))] if base.compression.distillation else []),
         ("seeds", ", ".join(str(s) for s in study.seeds)),
         ("threads", base.threads or "library default"),
     ]
