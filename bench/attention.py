@@ -3,10 +3,11 @@
 For the attention shapes of all-MiniLM-L6-v2 (12 heads × 32) and BERT-base (12 heads × 64) at 128
 tokens, twelve heads of random int8 Q/K/V run on the Verilog with and without attention-map pruning;
 every head's scores, pattern ids, probabilities and context are checked bit for bit against the golden
-model. The harness splits the cycles by stage (scores + softmax, context); the engine's cycle model
-gives what the two matmuls alone would take. With a trained artifact (``--artifact``, default the
-MRPC attention-pruned one that ``make bench-integer`` writes), real dev sentences' Q/K/V of every layer
-and head run too.
+model. The harness splits the cycles by head and stage (scores + softmax, context, the rest); the
+attention unit's cycle model (``hw.cycle_model.attention_cycles``) predicts each of them, and the
+engine's cycle model gives what the two matmuls alone would take. With a trained artifact
+(``--artifact``, default the MRPC attention-pruned one that ``make bench-integer`` writes), real dev
+sentences' Q/K/V of every layer and head run too, their cycles also against the model.
 
 Writes ``build/bench/attention.json``, the attention section of ``docs/results/performance.md`` and the
 ``attention`` key of ``docs/results/performance.json``.
@@ -28,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.atomic import write_atomic, write_between_markers  # noqa: E402
 from firmware_gen.attention import AttentionHead, AttentionProgram  # noqa: E402
 from hw.config import AttentionConfig  # noqa: E402
-from hw.cycle_model import BERT_BASE, MINILM_L6, matmul_cycles  # noqa: E402
-from sim.attention_rtl import build_attention_harness, run_attention_program  # noqa: E402
+from hw.cycle_model import BERT_BASE, MINILM_L6, attention_cycles, matmul_cycles  # noqa: E402
+from sim.attention_rtl import build_attention_harness, head_shapes, run_attention_program  # noqa: E402
 from sim.cases import random_pool_masks  # noqa: E402
 
 OUT = Path("build/bench")
@@ -51,19 +52,27 @@ def shape_rows(harness, config: AttentionConfig) -> list[dict]:
                                        random_pool_masks(config.engine.pattern, 1) if pruned else None)
             started = time.perf_counter()
             result = run_attention_program(harness, program, OUT / "attention_cases" / f"{encoder.name}_{'pruned' if pruned else 'dense'}")
+            model = attention_cycles(config, head_shapes(program), pruned=pruned)
             scores_model = matmul_cycles(engine, SEQ, d, SEQ, dense=True).cycles * heads
             context_model = matmul_cycles(engine, d, SEQ, SEQ, dense=not pruned).cycles * heads
             useful = heads * (SEQ * SEQ * d + SEQ * SEQ * d * (n if pruned else k * k) // (k * k))
+            per_head = [{"other": h.other, "scores": h.scores, "context": h.context} for h in model.heads]
+            measured = [{name: h[name] for name in ("other", "scores", "context")} for h in result["head_cycles"]]
             rows.append({
                 "encoder": encoder.name, "heads": heads, "head_dim": d, "seq": SEQ, "pruned": pruned,
                 "cycles": result["cycles"], "scores_cycles": result["scores_cycles"], "context_cycles": result["context_cycles"],
                 "other_cycles": result["cycles"] - result["scores_cycles"] - result["context_cycles"],
+                "model": {"cycles": model.cycles, "scores_cycles": model.scores, "context_cycles": model.context,
+                          "other_cycles": model.other},
+                "model_heads_equal": sum(m == h for m, h in zip(per_head, measured)),
+                "model_exact": per_head == measured and model.cycles == result["cycles"],
                 "scores_matmul_model": scores_model, "context_matmul_model": context_model,
                 "useful_macs": useful, "utilization": useful / (engine.multipliers * result["cycles"]),
                 "bit_exact": result["passed"], "seconds": time.perf_counter() - started,
             })
-            print(f"{encoder.name} {'pruned' if pruned else 'dense'}: {result['cycles']:,} cycles, "
-                  f"utilization {rows[-1]['utilization']:.1%}, bit-exact {result['passed']}", flush=True)
+            print(f"{encoder.name} {'pruned' if pruned else 'dense'}: {result['cycles']:,} cycles (model {model.cycles:,}, "
+                  f"{rows[-1]['model_heads_equal']} of {heads} heads equal in every stage), utilization "
+                  f"{rows[-1]['utilization']:.1%}, bit-exact {result['passed']}", flush=True)
     return rows
 
 
@@ -84,7 +93,7 @@ def real_data(harness, config: AttentionConfig, artifact_dir: Path, sentences: i
     batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id)
     out = artifact.encoder()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], trace=True)
     pool = artifact.tensors["attention.pool"].to(torch.bool) if "attention.pool" in artifact.tensors else None
-    d, cycles, exact = spec["head_dim"], 0, True
+    d, cycles, exact, model_cycles, heads_equal = spec["head_dim"], 0, True, 0, 0
     for index, layer in enumerate(out.layers):  # one run per layer: the harness's memories hold that much
         entry, heads = spec["layers"][index], []
         for b in range(batch["input_ids"].shape[0]):
@@ -93,11 +102,17 @@ def real_data(harness, config: AttentionConfig, artifact_dir: Path, sentences: i
                 heads.append(AttentionHead(layer.query[b, :, part], layer.key[b, :, part], layer.value[b, :, part],
                                            int(batch["attention_mask"][b].sum()), entry["exp_multiplier"], entry["exp_shift"],
                                            entry["context_multiplier"], entry["context_shift"]))
-        result = run_attention_program(harness, AttentionProgram(config, heads, pool), OUT / "attention_cases" / f"real_{index}")
-        cycles, exact = cycles + result["cycles"], exact and result["passed"]
-        print(f"real data, layer {index}: {len(heads)} heads bit-exact {result['passed']}", flush=True)
+        program = AttentionProgram(config, heads, pool)
+        result = run_attention_program(harness, program, OUT / "attention_cases" / f"real_{index}")
+        model = attention_cycles(config, head_shapes(program), pruned=pool is not None)
+        cycles, exact, model_cycles = cycles + result["cycles"], exact and result["passed"], model_cycles + model.cycles
+        heads_equal += sum((m.other, m.scores, m.context) == (h["other"], h["scores"], h["context"])
+                           for m, h in zip(model.heads, result["head_cycles"]))
+        print(f"real data, layer {index}: {len(heads)} heads bit-exact {result['passed']}, {result['cycles']:,} cycles "
+              f"(model {model.cycles:,})", flush=True)
     return {"artifact": str(artifact_dir), "sentences": sentences, "heads": len(out.layers) * len(heads),
-            "length": int(batch["input_ids"].shape[1]), "cycles": cycles, "bit_exact": exact}
+            "length": int(batch["input_ids"].shape[1]), "cycles": cycles, "bit_exact": exact,
+            "model_cycles": model_cycles, "model_heads_equal": heads_equal}
 
 
 def markdown(config: AttentionConfig, rows: list[dict], real: dict | None, summary: dict) -> str:
@@ -112,6 +127,16 @@ def markdown(config: AttentionConfig, rows: list[dict], real: dict | None, summa
         lines.append(f"| {r['encoder']} ({r['heads']}×{r['head_dim']}) | {'pruned' if r['pruned'] else 'dense'} | {r['cycles']:,} | "
                      f"{r['scores_cycles']:,} | {r['context_cycles']:,} | {r['other_cycles']:,} | {r['scores_matmul_model']:,} | "
                      f"{r['context_matmul_model']:,} | {r['utilization']:.1%} |")
+    lines += ["", "Measured (Verilator, per head and stage) against `hw.cycle_model.attention_cycles`, which derives them "
+              "from the components' latencies:", "",
+              "| shape | map | cycles | model | scores + softmax | model | context (P·V) | model | other | model | heads equal in every stage |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m = r["model"]
+        lines.append(f"| {r['encoder']} ({r['heads']}×{r['head_dim']}) | {'pruned' if r['pruned'] else 'dense'} | "
+                     f"{r['cycles']:,} | {m['cycles']:,} | {r['scores_cycles']:,} | {m['scores_cycles']:,} | "
+                     f"{r['context_cycles']:,} | {m['context_cycles']:,} | {r['other_cycles']:,} | {m['other_cycles']:,} | "
+                     f"{r['model_heads_equal']} of {r['heads']} |")
     lines += ["", f"P·V cycles dense ÷ pruned (context stage, measured): "
               + ", ".join(f"{name} **{v:.3f}×**" for name, v in summary["pv_speedup_by_shape"].items())
               + f" (target ≥ {TARGETS['pv_speedup']}×, limit 2.0×). Whole-attention MAC utilization with pruning: "
@@ -120,7 +145,8 @@ def markdown(config: AttentionConfig, rows: list[dict], real: dict | None, summa
     if real:
         lines += ["", f"Real data: {real['heads']} heads ({real['sentences']} MRPC dev pairs × every layer and head of "
                   f"`{real['artifact']}`, padded to {real['length']} tokens): bit-exact **{real['bit_exact']}**, "
-                  f"{real['cycles']:,} cycles."]
+                  f"{real['cycles']:,} cycles; the cycle model {real['model_cycles']:,}, "
+                  f"{real['model_heads_equal']} of {real['heads']} heads equal in every stage."]
     return "\n".join(lines)
 
 
@@ -143,6 +169,7 @@ def main(argv=None) -> int:
                  "utilization": min(summary["utilization_by_shape"].values()),
                  "cycles_pruned": {n: by[n, True]["cycles"] for n in names},
                  "cycles_dense": {n: by[n, False]["cycles"] for n in names},
+                 "model_exact": all(r["model_exact"] for r in rows),
                  **summary, "shapes": rows, "real_data": real, "config": json.loads(config.to_json())}
     OUT.mkdir(parents=True, exist_ok=True)
     write_atomic(OUT / "attention.json", json.dumps(attention, indent=2) + "\n")
