@@ -60,13 +60,13 @@ class Context:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    def sum(self, value: int | float) -> float:
-        """Sum of a Python number over the ranks."""
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``values`` over the ranks (a CPU tensor in, a CPU tensor out)."""
         if not self.distributed:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t)
-        return float(t.item())
+            return values
+        out = values.to(self._comm_device())
+        dist.all_reduce(out)
+        return out.cpu()
 
     def broadcast_object(self, value):
         """Rank 0's ``value`` on every rank."""

@@ -355,7 +355,7 @@ def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name:
             if ctx.distributed:  # one all-reduce: the global batch size and its summed loss
                 local = batch["labels"].shape[0]
                 totals = torch.tensor([float(local), float(logged) * local], dtype=torch.float64)
-                count, summed = (float(v) for v in _all_reduce(totals, ctx))
+                count, summed = (float(v) for v in ctx.all_reduce_sum(totals))
                 loss = loss * (local * ctx.world_size / count)
                 logged = torch.tensor(summed / count)
             if admm is not None:
@@ -394,12 +394,6 @@ def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name:
     log.seconds = time.perf_counter() - start
     progress.close()
     return log
-
-
-def _all_reduce(values: torch.Tensor, ctx: distributed.Context) -> torch.Tensor:
-    out = values.to(ctx._comm_device())
-    torch.distributed.all_reduce(out)
-    return out.cpu()
 
 
 @torch.no_grad()
