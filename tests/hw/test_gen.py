@@ -71,3 +71,19 @@ def test_verilog_is_lint_clean_with_wall(config, tmp_path):
     # The waivers matter: without them -Wall rejects the generated file.
     bare = subprocess.run(["verilator", "--lint-only", "-Wall", str(verilog)], capture_output=True, text=True, env=env)
     assert bare.returncode != 0
+
+
+def test_accelerator_from_a_config_file_and_refusals(tmp_path):
+    from hw.config import AcceleratorConfig
+    from hw.gen import main
+
+    config = tmp_path / "accelerator.json"
+    config.write_text(AcceleratorConfig(scratch_bytes=4096, wide_words=1024).to_json())
+    assert main(["--accelerator", "--config", str(config), "--out", str(tmp_path / "rtl")]) == 0
+    text = (tmp_path / "rtl" / "accelerator.v").read_text()
+    assert "module accelerator(" in text and "m_axi_araddr" in text and "s_axil_wdata" in text
+    eight = AcceleratorConfig(engine={"pattern": {"block_size": 8, "kept_per_block": 32, "pool_size": 32}})
+    config.write_text(eight.to_json())
+    assert main(["--accelerator", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+    assert main(["--accelerator", "--lanes", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
