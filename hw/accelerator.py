@@ -10,10 +10,12 @@ from amaranth.lib.wiring import In, Out
 from hw.axi import axi4_lite_slave_members, axi4_master_members, axi4_read_members, axi4_write_members, forward
 from hw.axi_reader import AxiReader
 from hw.axi_writer import AxiWriter
-from hw.commands import ADDRESS_BITS, COMMAND_BYTES, ErrorCause, Op
+from hw.commands import ADDRESS_BITS, COMMAND_BYTES, ErrorCause, Op, command_layout
 from hw.config import AcceleratorConfig, refuse
 from hw.control_registers import ControlRegisters
 from hw.op_ports import WIDE_LANES, WORD_BITS, WORD_BYTES
+from hw.norm_op import NormOp
+from hw.table_op import TableOp
 from hw.transfer_op import TransferOp
 
 #: Width of the AXI4-Lite address.
@@ -30,7 +32,8 @@ class Accelerator(wiring.Component):
     no byte strobed) before the core is idle, so the bus is never left mid-burst.
 
     Operation units (one per file, all with :func:`hw.op_ports.op_members`): LOAD/STORE
-    (:class:`hw.transfer_op.TransferOp`); BARRIER and END are the sequencer's own. An op without a unit
+    (:class:`hw.transfer_op.TransferOp`), TABLE (:class:`hw.table_op.TableOp`), NORM
+    (:class:`hw.norm_op.NormOp`); BARRIER and END are the sequencer's own. An op without a unit
     yet stops the run with ``BAD_OPCODE``.
 
     Parameters
@@ -73,8 +76,8 @@ class Accelerator(wiring.Component):
         scratch_w, scratch_r = scratch.write_port(granularity=8), scratch.read_port()
         wide_w, wide_r = wide.write_port(granularity=32), wide.read_port()
 
-        units = {Op.LOAD: TransferOp(cfg), Op.STORE: None}
-        units[Op.STORE] = units[Op.LOAD]
+        transfer = TransferOp(cfg)
+        units = {Op.LOAD: transfer, Op.STORE: transfer, Op.TABLE: TableOp(cfg), Op.NORM: NormOp(cfg)}
         distinct = []
         abort_units = Signal()
         for op, unit in units.items():
@@ -190,6 +193,8 @@ class Accelerator(wiring.Component):
                         m.d.sync += cause.eq(ErrorCause.BUS_ERROR)
                         m.next = "FAIL"
                     with m.Else():
+                        with m.If((op == Op.NORM.value) & command_layout(Op.NORM)(command).ends_layer):
+                            m.d.sync += layers.eq(layers + 1)
                         m.next = "NEXT"
             with state("NEXT"):
                 m.d.sync += [index.eq(index + 1), address.eq(address + COMMAND_BYTES)]

@@ -115,6 +115,16 @@ def transfer_misaligned(op: Op, wide: bool, size: int, local: int) -> bool:
     return local % 4 != 0 or (op is Op.LOAD and size % 4 != 0)
 
 
+def table_misaligned(count: int, src: int, dst: int) -> bool:
+    """TABLE rule (``BAD_SIZE`` when broken): whole scratch words."""
+    return count % 4 != 0 or src % 4 != 0 or dst % 4 != 0
+
+
+def norm_shape_bad(width: int, tokens: int, max_width: int) -> bool:
+    """NORM rule (``OUT_OF_RANGE`` when broken): at least one row of 1 … ``max_width`` entries."""
+    return not (1 <= width <= max_width and tokens >= 1)
+
+
 def command_layout(op: Op) -> data.StructLayout:
     """``op`` (8 bits), then the operation's fields in order, padded to ``COMMAND_BYTES``. Fields whose
     names start with ``_`` are reserved: written as zero, ignored."""

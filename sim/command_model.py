@@ -20,7 +20,7 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import COMMAND_BYTES, ErrorCause, Op, transfer_misaligned
+from hw.commands import COMMAND_BYTES, ErrorCause, Op, norm_shape_bad, table_misaligned, transfer_misaligned
 from hw.config import AcceleratorConfig
 
 
@@ -144,6 +144,11 @@ class CommandModel:
 
     def _norm(self, op: Op, f: dict):
         width, rows = f["width"], f["tokens"]
+        if norm_shape_bad(width, rows, self.config.max_width):
+            self._fail(ErrorCause.OUT_OF_RANGE, f"NORM of {rows} rows of {width} entries (rows of 1…{self.config.max_width})")
+        self._local(True, f["wide_src"], rows * width)
+        self._local(False, f["residual"], rows * width)
+        self._local(False, f["dst"], rows * width)
         params = np.frombuffer(self._read(op, f["params"], fmt.norm_region_bytes(width)), dtype=fmt.NORM_CHANNEL)
         gamma, beta = (torch.from_numpy(params[name].astype(np.int64)) for name in ("gamma", "beta"))
         r = residual_add(self._rows(f["wide_src"], rows, width, wide=True), self._rows(f["residual"], rows, width), RESIDUAL_SHIFT)
@@ -151,6 +156,10 @@ class CommandModel:
         self.stats.layers += f["ends_layer"]
 
     def _table(self, op: Op, f: dict):
+        if table_misaligned(f["count"], f["src"], f["dst"]):
+            self._fail(ErrorCause.BAD_SIZE, f"TABLE of {f['count']} bytes from {f['src']} to {f['dst']} is not whole words")
+        self._local(False, f["src"], f["count"])
+        self._local(False, f["dst"], f["count"])
         table = torch.from_numpy(np.frombuffer(self._read(op, f["table"], 256), dtype=np.int8).astype(np.int64))
         x = self._rows(f["src"], 1, f["count"])
         self._put(f["dst"], table_lookup(x, table))
