@@ -34,6 +34,7 @@ class MatmulProgram:
     activations: list[int]
     weights: list[int]
     params: list[int]
+    wide: bool = False
 
     @property
     def tiles(self) -> int:
@@ -63,7 +64,7 @@ class MatmulProgram:
                     y[tile * lanes + lane, bn * k:(bn + 1) * k] = torch.tensor(decode_leaf_array(layout, beats[i], ("values",)))
                     i += 1
         y = y[:, : self.out_features]
-        return y.to(torch.int32) if self.raw else _checked_int8(y)
+        return y.to(torch.int32) if self.raw or self.wide else _checked_int8(y)
 
     def write_hex(self, folder: str | os.PathLike) -> dict[str, Path]:
         """One ``$readmemh`` file per input stream (``<name>.hex``); returns their paths."""
@@ -84,7 +85,7 @@ def _checked_int8(y: torch.Tensor) -> torch.Tensor:
 
 
 def build_program(image: LinearImage, x_q: torch.Tensor, config: EngineConfig, *, dense: bool = False,
-                  raw: bool = False) -> MatmulProgram:
+                  raw: bool = False, wide: bool = False) -> MatmulProgram:
     """Encode ``image`` and activations ``x_q[M, K]`` (int8) into the engine's streams.
 
     ``dense=True`` streams every block whole (the same weights, no pattern skipping), for comparison.
@@ -107,14 +108,14 @@ def build_program(image: LinearImage, x_q: torch.Tensor, config: EngineConfig, *
         raise ValueError(f"in_features={image.in_features} exceeds the engine's activation buffer ({config.max_in_features})")
 
     cmd_layout = command_layout(config)
-    blank = {"op": 0, "dense": 0, "raw": 0, "pattern_id": 0, "tokens": 0, "in_blocks": 0, "out_blocks": 0,
+    blank = {"op": 0, "dense": 0, "raw": 0, "wide": 0, "pattern_id": 0, "tokens": 0, "in_blocks": 0, "out_blocks": 0,
              "positions": [{"row": 0, "col": 0}] * n}
     commands = []
     if not dense:
         for pid, positions in enumerate(image.pool_positions.tolist()):
             commands.append(encode(cmd_layout, {**blank, "op": Opcode.LOAD_PATTERN.value, "pattern_id": pid,
                                                 "positions": [{"row": p // k, "col": p % k} for p in positions]}))
-    commands.append(encode(cmd_layout, {**blank, "op": Opcode.RUN.value, "dense": int(dense), "raw": int(raw),
+    commands.append(encode(cmd_layout, {**blank, "op": Opcode.RUN.value, "dense": int(dense), "raw": int(raw), "wide": int(wide),
                                         "tokens": tokens, "in_blocks": kb, "out_blocks": nb}))
 
     # Activations: per tile, per token, its K' values as kb block columns (zero-padded to K').
@@ -136,4 +137,4 @@ def build_program(image: LinearImage, x_q: torch.Tensor, config: EngineConfig, *
     p_layout = channel_params_layout(config)
     bias, mult, shift = (t.reshape(nb, k).tolist() for t in (image.bias, image.multiplier, image.shift))
     params = [encode(p_layout, {"bias": bias[i], "multiplier": mult[i], "shift": shift[i]}) for i in range(nb)]
-    return MatmulProgram(config, tokens, image.out_features, nb, dense, raw, commands, activations, weights, params)
+    return MatmulProgram(config, tokens, image.out_features, nb, dense, raw, commands, activations, weights, params, wide)

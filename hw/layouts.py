@@ -28,6 +28,7 @@ def command_layout(cfg: EngineConfig) -> data.StructLayout:
         "op": Opcode,
         "dense": 1,  # RUN: weights are dense blocks, ``dense_chunks`` beats per block
         "raw": 1,  # RUN: emit int32 accumulators (+bias) instead of requantized int8
+        "wide": 1,  # RUN: requantize to WIDE_BITS (the residual branch ends) instead of int8
         "pattern_id": unsigned(cfg.id_bits),
         "positions": pattern_layout(cfg),
         "tokens": unsigned(COUNT_BITS),
@@ -60,5 +61,6 @@ def channel_params_layout(cfg: EngineConfig) -> data.StructLayout:
 
 
 def output_layout(cfg: EngineConfig) -> data.StructLayout:
-    """``k`` outputs of one token: int8 results sign-extended, or int32 accumulators in raw mode."""
+    """``k`` outputs of one token: int8 results sign-extended, 24-bit results in wide mode, or int32
+    accumulators in raw mode."""
     return data.StructLayout({"values": data.ArrayLayout(signed(golden.ACC_BITS), cfg.pattern.block_size)})

@@ -22,6 +22,7 @@ def row_layout(cfg: EngineConfig) -> data.StructLayout:
         "sums": data.ArrayLayout(data.ArrayLayout(signed(golden.ACC_BITS), k), cfg.lanes),
         "lanes": lane_count_shape(cfg),
         "raw": 1,
+        "wide": 1,
     })
 
 
@@ -45,6 +46,8 @@ class PatternMACArray(wiring.Component):
         The block column of every lane's token, in the same cycle as ``block``.
     raw : In(1)
         Marks the rows of this RUN as raw (held for the RUN).
+    wide : In(1)
+        Marks the rows of this RUN as wide (held for the RUN).
     rows : Out(stream.Signature(row_layout))
         Finished block rows, ``ARRAY_LATENCY`` (5) cycles after their last block.
     busy : Out(1)
@@ -57,6 +60,7 @@ class PatternMACArray(wiring.Component):
             "block": In(block_layout(config)),
             "x": In(tile_layout(config)),
             "raw": In(1),
+            "wide": In(1),
             "rows": Out(stream.Signature(row_layout(config))),
             "busy": Out(1),
         })
@@ -93,7 +97,8 @@ class PatternMACArray(wiring.Component):
                         m.d.sync += self.rows.payload.sums[lane][r].eq(total)
             with m.If(sums.last):
                 m.d.sync += [self.rows.valid.eq(1), self.rows.payload.lanes.eq(sums.lanes),
-                             self.rows.payload.raw.eq(self.raw)]
+                             self.rows.payload.raw.eq(self.raw),
+                             self.rows.payload.wide.eq(self.wide)]
 
         m.d.comb += self.busy.eq(self.block.valid | Cat(*(stage.valid for stage in control[1:])).any()
                                  | self.rows.valid)

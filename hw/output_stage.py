@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from core import golden
+from core.encoder import WIDE_BITS
 from hw.config import EngineConfig
 from hw.layouts import channel_params_layout, output_layout
 from hw.mac_array import row_layout
@@ -64,20 +65,22 @@ class OutputStage(wiring.Component):
         depth = REQUANTIZER_LATENCY + 1  # the with-bias stage, then the requantizer's stages
         valid_line = [Signal(name=f"valid_{i}") for i in range(depth)]
         raw_line = [Signal(name=f"raw_{i}") for i in range(depth)]
+        wide_line = [Signal(name=f"wide_{i}") for i in range(depth)]
         value_line = [with_bias] + [Signal.like(with_bias, name=f"value_{i}") for i in range(1, depth)]
         with m.If(advance):
-            m.d.sync += [valid_line[0].eq(issue), raw_line[0].eq(row.raw),
+            m.d.sync += [valid_line[0].eq(issue), raw_line[0].eq(row.raw), wide_line[0].eq(row.wide),
                          multiplier.eq(params.multiplier), shift.eq(params.shift)]
             for r in range(k):
                 m.d.sync += with_bias[r].eq(selected[r] + params.bias[r])  # 32-bit wrap, as the contract says
             for i in range(1, depth):
-                m.d.sync += [valid_line[i].eq(valid_line[i - 1]), raw_line[i].eq(raw_line[i - 1]),
+                m.d.sync += [valid_line[i].eq(valid_line[i - 1]), raw_line[i].eq(raw_line[i - 1]), wide_line[i].eq(wide_line[i - 1]),
                              value_line[i].eq(value_line[i - 1])]
             m.d.sync += self.outputs.valid.eq(valid_line[-1])
         with m.If(issue):
             m.d.sync += lane.eq(lane + 1)
         for r in range(k):
-            m.submodules[f"requantizer_{r}"] = requantizer = Requantizer()
+            # Saturating to WIDE_BITS and then to int8 is saturating to int8: one requantizer serves both.
+            m.submodules[f"requantizer_{r}"] = requantizer = Requantizer(result_shape=signed(WIDE_BITS))
             m.d.comb += [
                 requantizer.en.eq(advance),
                 requantizer.value.eq(with_bias[r]),
@@ -85,7 +88,9 @@ class OutputStage(wiring.Component):
                 requantizer.shift.eq(shift[r]),
             ]
             with m.If(advance):
-                m.d.sync += self.outputs.payload.values[r].eq(Mux(raw_line[-1], value_line[-1][r], requantizer.result))
+                result = requantizer.result
+                narrow = Mux(result > golden.INT8_MAX, golden.INT8_MAX, Mux(result < golden.INT8_MIN, golden.INT8_MIN, result))
+                m.d.sync += self.outputs.payload.values[r].eq(Mux(raw_line[-1], value_line[-1][r], Mux(wide_line[-1], result, narrow)))
         # Every lane of the row is in the pipeline: take the row and its parameters.
         with m.If(self.rows.valid & self.params.valid & (lane == row.lanes)):
             m.d.comb += [self.rows.ready.eq(1), self.params.ready.eq(1)]

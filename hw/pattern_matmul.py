@@ -97,6 +97,7 @@ class PatternMatmulEngine(wiring.Component):
         last_out_block = Signal(COUNT_BITS)
         dense = Signal()
         raw = Signal()
+        wide = Signal()
         start = Signal()
         cmd = self.cmd.payload
         m.d.comb += self.cmd.ready.eq(~sequencer.running)
@@ -115,14 +116,14 @@ class PatternMatmulEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += start.eq(1)
                         m.d.sync += [last_in_block.eq(cmd.in_blocks - 1), last_out_block.eq(cmd.out_blocks - 1),
-                                     dense.eq(cmd.dense), raw.eq(cmd.raw)]
+                                     dense.eq(cmd.dense), raw.eq(cmd.raw), wide.eq(cmd.wide)]
         m.d.comb += [
             sequencer.table_id.eq(cmd.pattern_id),
             sequencer.table_positions.eq(cmd.positions),
             buffer.start.eq(start), buffer.tokens.eq(cmd.tokens), buffer.last_in_block.eq(last_in_block),
             sequencer.start.eq(start), sequencer.tokens.eq(cmd.tokens), sequencer.dense.eq(dense),
             sequencer.last_in_block.eq(last_in_block), sequencer.last_out_block.eq(last_out_block),
-            array.raw.eq(raw),
+            array.raw.eq(raw), array.wide.eq(wide),
         ]
 
         # --- the parts ---------------------------------------------------------------------------------

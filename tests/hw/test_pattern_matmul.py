@@ -22,6 +22,21 @@ def test_engine_equals_golden_with_stalls(dense, raw):
     assert torch.equal(program.decode_outputs(beats), acc if raw else y)
 
 
+def test_wide_outputs_saturate_to_the_residual_width():
+    """Wide mode (the branch-end linears): requantized to ``WIDE_BITS``, as ``core.golden.linear(..., WIDE_BITS)``."""
+    from core import golden
+    from core.encoder import WIDE_BITS
+
+    image, x_q = random_case(7, 13, 10, SMALL.pattern, seed=12, extremes=True)
+    image.shift[:] = 4  # small shifts: large results, some beyond 24 bits
+    n = image.out_features
+    expected = golden.linear(x_q, image.weight_q(), image.bias[:n], image.multiplier[:n], image.shift[:n], WIDE_BITS)[1]
+    assert int(expected.abs().max()) == 2 ** (WIDE_BITS - 1) - 1 or int(expected.min()) == -(2 ** (WIDE_BITS - 1))
+    program = build_program(image, x_q, SMALL, wide=True)
+    beats, _ = run_in_amaranth_sim(program, stall_probability=0.3, seed=6)
+    assert torch.equal(program.decode_outputs(beats), expected.to(torch.int32))
+
+
 def test_other_block_geometry():
     config = EngineConfig(pattern=PatternConfig(block_size=2, kept_per_block=3, pool_size=4), lanes=2, max_in_features=16)
     image, x_q = random_case(3, 5, 6, config.pattern, seed=3)
@@ -38,7 +53,7 @@ def test_refused_run_raises_error_flag():
     from hw.pattern_matmul import PatternMatmulEngine
 
     dut = PatternMatmulEngine(SMALL)
-    beat = encode(command_layout(SMALL), {"op": Opcode.RUN.value, "dense": 0, "raw": 0, "pattern_id": 0, "tokens": 1,
+    beat = encode(command_layout(SMALL), {"op": Opcode.RUN.value, "dense": 0, "raw": 0, "wide": 0, "pattern_id": 0, "tokens": 1,
                                           "in_blocks": SMALL.max_in_blocks + 1, "out_blocks": 1,
                                           "positions": [{"row": 0, "col": 0}] * 8})
     seen = {}

@@ -120,7 +120,7 @@ def test_checksum_sees_one_flipped_weight_bit():
 
 def test_harness_refused_command_reaches_error_pin():
     dut = SynthTop(SMALL)
-    run = encode(command_layout(SMALL), {"op": Opcode.RUN.value, "dense": 0, "raw": 0, "pattern_id": 0, "tokens": 1,
+    run = encode(command_layout(SMALL), {"op": Opcode.RUN.value, "dense": 0, "raw": 0, "wide": 0, "pattern_id": 0, "tokens": 1,
                                          "in_blocks": SMALL.max_in_blocks + 1, "out_blocks": 1,
                                          "positions": [{"row": 0, "col": 0}] * SMALL.pattern.kept_per_block})
     seen = _drive(dut, [("cmd", run)])
