@@ -16,6 +16,15 @@ nextpnr's router1 stalled on congestion already at 4 lanes; router2 is the defau
 
 Writes ``<out>/synth.json`` and ``<out>/synth.md`` (rewritten after every lane count); the tools' own
 output goes to log files in ``<out>/synth/<lanes>/``.
+
+``--attention`` measures the attention unit instead (:class:`hw.synth_top.AttentionSynthTop`, an
+``AttentionConfig`` with ``--max-seq`` and ``--max-head-dim`` on an engine of each lane count; lanes must
+be multiples of the block size): ``<out>/synth_attention.{json,md}``, logs in
+``<out>/synth_attention/<lanes>/``, its section of ``docs/results/performance.md`` and the key
+``attention_synth`` of ``docs/results/performance.json``. ``--no-pnr`` stops after synthesis (resources
+before packing, no Fmax): nextpnr takes many minutes on these designs.
+
+    python bench/synth.py --attention --lanes 4 --no-pnr
 """
 
 from __future__ import annotations
@@ -35,11 +44,13 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.config import EngineConfig
-from hw.synth_top import SynthTop
-from core.atomic import write_atomic
+from hw.config import AttentionConfig, EngineConfig
+from hw.synth_top import AttentionSynthTop, SynthTop
+from core.atomic import write_atomic, write_between_markers
 
 TOP = "synth_top"
+DOC = Path("docs/results/performance.md")
+ATTENTION_MARKERS = ("<!-- bench:attention-synth -->", "<!-- /bench:attention-synth -->")
 LANES = (2, 4, 8)
 MAX_IN_FEATURES = 4096  # the engine's default; fits the 85k part's DP16KD even double-buffered at 16 lanes
 
@@ -249,16 +260,19 @@ def source_state() -> dict:
 
 # --- one lane count --------------------------------------------------------------------------------
 
-def measure(config: EngineConfig, folder: Path, *, freq_mhz: float, seed: int, router: str = "router2",
-            log=print) -> dict:
-    """Verilog → xc7 synthesis → ECP5 synthesis → nextpnr for one config; returns its record."""
+def measure(config: EngineConfig | AttentionConfig, folder: Path, *, freq_mhz: float, seed: int, router: str = "router2",
+            pnr: bool = True, log=print) -> dict:
+    """Verilog → xc7 synthesis → ECP5 synthesis → nextpnr (unless not ``pnr``) for one engine or attention
+    unit config; returns its record."""
     folder.mkdir(parents=True, exist_ok=True)
-    tag = f"[lanes {config.lanes}]"
-    record: dict = {"lanes": config.lanes, "multipliers": config.multipliers, "seconds": {}}
+    attention = isinstance(config, AttentionConfig)
+    engine = config.engine if attention else config
+    tag = f"[{'attention, ' if attention else ''}lanes {engine.lanes}]"
+    record: dict = {"lanes": engine.lanes, "multipliers": engine.multipliers, "seconds": {}}
     start = time.monotonic()
 
     t = time.monotonic()
-    top = SynthTop(config)
+    top = AttentionSynthTop(config) if attention else SynthTop(config)
     harness_ff = top.harness_flip_flops
     write_atomic(folder / "config.json", config.to_json() + "\n")
     v_path = write_atomic(folder / f"{TOP}.v", verilog.convert(top, name=TOP, emit_src=False))
@@ -290,6 +304,9 @@ def measure(config: EngineConfig, folder: Path, *, freq_mhz: float, seed: int, r
         record["ecp5_fits"] = False
         record["ecp5_does_not_fit"] = over
         log(f"{tag} does not fit the {ECP5['device']} ({', '.join(over)}): no place and route")
+    elif not pnr:
+        record["ecp5_fits"] = True
+        log(f"{tag} place and route skipped (--no-pnr)")
     else:
         record["ecp5_fits"] = True
         log(f"{tag} nextpnr-ecp5 {ECP5['device']} {ECP5['package']} speed {ECP5['speed']}, {freq_mhz} MHz target … "
@@ -300,7 +317,7 @@ def measure(config: EngineConfig, folder: Path, *, freq_mhz: float, seed: int, r
         fmax = pnr["fmax_mhz"]
         log(f"{tag}   {seconds:.0f} s: Fmax {fmax:.1f} MHz; {used['TRELLIS_COMB']} LUT4, {used['TRELLIS_FF']} FF, "
             f"{used['MULT18X18D']} MULT18X18D, {used['DP16KD']} DP16KD")
-        record["throughput"] = throughput(config, fmax, used["MULT18X18D"], xc7["dsp48e1"])
+        record["throughput"] = throughput(engine, fmax, used["MULT18X18D"], xc7["dsp48e1"])
     record["seconds"]["total"] = round(time.monotonic() - start, 1)
     return record
 
@@ -390,6 +407,61 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def attention_markdown(report: dict) -> str:
+    """The attention unit's resources (and Fmax where placed and routed), beside the engine's alone at the
+    same lane count where ``engine`` (a :func:`main` report of the engine) has it."""
+    cfg, rows = report["config"], report["results"]
+    e = cfg["engine"]["pattern"]
+    out = [f"Attention unit (`hw.synth_top.AttentionSynthTop`: the unit behind a serial-in shift chain and an output "
+           f"checksum, {rows[0]['pins'] if rows else '?'} pins): {e['block_size']}×{e['block_size']} blocks keeping "
+           f"{e['kept_per_block']}, pool {e['pool_size']} at {cfg['patterns_per_cycle']} patterns per cycle, sequences to "
+           f"{cfg['max_seq']}, head dims to {cfg['max_head_dim']}. yosys `synth_xilinx -family xc7 -flatten` and `synth_ecp5`"
+           + (f", nextpnr-ecp5 on {ECP5['device']} {ECP5['package']} speed {ECP5['speed']} (target {report['freq_mhz']} MHz, "
+              f"{report['router']}, seed {report['seed']})" if any("pnr" in r for r in rows) else
+              " (no place and route: ECP5 counts before packing, a CCU2C carry cell counted as two LUT4s; no Fmax)")
+           + ". *Engine alone*: the unit's engine (same config, activation buffer as deep as the unit needs) in "
+           "`hw.synth_top.SynthTop`, synthesized for ECP5 the same way (before packing).", "",
+           "FF counts in parentheses leave out the wrappers' flip-flops (shift chain, flags, checksum).", "",
+           "| lanes | multipliers | xc7 LUT (+as memory) | xc7 FF | DSP48E1 | RAMB36E1 + RAMB18E1 | ECP5 LUT4 | ECP5 FF | MULT18X18D | DP16KD | Fmax ECP5 (MHz) | engine alone: ECP5 LUT4 / FF / MULT18X18D / DP16KD |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        x = r["xc7"]
+        if "pnr" in r:
+            u = r["pnr"]["utilization"]
+            lut4, ff, mult, bram = (u[k]["used"] for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"))
+            fmax = f"{r['pnr']['fmax_mhz']:.1f}"
+        else:
+            s5 = r["ecp5_synth"]
+            lut4, ff, mult, bram = s5["lut4_with_carry"], s5["ff"], s5["mult18x18d"], s5["dp16kd"]
+            fmax = "—"
+        a = r.get("engine_alone", {}).get("ecp5_synth")
+        alone_text = (f"{a['lut4_with_carry']:,} / {a['ff']:,} ({a['ff_engine']:,}) / {a['mult18x18d']} / {a['dp16kd']}"
+                      if a else "—")
+        if "pnr" in r and a:
+            s5 = r["ecp5_synth"]  # the same counting for both
+            alone_text += f" (the unit before packing: {s5['lut4_with_carry']:,} / {s5['ff']:,} / {s5['mult18x18d']} / {s5['dp16kd']})"
+        out.append(f"| {r['lanes']} | {r['multipliers']} | {x['lut']:,} (+{x['lut_as_memory']}) | {x['ff']:,} ({x['ff_engine']:,}) | "
+                   f"{x['dsp48e1']} | {x['ramb36e1']} + {x['ramb18e1']} | {lut4:,} | {ff:,} ({ff - r['harness_ff']:,}) | {mult} | "
+                   f"{bram} | {fmax} | {alone_text} |")
+    cp = [r for r in rows if r.get("pnr", {}).get("critical_path")]
+    for r in cp:
+        c = r["pnr"]["critical_path"]
+        out += ["", f"Critical path at {r['lanes']} lanes: {c['delay_ns']:.2f} ns ({c['logic_ns']:.2f} logic, "
+                    f"{c['routing_ns']:.2f} routing), `{c['start']}` → `{c['end']}`."]
+    seconds = ", ".join(f"{r['lanes']} lanes: " + ", ".join(f"{k} {v} s" for k, v in r["seconds"].items()) for r in rows)
+    out += ["", f"Tool run times: {seconds}. Tools: " + ", ".join(f"{k} {v}" for k, v in report["tools"].items()) + "."]
+    return "\n".join(out)
+
+
+def write_attention_results(report: dict) -> None:
+    """The attention unit's section of the performance doc and its key in the doc's JSON."""
+    write_between_markers(DOC, *ATTENTION_MARKERS, attention_markdown(report))
+    performance = DOC.with_suffix(".json")
+    merged = json.loads(performance.read_text()) if performance.exists() else {}
+    merged["attention_synth"] = report
+    write_atomic(performance, json.dumps(merged, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lanes", type=int, nargs="+", default=list(LANES), help=f"lane counts (default {' '.join(map(str, LANES))})")
@@ -400,35 +472,62 @@ def main(argv=None) -> int:
     parser.add_argument("--router", choices=("router1", "router2"), default="router2",
                         help="nextpnr router (default router2; router1, nextpnr's own default, stalls on this design)")
     parser.add_argument("--out", type=Path, default=Path("build/bench"), help="output folder (default build/bench)")
+    parser.add_argument("--attention", action="store_true",
+                        help="measure the attention unit (hw.synth_top.AttentionSynthTop) instead of the engine")
+    parser.add_argument("--max-seq", type=int, default=AttentionConfig.max_seq,
+                        help=f"with --attention: longest sequence (default {AttentionConfig.max_seq})")
+    parser.add_argument("--max-head-dim", type=int, default=AttentionConfig.max_head_dim,
+                        help=f"with --attention: largest head dim (default {AttentionConfig.max_head_dim})")
+    parser.add_argument("--no-pnr", action="store_true", help="stop after synthesis: no place and route, no Fmax")
     args = parser.parse_args(argv)
     try:
-        base = EngineConfig(max_in_features=args.max_in_features)
-        configs = [replace(base, lanes=lanes) for lanes in args.lanes]
+        if args.attention:
+            base = AttentionConfig(max_seq=args.max_seq, max_head_dim=args.max_head_dim)
+            configs = [replace(base, engine=replace(base.engine, lanes=lanes)) for lanes in args.lanes]
+        else:
+            base = EngineConfig(max_in_features=args.max_in_features)
+            configs = [replace(base, lanes=lanes) for lanes in args.lanes]
     except ValueError as e:
-        print(f"error: invalid engine config: {e}", file=sys.stderr)
+        print(f"error: invalid {'attention' if args.attention else 'engine'} config: {e}", file=sys.stderr)
         return 2
 
     args.out.mkdir(parents=True, exist_ok=True)
     print("tool versions …", flush=True)
-    report = {"config": {k: v for k, v in asdict(base).items() if k != "lanes"}, "lanes": args.lanes,
-              "freq_mhz": args.freq, "seed": args.seed, "router": args.router,
-              "harness": "hw.synth_top.SynthTop", "tools": tool_versions(), "source": source_state(),
-              "devices": {"ecp5": ECP5, "xc7_reference": XC7_REFERENCE}, "machine": platform.platform(),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": []}
-    report["config"]["max_in_features"] = args.max_in_features
-    json_path, md_path = args.out / "synth.json", args.out / "synth.md"
+    if args.attention:
+        config_record = json.loads(base.to_json())
+        config_record["engine"].pop("lanes")
+    else:
+        config_record = {k: v for k, v in asdict(base).items() if k != "lanes"}
+        config_record["max_in_features"] = args.max_in_features
+    report = {"config": config_record, "lanes": args.lanes,
+              "freq_mhz": args.freq, "seed": args.seed, "router": args.router, "place_and_route": not args.no_pnr,
+              "harness": f"hw.synth_top.{'AttentionSynthTop' if args.attention else 'SynthTop'}", "tools": tool_versions(),
+              "source": source_state(), "devices": {"ecp5": ECP5, "xc7_reference": XC7_REFERENCE},
+              "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": []}
+    name = "synth_attention" if args.attention else "synth"
+    json_path, md_path = args.out / f"{name}.json", args.out / f"{name}.md"
+    render = attention_markdown if args.attention else markdown
     for config in configs:
+        lanes = config.engine.lanes if args.attention else config.lanes
         try:
-            record = measure(config, args.out / "synth" / str(config.lanes), freq_mhz=args.freq, seed=args.seed,
-                             router=args.router, log=lambda line: print(line, flush=True))
+            folder = args.out / name / str(lanes)
+            if args.attention:  # the engine it contains, alone, for comparison
+                alone = measure(config.engine, folder / "engine", freq_mhz=args.freq, seed=args.seed, router=args.router,
+                                pnr=False, log=lambda line: print(line, flush=True))
+            record = measure(config, folder, freq_mhz=args.freq, seed=args.seed,
+                             router=args.router, pnr=not args.no_pnr, log=lambda line: print(line, flush=True))
+            if args.attention:
+                record["engine_alone"] = alone
         except ToolError as e:
-            print(f"error: lanes {config.lanes}: {e}", file=sys.stderr)
+            print(f"error: lanes {lanes}: {e}", file=sys.stderr)
             return 1
         report["results"].append(record)
         write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-        write_atomic(md_path, markdown(report))
-    print("\n" + markdown(report))
-    print(f"wrote {json_path} and {md_path}")
+        write_atomic(md_path, render(report))
+    if args.attention:
+        write_attention_results(report)
+    print("\n" + render(report))
+    print(f"wrote {json_path} and {md_path}" + (f", the attention-synth section of {DOC} and its JSON" if args.attention else ""))
     return 0
 
 

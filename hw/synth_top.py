@@ -1,4 +1,4 @@
-"""A pin-light wrapper around the engine for synthesis and place-and-route estimates."""
+"""Pin-light wrappers around the engine and the attention unit for synthesis and place-and-route estimates."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from amaranth import Cat, Module, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import EngineConfig
+from hw.attention_unit import AttentionUnit
+from hw.config import AttentionConfig, EngineConfig
 from hw.pattern_matmul import PatternMatmulEngine
 
 #: The engine's input streams, in the order of the ``load`` bits and of the fields of the shift chain.
 INPUT_STREAMS = ("cmd", "activations", "weights", "params")
+#: The attention unit's input streams, likewise.
+ATTENTION_INPUT_STREAMS = ("cmd", "pool", "exp_table", "queries", "keys", "values")
 
 
 class SynthTop(wiring.Component):
@@ -68,28 +71,37 @@ class SynthTop(wiring.Component):
     after an output transfer.
     """
 
+    #: The wrapped design's input streams (``load`` bits, shift chain fields), its output stream, and its
+    #: instance name in the netlist.
+    input_streams = INPUT_STREAMS
+    output_stream = "outputs"
+    design_name = "engine"
+
     def __init__(self, config: EngineConfig, *, checksum_bits: int = 8):
         if not isinstance(checksum_bits, int) or checksum_bits < 1:
             raise ValueError(f"checksum_bits must be a positive integer, got {checksum_bits!r}")
         self._config = config
         self._checksum_bits = checksum_bits
-        self.engine = PatternMatmulEngine(config)
+        self.design = self._design(config)
         fields, offset = {}, 0
-        for name in INPUT_STREAMS:
-            width = len(Value.cast(getattr(self.engine, name).payload))
+        for name in self.input_streams:
+            width = len(Value.cast(getattr(self.design, name).payload))
             fields[name] = (offset, width)
             offset += width
         self._chain_fields = fields
         super().__init__({
             "sdi": In(1),
             "shift": In(1),
-            "load": In(len(INPUT_STREAMS)),
+            "load": In(len(self.input_streams)),
             "out_ready": In(1),
             "pending": Out(1),
             "busy": Out(1),
             "error": Out(1),
             "checksum": Out(checksum_bits),
         })
+
+    def _design(self, config):
+        return PatternMatmulEngine(config)
 
     @property
     def chain_fields(self) -> dict[str, tuple[int, int]]:
@@ -103,7 +115,7 @@ class SynthTop(wiring.Component):
     @property
     def harness_flip_flops(self) -> int:
         """Flip-flops the harness adds around the engine: shift chain, valid flags, out_ready, checksum."""
-        return self.chain_width + len(INPUT_STREAMS) + 1 + self._checksum_bits
+        return self.chain_width + len(self.input_streams) + 1 + self._checksum_bits
 
     @property
     def pins(self) -> int:
@@ -121,14 +133,14 @@ class SynthTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = engine = self.engine
+        m.submodules[self.design_name] = engine = self.design
 
         chain = Signal(self.chain_width, reset_less=True)
         with m.If(self.shift):
             m.d.sync += chain.eq(Cat(self.sdi, chain[:-1]))
 
-        valid = Signal(len(INPUT_STREAMS))
-        for i, name in enumerate(INPUT_STREAMS):
+        valid = Signal(len(self.input_streams))
+        for i, name in enumerate(self.input_streams):
             stream = getattr(engine, name)
             offset, width = self._chain_fields[name]
             m.d.comb += [stream.payload.eq(chain[offset:offset + width]), stream.valid.eq(valid[i])]
@@ -138,13 +150,39 @@ class SynthTop(wiring.Component):
                 m.d.sync += valid[i].eq(1)
 
         out_ready = Signal()
+        outputs = getattr(engine, self.output_stream)
         m.d.sync += out_ready.eq(self.out_ready)
-        m.d.comb += engine.outputs.ready.eq(out_ready)
-        payload = Value.cast(engine.outputs.payload)
+        m.d.comb += outputs.ready.eq(out_ready)
+        payload = Value.cast(outputs.payload)
         bits = self._checksum_bits
         fold = Cat(*(Cat(*(payload[j] for j in range(i, len(payload), bits))).xor() for i in range(bits)))
-        with m.If(engine.outputs.valid & out_ready):
+        with m.If(outputs.valid & out_ready):
             m.d.sync += self.checksum.eq(self.checksum ^ fold)
 
         m.d.comb += [self.pending.eq(valid.any()), self.busy.eq(engine.busy), self.error.eq(engine.error)]
         return m
+
+
+class AttentionSynthTop(SynthTop):
+    """:class:`~hw.attention_unit.AttentionUnit` behind the same handful of pins as :class:`SynthTop`.
+
+    The shift chain holds the payloads of :data:`ATTENTION_INPUT_STREAMS` (bit ``i`` of ``load`` offers
+    the ``i``-th); ``context`` beats fold into ``checksum``. The unit's two verification taps are left
+    unconnected: the logic behind them also feeds the probability buffer and the context, so nothing
+    else is optimized away. Ports, accounting and driving rules are :class:`SynthTop`'s.
+
+    Parameters
+    ----------
+    config : AttentionConfig
+    checksum_bits : int
+    """
+
+    input_streams = ATTENTION_INPUT_STREAMS
+    output_stream = "context"
+    design_name = "attention"
+
+    def __init__(self, config: AttentionConfig, *, checksum_bits: int = 8):
+        super().__init__(config, checksum_bits=checksum_bits)
+
+    def _design(self, config):
+        return AttentionUnit(config)
