@@ -14,6 +14,7 @@ from hw.commands import ADDRESS_BITS, COMMAND_BYTES, ErrorCause, Op, command_lay
 from hw.config import AcceleratorConfig, refuse
 from hw.control_registers import ControlRegisters
 from hw.op_ports import WIDE_LANES, WORD_BITS, WORD_BYTES
+from hw.matmul_op import MatmulOp
 from hw.norm_op import NormOp
 from hw.table_op import TableOp
 from hw.transfer_op import TransferOp
@@ -33,7 +34,8 @@ class Accelerator(wiring.Component):
 
     Operation units (one per file, all with :func:`hw.op_ports.op_members`): LOAD/STORE
     (:class:`hw.transfer_op.TransferOp`), TABLE (:class:`hw.table_op.TableOp`), NORM
-    (:class:`hw.norm_op.NormOp`); BARRIER and END are the sequencer's own. An op without a unit
+    (:class:`hw.norm_op.NormOp`), MATMUL (:class:`hw.matmul_op.MatmulOp`); BARRIER and END are the
+    sequencer's own. An op without a unit
     yet stops the run with ``BAD_OPCODE``.
 
     Parameters
@@ -77,7 +79,7 @@ class Accelerator(wiring.Component):
         wide_w, wide_r = wide.write_port(granularity=32), wide.read_port()
 
         transfer = TransferOp(cfg)
-        units = {Op.LOAD: transfer, Op.STORE: transfer, Op.TABLE: TableOp(cfg), Op.NORM: NormOp(cfg)}
+        units = {Op.LOAD: transfer, Op.STORE: transfer, Op.TABLE: TableOp(cfg), Op.NORM: NormOp(cfg), Op.MATMUL: MatmulOp(cfg)}
         distinct = []
         abort_units = Signal()
         for op, unit in units.items():
@@ -199,9 +201,11 @@ class Accelerator(wiring.Component):
             with state("NEXT"):
                 m.d.sync += [index.eq(index + 1), address.eq(address + COMMAND_BYTES)]
                 m.next = "FETCH"
-            with state("FAIL"):
-                m.d.sync += [busy.eq(0), error.eq(1)]
-                m.next = "IDLE"
+            with state("FAIL"):  # finish the bursts in flight, as a reset does, then report
+                m.d.comb += [aborting.eq(1), abort_units.eq(1)]
+                with m.If(~reader.busy & ~writer.busy):
+                    m.d.sync += [busy.eq(0), error.eq(1), active.eq(0)]
+                    m.next = "IDLE"
             with state("ABORT"):
                 m.d.comb += [aborting.eq(1), abort_units.eq(1)]
                 with m.If(~reader.busy & ~writer.busy):

@@ -125,6 +125,12 @@ def norm_shape_bad(width: int, tokens: int, max_width: int) -> bool:
     return not (1 <= width <= max_width and tokens >= 1)
 
 
+def matmul_misaligned(in_features: int, out_features: int, tokens: int, src: int, dst: int, block_size: int) -> bool:
+    """MATMUL rule (``BAD_SIZE`` when broken): input rows of whole blocks starting on a word, and outputs
+    that land a block on a word: ``dst`` on a word, and rows of whole words unless there is one row."""
+    return in_features % block_size != 0 or src % 4 != 0 or dst % 4 != 0 or (tokens > 1 and out_features % 4 != 0)
+
+
 def command_layout(op: Op) -> data.StructLayout:
     """``op`` (8 bits), then the operation's fields in order, padded to ``COMMAND_BYTES``. Fields whose
     names start with ``_`` are reserved: written as zero, ignored."""

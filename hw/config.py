@@ -205,6 +205,10 @@ class AcceleratorConfig:
         On-chip int8 activation memory (the ``scratch`` address space of :mod:`hw.commands`).
     wide_words : int
         On-chip memory of 32-bit values (the ``wide`` address space).
+    chunk_rows : int
+        Block rows of a linear's weights held on chip at once, in each of two banks: one bank is read
+        from DRAM while the engine runs every token of the sequence over the other, so each weight is
+        read once per layer per sequence and the fetch overlaps the compute.
     """
 
     engine: EngineConfig = EngineConfig()
@@ -212,13 +216,14 @@ class AcceleratorConfig:
     max_width: int = 1024
     scratch_bytes: int = 2**20
     wide_words: int = 2**17
+    chunk_rows: int = 16
 
     def __post_init__(self):
         if isinstance(self.engine, dict):
             object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
         if isinstance(self.attention, dict):
             object.__setattr__(self, "attention", AttentionConfig(**self.attention))
-        for name in ("max_width", "scratch_bytes", "wide_words"):
+        for name in ("max_width", "scratch_bytes", "wide_words", "chunk_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

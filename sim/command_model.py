@@ -20,7 +20,8 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import COMMAND_BYTES, ErrorCause, Op, norm_shape_bad, table_misaligned, transfer_misaligned
+from hw.commands import (COMMAND_BYTES, ErrorCause, Op, matmul_misaligned, norm_shape_bad, table_misaligned,
+                         transfer_misaligned)
 from hw.config import AcceleratorConfig
 
 
@@ -91,11 +92,19 @@ class CommandModel:
         self._fail(ErrorCause.OUT_OF_RANGE, f"no END within {max_commands} commands")
 
     def _matmul(self, op: Op, f: dict):
-        k, kept = self.config.engine.pattern.block_size, self.config.engine.pattern.kept_per_block
+        engine = self.config.engine
+        k, kept = engine.pattern.block_size, engine.pattern.kept_per_block
         n, kin, dense = f["out_features"], f["in_features"], bool(f["dense"])
         size = fmt.linear_region_bytes(n, kin, block_size=k, kept=kept, pool_size=f["pool_size"], dense=dense)
+        if matmul_misaligned(kin, n, f["tokens"], f["src"], f["dst"], k):
+            self._fail(ErrorCause.BAD_SIZE, f"MATMUL operands are not word-aligned (K {kin}, N {n}, src {f['src']}, dst {f['dst']})")
         if f["weight_bytes"] != size:
             self._fail(ErrorCause.BAD_SIZE, f"linear region is {f['weight_bytes']} bytes, a {n}×{kin} layer's is {size}")
+        if (min(f["tokens"], n, kin) == 0 or kin > engine.max_in_features
+                or (not dense and not 1 <= f["pool_size"] <= engine.pattern.pool_size)):
+            self._fail(ErrorCause.OUT_OF_RANGE, f"MATMUL shape {f['tokens']}×{kin}→{n} (pool {f['pool_size']}) is beyond the engine")
+        self._local(False, f["src"], f["tokens"] * kin)
+        self._local(bool(f["wide"] or f["raw"]), f["dst"], f["tokens"] * n)
         blob = self._read(op, f["weights"], size)
         table_bytes = fmt.pattern_table_bytes(f["pool_size"], kept, dense)
         rows = np.frombuffer(blob[table_bytes:], dtype=fmt.block_row_dtype(kin, k, kept, dense))
@@ -117,7 +126,7 @@ class CommandModel:
             y = golden.linear_accumulate(x, weight, bias).to(torch.int64)
         else:
             y = golden.linear(x, weight, bias, multiplier, shift, WIDE_BITS if f["wide"] else 8)[1].to(torch.int64)
-        self._put(f["dst"], y, bool(f["wide"]))
+        self._put(f["dst"], y, bool(f["wide"] or f["raw"]))
 
     def _attention(self, op: Op, f: dict):
         heads, d, length_tokens = f["heads"], f["head_dim"], f["tokens"]

@@ -8,11 +8,12 @@ import pytest
 
 from firmware_gen.compiler import encode_command
 from hw.commands import COMMAND_BYTES, ErrorCause, Op
-from hw.config import AcceleratorConfig
+from hw.config import AcceleratorConfig, EngineConfig
 from sim.accelerator_rtl import Run, build_accelerator, expected_run, run_accelerator
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests" / "accelerator"
-CONFIG = AcceleratorConfig(scratch_bytes=16 * 1024, wide_words=4 * 1024, max_width=64)
+CONFIG = AcceleratorConfig(engine=EngineConfig(max_in_features=256), scratch_bytes=16 * 1024, wide_words=4 * 1024,
+                           max_width=64, chunk_rows=4)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,63 @@ def test_norm_and_table_equal_the_command_model(harness, tmp_path):
     flipped = bytearray(images[0])
     flipped[0x4000 + 8 * 5 + 1] ^= 0x40  # bit 14 of one channel's γ
     assert expected_run(CONFIG, flipped)["memory"][0x6000:0x6100] != got[0]["memory"][0x6000:0x6100]
+
+
+def _matmul_program(rng, cases):
+    """LOAD random int8 rows, one MATMUL per case (pattern or dense; int8, wide or raw), STORE every output."""
+    import torch
+
+    from firmware_gen.compiler import pack_linear
+    from hw.dram_formats import linear_region_bytes
+    from sim.cases import random_case
+
+    pattern = CONFIG.engine.pattern
+    commands, data, address, local_in, dram_out = [], {}, 0x2000, 0, 0xA000
+    local_out = 8 * 1024
+    for i, (tokens, k_in, n_out, dense, mode) in enumerate(cases):
+        image, x = random_case(tokens, k_in, n_out, pattern, seed=rng.randrange(1 << 20), extremes=(mode != "int8"))
+        if mode == "wide":
+            image.shift[:] = 6  # results beyond 24 bits, saturated
+        region = pack_linear(image.weight_q(), image.bias[:n_out], image.multiplier[:n_out], image.shift[:n_out], pattern.block_size,
+                             pattern.kept_per_block, None if dense else image.pool(), None if dense else image.pattern_ids)
+        assert len(region) == linear_region_bytes(n_out, k_in, block_size=pattern.block_size, kept=pattern.kept_per_block,
+                                                  pool_size=pattern.pool_size, dense=dense)
+        data[address] = region
+        data[address + len(region) + 64] = x.numpy().tobytes()
+        wide = mode != "int8"
+        out_local = 1024 * i if wide else local_out
+        out_bytes = tokens * n_out * (4 if wide else 1)
+        commands += [
+            {"op": Op.LOAD, "bytes": tokens * k_in, "dram": address + len(region) + 64, "local": local_in},
+            {"op": Op.MATMUL, "dense": int(dense), "raw": int(mode == "raw"), "wide": int(wide), "tokens": tokens, "in_features": k_in,
+             "out_features": n_out, "pool_size": 0 if dense else pattern.pool_size, "src": local_in, "dst": out_local,
+             "weights": address, "weight_bytes": len(region)},
+            {"op": Op.STORE, "wide": int(wide), "bytes": out_bytes, "dram": dram_out, "local": out_local},
+        ]
+        address = -(-(address + len(region) + 64 + tokens * k_in) // 64) * 64
+        dram_out += -(-out_bytes // 64) * 64
+        local_out += -(-tokens * n_out // 4) * 4
+    return _image(commands + [{"op": Op.END}], data), commands
+
+
+MATMUL_CASES = [(13, 64, 40, False, "int8"), (8, 32, 24, False, "wide"), (1, 64, 2, True, "raw"), (9, 16, 12, True, "int8"),
+                (17, 128, 8, False, "int8")]
+
+
+def test_matmul_equals_the_command_model(harness, tmp_path):
+    rng = random.Random(4)
+    image, commands = _matmul_program(rng, MATMUL_CASES)
+    bad_size = bytearray(image)
+    matmul = [i for i, c in enumerate(commands) if c["op"] is Op.MATMUL]
+    first = commands[matmul[0]]
+    bad_size[matmul[0] * COMMAND_BYTES:(matmul[0] + 1) * COMMAND_BYTES] = encode_command(dict(first, weight_bytes=first["weight_bytes"] + 4))
+    bad_id = bytearray(image)
+    table = CONFIG.engine.pattern.pool_size * CONFIG.engine.pattern.kept_per_block
+    bad_id[first["weights"] + table + 4 * 8 + 9 * 3] = 0xFF  # the pattern id of one block of the first row
+    runs = [Run(image), Run(image, pause=True), Run(bad_size), Run(bad_id)]
+    got = run_accelerator(harness, runs, tmp_path / "case")
+    wants = [expected_run(CONFIG, run.image) for run in runs]
+    assert wants[0]["done"] and wants[0]["memory"][0xA000:] != image[0xA000:]
+    assert wants[2]["cause"] == ErrorCause.BAD_SIZE.value and wants[3]["cause"] == ErrorCause.OUT_OF_RANGE.value
+    for result, want in zip(got, wants):
+        _check(result, want)
