@@ -99,12 +99,12 @@ SINGLE = Context()
 
 
 def _checksum(tensor: torch.Tensor) -> torch.Tensor:
-    """Two int64 sums over the raw bytes (plain and position-weighted), so any changed bit or swapped
-    pair of elements changes them; int64 overflow wraps, which is deterministic."""
+    """Two int64 sums over the raw bits of the elements (plain and position-weighted), so any changed
+    bit or swapped pair of elements changes them; int64 overflow wraps, which is deterministic."""
     data = tensor.detach().contiguous().reshape(-1)
     if data.dtype == torch.bool:
         data = data.to(torch.uint8)
-    raw = data.view(torch.uint8).to(torch.int64)
+    raw = data.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[data.element_size()]).to(torch.int64)
     weights = torch.arange(raw.numel(), device=raw.device, dtype=torch.int64) % 65521 + 1
     return torch.stack([raw.sum(), (raw * weights).sum()]).cpu()
 

@@ -176,3 +176,31 @@ def test_single_process_context_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RuntimeError, match="not set: launch with torchrun"):
         distributed.init()
+
+
+def _diverging_worker(rank: int, port: int, dump: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        ctx = distributed.current()
+        same = {"a": torch.arange(6.0), "b": torch.ones(3, dtype=torch.bool)}
+        ctx.check_replicated(same, "state")  # identical: passes
+        weight = torch.linspace(-1, 1, 12).reshape(3, 4)
+        if rank == 1:  # one ulp of one element
+            weight[2, 1] = torch.nextafter(weight[2, 1], torch.tensor(2.0))
+        try:
+            ctx.check_replicated({**same, "layer.weight": weight}, "a target weight")
+            message = "no error"
+        except RuntimeError as error:
+            message = str(error)
+        Path(dump, f"rank{rank}.txt").write_text(message)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replica_check_names_a_tensor_that_differs_by_one_ulp(tmp_path):
+    mp.start_processes(_diverging_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("a target weight differs between ranks: ['layer.weight'] (1 of 3 tensors)"), message
