@@ -52,7 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.artifact import load_artifact
-from core.pattern import PatternConfig
+from core.pattern import PatternConfig, PatternPool
 from sw import calibration as edge_calibration
 from sw import distributed, glue
 from sw.admm import ADMM, ADMMSettings
@@ -569,7 +569,10 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
 
     record(train_phase(model, data, config, config.retrain_epochs, "retrain", teacher=teacher, distillation=distillation,
                        select=True, ctx=ctx), "retrain")
-    model.cpu()
+    model.cpu()  # export (calibration, integer encoder) runs on the CPU
+    for _, projection in projections.values():
+        if getattr(projection, "pool", None) is not None and projection.pool.masks.device.type != "cpu":
+            projection.pool = PatternPool(projection.config, projection.pool.masks.cpu())
 
     if export:
         artifact_path = Path(config.output_dir) / "artifact"
