@@ -67,9 +67,10 @@ def _extreme_program():
 
 
 def _zero_kept_program():
-    """Heads whose real rows 0, 4, 8, … keep no exponential: each such query's only non-zero exponential
-    (a sharp softmax) is at key 0, in the top half of its block, and the pool's other pattern (the bottom
-    half) has the larger mass there, as rows 2 and 3 peak at key 0 too."""
+    """Heads whose real rows 0, 4, 8, … keep no exponential. With a sharp exponential (shift 10) a query's
+    only non-zero exponential is at its largest score; rows 4q, 4q + 2 and 4q + 3 peak at key 0 (row 4q + 1
+    is flat), so in block (q, 0) the pool's bottom-half pattern (rows 2 and 3 of the block) outweighs the
+    top half, and row 4q loses its only non-zero exponential."""
     top = torch.zeros(CONFIG.engine.pattern.positions, dtype=torch.bool)
     top[:CONFIG.engine.pattern.positions // 2] = True
     heads = []
