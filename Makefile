@@ -42,10 +42,12 @@ demo: setup
 	$(PY) -m sim.demo
 
 # Performance and cost (docs/results/performance.md): simulated cycles against the cycle model, simulation
-# speed, resources and Fmax for several lane counts, then the doc, its JSON and its plot.
+# speed, resources and Fmax for several lane counts, then the doc, its JSON and its plot; then the
+# attention unit's section (its heads against the cycle model).
 bench: setup
 	@start=$$(date +%s); \
 	$(PY) bench/matmul.py && $(PY) bench/simspeed.py && $(PY) bench/synth.py --lanes 2 4 8 --freq 80 --router router2 && $(PY) bench/performance.py \
+	&& $(PY) bench/attention.py \
 	&& echo "make bench: $$(( $$(date +%s) - start )) s"
 
 clean:

@@ -324,10 +324,24 @@ def _check_fit(artifact, encoder: IntegerEncoder, config: AcceleratorConfig, seq
             _fits(f"linear {module} pattern pool", p["pool_size"], min(ours.pool_size, fmt.MAX_POOL), " patterns")
 
 
-def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: bool = False) -> CompiledModel:
-    """Compile ``artifact`` (a :class:`core.artifact.Artifact`) for sequences of ``seq_len`` tokens
-    (shorter ones are padded at the end; the input region's length word says how many are real)."""
+def encoder_of(artifact, attention_pruning: bool | None = None) -> IntegerEncoder:
+    """The artifact's integer encoder; with ``attention_pruning=False``, the same without attention-map
+    pruning. Asking for pruning a model was not trained with is an error."""
     encoder = artifact.encoder()
+    if attention_pruning is None or attention_pruning == (encoder.attention_pool is not None):
+        return encoder
+    if attention_pruning:
+        raise CompileError(f"{artifact.path}: the model has no attention pool; it cannot run with attention pruning")
+    return IntegerEncoder(encoder.t, dict(encoder.spec, attention_pruning=False), encoder.weights, None)
+
+
+def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: bool = False,
+                  attention_pruning: bool | None = None) -> CompiledModel:
+    """Compile ``artifact`` (a :class:`core.artifact.Artifact`) for sequences of ``seq_len`` tokens
+    (shorter ones are padded at the end; the input region's length word says how many are real).
+    ``attention_pruning=False`` runs an attention-pruned model without its attention-map pruning
+    (:func:`encoder_of` gives the matching golden model)."""
+    encoder = encoder_of(artifact, attention_pruning)
     spec, t, weights = encoder.spec, encoder.t, encoder.weights
     hidden, heads, head_dim, layers = spec["hidden"], spec["heads"], spec["head_dim"], len(spec["layers"])
     ffn = weights["0.ffn_input"].shape[0]

@@ -14,6 +14,7 @@ from hw.commands import ADDRESS_BITS, COMMAND_BYTES, ErrorCause, Op, command_lay
 from hw.config import AcceleratorConfig, refuse
 from hw.control_registers import ControlRegisters
 from hw.op_ports import WIDE_LANES, WORD_BITS, WORD_BYTES
+from hw.attention_op import AttentionOp
 from hw.matmul_op import MatmulOp
 from hw.norm_op import NormOp
 from hw.table_op import TableOp
@@ -34,9 +35,9 @@ class Accelerator(wiring.Component):
 
     Operation units (one per file, all with :func:`hw.op_ports.op_members`): LOAD/STORE
     (:class:`hw.transfer_op.TransferOp`), TABLE (:class:`hw.table_op.TableOp`), NORM
-    (:class:`hw.norm_op.NormOp`), MATMUL (:class:`hw.matmul_op.MatmulOp`); BARRIER and END are the
-    sequencer's own. An op without a unit
-    yet stops the run with ``BAD_OPCODE``.
+    (:class:`hw.norm_op.NormOp`), MATMUL (:class:`hw.matmul_op.MatmulOp`), ATTENTION
+    (:class:`hw.attention_op.AttentionOp`); BARRIER and END are the sequencer's own. A first byte
+    that is not an :class:`~hw.commands.Op` stops the run with ``BAD_OPCODE``.
 
     Parameters
     ----------
@@ -79,7 +80,8 @@ class Accelerator(wiring.Component):
         wide_w, wide_r = wide.write_port(granularity=32), wide.read_port()
 
         transfer = TransferOp(cfg)
-        units = {Op.LOAD: transfer, Op.STORE: transfer, Op.TABLE: TableOp(cfg), Op.NORM: NormOp(cfg), Op.MATMUL: MatmulOp(cfg)}
+        units = {Op.LOAD: transfer, Op.STORE: transfer, Op.TABLE: TableOp(cfg), Op.NORM: NormOp(cfg), Op.MATMUL: MatmulOp(cfg),
+                 Op.ATTENTION: AttentionOp(cfg)}
         distinct = []
         abort_units = Signal()
         for op, unit in units.items():

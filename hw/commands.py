@@ -131,6 +131,11 @@ def matmul_misaligned(in_features: int, out_features: int, tokens: int, src: int
     return in_features % block_size != 0 or src % 4 != 0 or dst % 4 != 0 or (tokens > 1 and out_features % 4 != 0)
 
 
+def attention_misaligned(head_dim: int, *addresses: int) -> bool:
+    """ATTENTION rule (``BAD_SIZE`` when broken): heads of whole words, Q, K, V and context on words."""
+    return head_dim % 4 != 0 or any(a % 4 != 0 for a in addresses)
+
+
 def command_layout(op: Op) -> data.StructLayout:
     """``op`` (8 bits), then the operation's fields in order, padded to ``COMMAND_BYTES``. Fields whose
     names start with ``_`` are reserved: written as zero, ignored."""

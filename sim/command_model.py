@@ -20,7 +20,7 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import (COMMAND_BYTES, ErrorCause, Op, matmul_misaligned, norm_shape_bad, table_misaligned,
+from hw.commands import (COMMAND_BYTES, ErrorCause, Op, attention_misaligned, matmul_misaligned, norm_shape_bad, table_misaligned,
                          transfer_misaligned)
 from hw.config import AcceleratorConfig
 
@@ -130,8 +130,17 @@ class CommandModel:
 
     def _attention(self, op: Op, f: dict):
         heads, d, length_tokens = f["heads"], f["head_dim"], f["tokens"]
-        ka = self.config.attention.engine.pattern.block_size
+        unit = self.config.attention
+        ka = unit.engine.pattern.block_size
         pruned = bool(f["pruned"])
+        if attention_misaligned(d, f["q"], f["k"], f["v"], f["dst"]):
+            self._fail(ErrorCause.BAD_SIZE, f"ATTENTION operands are not word-aligned (head_dim {d})")
+        if (not 1 <= length_tokens <= unit.max_seq or not 1 <= d <= unit.max_head_dim or heads == 0
+                or (pruned and not 1 <= f["pool_size"] <= unit.engine.pattern.pool_size)):
+            self._fail(ErrorCause.OUT_OF_RANGE, f"ATTENTION of {heads} heads × {d} over {length_tokens} tokens "
+                                                f"(pool {f['pool_size']}) is beyond the unit")
+        for name in ("q", "k", "v", "dst"):
+            self._local(False, f[name], length_tokens * heads * d)
         blob = self._read(op, f["constants"], fmt.attention_constants_bytes(f["pool_size"], ka, pruned))
         table_bytes = fmt.attention_constants_bytes(0, ka, False)
         exp_table = torch.from_numpy(np.frombuffer(blob[:table_bytes], dtype=fmt.EXP_ENTRY).astype(np.int64))
