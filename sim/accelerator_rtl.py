@@ -17,17 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import verilog
-from cocotb_tools.runner import get_runner
 
 from core.atomic import write_atomic
 from hw.accelerator import Accelerator
 from hw.commands import ErrorCause
-from hw.config import AcceleratorConfig
+from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from sim.command_model import CommandError, CommandModel
-from sim.rtl import TIMESCALE, VERILATOR_FLAGS, prepare_case_dir, run_cocotb_case
-from sim.toolchain import configure_verilator
+from hw import registers as regs
+from sim.rtl import (CLOCK_NS, COCOTB_MAIN, CXX_MAKE_FLAGS, TIMESCALE, VERILATOR_FLAGS, _verilator_build, prepare_case_dir,
+                     run_cocotb_case)
+from sim.toolchain import HDL_DIR
 
 TOP = "accelerator"
+HARNESS_TOP = "tb_accelerator"
+
+
+#: The small configuration the tests build (the tiny trained model fits it: hidden 64, FFN 128, 64 tokens).
+SMALL = AcceleratorConfig(engine=EngineConfig(max_in_features=256), attention=AttentionConfig(max_seq=64), max_width=64,
+                          scratch_bytes=32 * 1024, wide_words=4 * 1024, chunk_rows=4)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class AcceleratorHarness:
     config: AcceleratorConfig
     build_dir: Path
     build_seconds: float
+    memory_words: int = 0
 
 
 @dataclass
@@ -47,17 +55,28 @@ class Run:
 
 
 def build_accelerator(config: AcceleratorConfig, build_dir: str | Path, *, always: bool = False) -> AcceleratorHarness:
-    build_dir = Path(build_dir).resolve()
+    """The top alone, for cocotb to drive its AXI ports (cocotbext-axi): built with the clock in C++ and
+    only its ports public; an unchanged build is reused unless ``always``."""
+    return _build(config, Path(build_dir).resolve(), TOP, [], HDL_DIR / "accelerator.vlt", "sim", always)
+
+
+def _build(config: AcceleratorConfig, build_dir: Path, top: str, harness: list[Path], vlt: Path, folder: str, always: bool,
+           parameters: dict | None = None) -> AcceleratorHarness:
+    import cocotb_tools.config
+
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{TOP}.v"
     text = verilog.convert(Accelerator(config), name=TOP)
     if not source.exists() or source.read_text() != text:
         write_atomic(source, text)
-    configure_verilator()
-    started = time.perf_counter()
-    get_runner("verilator").build(sources=[source], hdl_toplevel=TOP, build_args=VERILATOR_FLAGS, build_dir=build_dir / "sim",
-                                  timescale=TIMESCALE, always=always, log_file=build_dir / "build.log")
-    return AcceleratorHarness(config, build_dir, time.perf_counter() - started)
+    libs = cocotb_tools.config.libs_dir
+    command = (["verilator", "--cc", "--exe", "--top-module", top, "--prefix", "Vtop", "-o", top,
+                "--vpi", "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator"]
+               + VERILATOR_FLAGS + ["--timescale", "/".join(TIMESCALE)]
+               + [f"-G{name}={value}" for name, value in (parameters or {}).items()]
+               + [str(COCOTB_MAIN), str(source), *map(str, harness), str(vlt)])
+    seconds = _verilator_build(command, CXX_MAKE_FLAGS, build_dir / folder, build_dir / f"build-{folder}.log", always=always, binary=top)
+    return AcceleratorHarness(config, build_dir, seconds, (parameters or {}).get("WORDS", 0))
 
 
 def run_accelerator(harness: AcceleratorHarness, runs: list[Run], case_dir: str | Path) -> list[dict]:
@@ -71,7 +90,8 @@ def run_accelerator(harness: AcceleratorHarness, runs: list[Run], case_dir: str 
         spec.append({"image": f"image{i}.bin", "command_address": run.command_address, "pause": run.pause,
                      "reset_after": run.reset_after, "max_cycles": run.max_cycles})
     (case_dir / "case.json").write_text(json.dumps({"runs": spec}, indent=2))
-    result = run_cocotb_case("verilator", "sim.cocotb_accelerator", TOP, harness.build_dir / "sim", case_dir, [],
+    result = run_cocotb_case("verilator", "sim.cocotb_accelerator", TOP, harness.build_dir / "sim", case_dir,
+                             [f"+main_clock_ns={CLOCK_NS}"],
                              {"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_accelerator.py"})
     if not result.get("passed") or "runs" not in result:
         raise RuntimeError(f"the accelerator simulation failed; see {case_dir / 'sim.log'}")
@@ -92,3 +112,41 @@ def expected_run(config: AcceleratorConfig, image: bytearray, command_address: i
                 "commands": stats.commands}
     except CommandError as failure:
         return {"done": 0, "error": 1, "cause": failure.cause.value, "command": failure.index, "memory": memory}
+
+
+# ------------------------------------------------------------------------------------------ long runs
+
+def build_accelerator_harness(config: AcceleratorConfig, build_dir: str | Path, *, memory_words: int = 1 << 20,
+                              always: bool = False) -> AcceleratorHarness:
+    """The top inside ``sim/hdl/tb_accelerator.sv`` (a Verilog AXI memory and register host), built with
+    the clock in C++ and only the harness's ports public: long runs with no Python per cycle."""
+    parameters = {"WORDS": memory_words, "START_BIT": regs.Control.field("start").offset,
+                  "BUSY_BIT": regs.Status.field("busy").offset,
+                  **{f"REG_{name}": regs.offset(name) for name in ("CONTROL", "STATUS", "ERROR", "COMMAND_ADDR", "CYCLES_LO",
+                                                                    "CYCLES_HI", "LAYER")}}
+    return _build(config, Path(build_dir).resolve(), HARNESS_TOP, [HDL_DIR / "axi_ram.sv", HDL_DIR / f"{HARNESS_TOP}.sv"],
+                  HDL_DIR / f"{HARNESS_TOP}.vlt", "fast", always, parameters)
+
+
+def run_accelerator_fast(harness: AcceleratorHarness, image: bytearray, case_dir: str | Path, *, command_address: int = 0,
+                         max_cycles: int = 200_000_000) -> dict:
+    """One run on :func:`build_accelerator_harness`'s harness: the registers after it and its memory."""
+    case_dir = prepare_case_dir(case_dir)
+    words = -(-len(image) // 4)
+    if words > harness.memory_words:
+        raise ValueError(f"the image needs {words} words; the harness memory holds {harness.memory_words}")
+    padded = bytes(image) + bytes(4 * words - len(image))
+    (case_dir / "image.hex").write_text("".join(f"{int.from_bytes(padded[i:i + 4], 'little'):08x}\n" for i in range(0, len(padded), 4)))
+    (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS}))
+    plusargs = [f"+main_clock_ns={CLOCK_NS}", f"+image_file={case_dir / 'image.hex'}", f"+memory_file={case_dir / 'memory.hex'}", f"+memory_words={words}",
+                f"+command_addr={command_address}"]
+    result = run_cocotb_case("verilator", "sim.cocotb_accelerator_fast", HARNESS_TOP, harness.build_dir / "fast", case_dir, plusargs,
+                             {"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_accelerator_fast.py"})
+    if not result.get("passed"):
+        raise RuntimeError(f"the accelerator simulation failed; see {case_dir / 'sim.log'}")
+    memory = bytearray()
+    for line in (case_dir / "memory.hex").read_text().split():
+        if not line.startswith("//"):
+            memory += int(line, 16).to_bytes(4, "little")
+    result["memory"] = memory[:len(image)]
+    return result

@@ -8,12 +8,10 @@ import pytest
 
 from firmware_gen.compiler import encode_command
 from hw.commands import COMMAND_BYTES, ErrorCause, Op
-from hw.config import AcceleratorConfig, EngineConfig
-from sim.accelerator_rtl import Run, build_accelerator, expected_run, run_accelerator
+from sim.accelerator_rtl import SMALL, Run, build_accelerator, expected_run, run_accelerator
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests" / "accelerator"
-CONFIG = AcceleratorConfig(engine=EngineConfig(max_in_features=256), scratch_bytes=16 * 1024, wide_words=4 * 1024,
-                           max_width=64, chunk_rows=4)
+CONFIG = SMALL
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,25 @@ import torch
 
 from core.artifact import load_artifact
 from firmware_gen.compiler import TRACE_TENSORS, compile_model, encoder_of
-from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
-from sim.accelerator_rtl import Run, build_accelerator, expected_run, run_accelerator
+from sim.accelerator_rtl import (SMALL, Run, build_accelerator, build_accelerator_harness, expected_run, run_accelerator,
+                                 run_accelerator_fast)
 from sw import glue
 from sw.evaluate import load_tokenizer
 from tests.sw.tiny_run import GLUE
 
-BUILD = Path(__file__).resolve().parents[2] / "build" / "tests" / "accelerator_model"
-SEQ_LEN = 64
-CONFIG = AcceleratorConfig(engine=EngineConfig(max_in_features=128), attention=AttentionConfig(max_seq=SEQ_LEN),
-                           max_width=64, scratch_bytes=32 * 1024, wide_words=4 * 1024, chunk_rows=4)
+BUILD = Path(__file__).resolve().parents[2] / "build" / "tests" / "accelerator"  # shared with tests/sim/test_accelerator_rtl.py
+CONFIG = SMALL
+SEQ_LEN = CONFIG.max_seq
 
 
 @pytest.fixture(scope="module")
 def harness():
     return build_accelerator(CONFIG, BUILD / "build")
+
+
+@pytest.fixture(scope="module")
+def long_harness():
+    return build_accelerator_harness(CONFIG, BUILD / "build", memory_words=1 << 16)
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +79,31 @@ def test_the_trained_model_on_the_rtl_equals_the_integer_encoder_at_every_bounda
     lengths = batch["attention_mask"].sum(1).tolist()
     assert min(lengths) < SEQ_LEN and len(set(lengths)) == 2
     cases = [_image(compiled, encoder, batch, i) for i in range(2)]
-    runs = [Run(cases[0][0], pause=True), Run(cases[1][0])]
-    if pruning:  # a reset in the middle of a run, then a clean run of the same image
-        runs += [Run(cases[1][0], reset_after=20_000), Run(cases[1][0])]
+    if pruning:  # with AXI backpressure; a reset in the middle of a run, then a clean run of another sentence
+        runs, checked = [Run(cases[0][0], pause=True), Run(cases[1][0], reset_after=20_000), Run(cases[1][0])], [0, 2]
+    else:
+        runs, checked = [Run(cases[1][0])], [0]
     got = run_accelerator(harness, runs, tmp_path / "case")
-    for result, (image, golden) in zip(got[:2] + got[3:], [cases[0], cases[1], cases[1]]):
-        want = expected_run(CONFIG, image)
-        assert result["done"] and not result["error"] and result["layers"] == len(golden.layers)
-        assert result["memory"] == want["memory"]
-        label = _check_against_the_encoder(compiled, result["memory"], golden)
-        assert label == int(golden.logits[0].argmax())
+    for index in checked:
+        image, golden = cases[0] if runs[index].pause else cases[1]
+        _check_run(compiled, got[index], image, golden)
     if pruning:
-        assert not got[2]["done"] and not got[2]["error"]
+        assert not got[1]["done"] and not got[1]["error"]
+
+
+def _check_run(compiled, result, image, golden):
+    want = expected_run(CONFIG, image)
+    assert result["done"] and not result["error"] and result["layers"] == len(golden.layers)
+    assert result["memory"] == want["memory"]
+    label = _check_against_the_encoder(compiled, result["memory"], golden)
+    assert label == int(golden.logits[0].argmax())
+
+
+def test_the_long_run_harness_gives_the_same(long_harness, sentences, tmp_path):
+    """The Verilog AXI memory and register host of the long runs (benchmarks) against the same check."""
+    artifact, batch = sentences
+    compiled = compile_model(artifact, CONFIG, SEQ_LEN, trace=True)
+    image, golden = _image(compiled, artifact.encoder(), batch, 0)
+    result = run_accelerator_fast(long_harness, image, tmp_path / "case")
+    _check_run(compiled, result, image, golden)
+    assert result["commands"] == len(compiled.commands) and result["cycles"] > 0
