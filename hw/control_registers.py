@@ -1,6 +1,6 @@
 """The register file of ``hw/registers.py`` behind an AXI4-Lite slave."""
 
-from amaranth import Cat, Module, Signal
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

@@ -1,6 +1,6 @@
 """MATMUL: a linear layer over every token of the sequence, its weights read from DRAM once."""
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 

@@ -1,6 +1,6 @@
 """TABLE: a 256-entry table activation over a run of scratch bytes, through :class:`TableActivation`."""
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 
 from hw.commands import ErrorCause, Op, command_layout

@@ -12,7 +12,6 @@ abandoned; the next run must be clean).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

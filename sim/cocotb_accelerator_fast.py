@@ -34,6 +34,7 @@ async def run_accelerator_long(dut):
         "done": _field(status, regs.Status, "done"), "error": _field(status, regs.Status, "error"),
         "cause": _field(error, regs.Error, "cause"), "command": _field(error, regs.Error, "command"),
         "layers": _field(layer, regs.Layer, "layer"), "commands": _field(layer, regs.Layer, "commands"),
-        "cycles": cycles, "wall_seconds": wall, "cycles_per_second": cycles / wall if wall else None,
+        "cycles": cycles, "read_bytes": int(dut.read_bytes.value), "written_bytes": int(dut.written_bytes.value),
+        "wall_seconds": wall, "cycles_per_second": cycles / wall if wall else None,
     }
     (case_dir / "result.json").write_text(json.dumps(result, indent=2))

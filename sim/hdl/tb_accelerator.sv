@@ -2,7 +2,8 @@
 // (loaded from +image_file), and a small AXI4-Lite host writes COMMAND_ADDR (+command_addr) and
 // CONTROL.start, polls STATUS every POLL cycles until the core is idle, reads ERROR, LAYER and the cycle
 // counter, then dumps the memory and raises `done`. The register offsets and field positions come from
-// hw/registers.py as parameters.
+// hw/registers.py as parameters. `read_bytes` and `written_bytes` count the bytes of every AXI read beat
+// and every strobed write byte.
 module tb_accelerator #(
     parameter int WORDS = 1 << 20,
     parameter int REG_CONTROL = 0, parameter int REG_STATUS = 4, parameter int REG_ERROR = 8,
@@ -15,7 +16,9 @@ module tb_accelerator #(
     output logic [31:0] status,
     output logic [31:0] error,
     output logic [31:0] layer,
-    output logic [63:0] cycles
+    output logic [63:0] cycles,
+    output logic [63:0] read_bytes,
+    output logic [63:0] written_bytes
 );
     logic [31:0] m_awaddr, m_wdata, m_araddr, m_rdata;
     logic [7:0] m_awlen, m_arlen;
@@ -52,6 +55,15 @@ module tb_accelerator #(
         .bresp(m_bresp), .bvalid(m_bvalid), .bready(m_bready),
         .araddr(m_araddr), .arlen(m_arlen), .arvalid(m_arvalid), .arready(m_arready),
         .rdata(m_rdata), .rresp(m_rresp), .rlast(m_rlast), .rvalid(m_rvalid), .rready(m_rready));
+
+    always_ff @(posedge clk) begin
+        if (rst) begin
+            read_bytes <= 64'd0; written_bytes <= 64'd0;
+        end else begin
+            if (m_rvalid && m_rready) read_bytes <= read_bytes + 64'd4;
+            if (m_wvalid && m_wready) written_bytes <= written_bytes + 64'($countones(m_wstrb));
+        end
+    end
 
     // The host: a fixed sequence of register accesses.
     typedef enum logic [3:0] {SET_ADDRESS, START, WAIT, POLL_STATUS, READ_ERROR, READ_LAYER, READ_LOW, READ_HIGH, FINISHED} step_t;
