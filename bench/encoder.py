@@ -60,7 +60,7 @@ def useful_macs(compiled, encoder, config: AcceleratorConfig, valid: int) -> int
         for role in ("query", "key", "value", "attention_output", "ffn_input", "ffn_output"):
             n, k = encoder.weights[f"{i}.{role}"].shape
             total += matmul_cycles(config.engine, L, k, n).useful_macs
-    heads = [AttentionHeadShape(L, spec["head_dim"], valid, 0)] * spec["heads"]
+    heads = [AttentionHeadShape(L, spec["head_dim"], valid, ())] * spec["heads"]
     total += len(spec["layers"]) * attention_cycles(config.attention, heads, pruned=encoder.attention_pool is not None).useful_macs
     return total
 
