@@ -157,7 +157,7 @@ def section(s: dict) -> str:
                      f"{'yes' if r['label'] == r['golden_label'] else 'NO'} | {r['wall_seconds']:.0f} |")
     lines += [
         "",
-        f"- Median cycles {m['cycles']:,}; AXI bytes read {m['read_bytes']:,} = {s['read_over_image']:.3f}× the model's constant "
+        f"- Median cycles {m['cycles']:,.0f}; AXI bytes read {m['read_bytes']:,.0f} = {s['read_over_image']:.3f}× the model's constant "
         f"image ({s['constant_bytes']:,} bytes; target ≤ 1.1×); simulation wall time {m['wall_seconds']:.0f} s per sentence "
         f"(build {s['build_seconds']:.0f} s, once).",
         f"- MAC utilization {100 * m['utilization_one_array']:.1f} % counting one 64-multiplier array (as if the linears and the "
