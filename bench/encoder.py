@@ -44,11 +44,7 @@ def sentences(artifact, task: str, count: int, seq_len: int, data_dir: Path):
     tokenizer = load_tokenizer(artifact)
     examples = glue.load_glue_split(data_dir, task, "dev", limit=count)
     dataset = glue.GlueDataset(examples, tokenizer, seq_len, False)
-    batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id)
-    pad = seq_len - batch["input_ids"].shape[1]
-    for name, value in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
-        batch[name] = torch.nn.functional.pad(batch[name], (0, pad), value=value)
-    return batch
+    return glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, seq_len)
 
 
 def useful_macs(compiled, encoder, config: AcceleratorConfig, valid: int) -> int:

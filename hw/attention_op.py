@@ -1,7 +1,6 @@
 """ATTENTION: every head of a layer's self-attention over scratch, through :class:`AttentionUnit`."""
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
 
 from core.encoder import EXP_FRACTION_BITS
 from hw.attention_unit import AttentionUnit
@@ -9,13 +8,13 @@ from hw.byte_records import ByteRecords
 from hw.commands import ErrorCause, Op, command_layout
 from hw.config import COUNT_BITS, AcceleratorConfig, refuse
 from hw.dram_formats import EXP_ENTRY, attention_pool_bytes
-from hw.op_ports import WIDE_LANES, WORD_BYTES, op_members
+from hw.op_ports import WORD_BYTES, OpUnit
 
 #: Bytes of one exp table entry and of one attention pattern's mask in the constants region.
 ENTRY_BYTES = EXP_ENTRY.itemsize
 
 
-class AttentionOp(wiring.Component):
+class AttentionOp(OpUnit):
     """Runs an ATTENTION command on an :class:`~hw.attention_unit.AttentionUnit`.
 
     First the sequence's valid-token count (one word at ``length``), then the constants region: the
@@ -31,21 +30,14 @@ class AttentionOp(wiring.Component):
     operand past scratch (``OUT_OF_RANGE``), misaligned operands (``BAD_SIZE``), more valid tokens than
     tokens (``OUT_OF_RANGE``).
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-
-    Interface attributes
-    --------------------
-    The members of :func:`hw.op_ports.op_members`.
+    The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
 
     def __init__(self, config: AcceleratorConfig):
         apc = config.attention.engine.pattern
         if apc.block_size != WORD_BYTES or attention_pool_bytes(apc.block_size) != ENTRY_BYTES:
             refuse(self, f"AttentionOp needs {WORD_BYTES}×{WORD_BYTES} attention blocks, got {apc.block_size}×{apc.block_size}")
-        self._config = config
-        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))
+        super().__init__(config)
 
     def elaborate(self, platform):
         m = Module()

@@ -1,6 +1,7 @@
 """AXI4 and AXI4-Lite port sets with the conventional flat names (``m_axi_araddr``, ``s_axil_wdata``, …),
 so the generated Verilog drops into a Zynq or Alveo shell and cocotbext-axi finds every signal by prefix."""
 
+from amaranth import Mux
 from amaranth.lib.wiring import In, Out
 
 #: AXI burst type INCR, response OKAY, and the longest INCR burst.
@@ -9,6 +10,14 @@ RESP_OKAY = 0b00
 MAX_BURST_BEATS = 256
 #: A burst must not cross a 4 KiB boundary.
 BOUNDARY_BYTES = 4096
+
+
+def burst_beats(address, remaining, word_bytes: int):
+    """Beats of the next INCR burst from ``address`` with ``remaining`` words to go: all of them, but at
+    most ``MAX_BURST_BEATS`` and none past the next 4 KiB boundary."""
+    to_boundary = (BOUNDARY_BYTES - address[:BOUNDARY_BYTES.bit_length() - 1]) // word_bytes
+    limit = Mux(to_boundary < MAX_BURST_BEATS, to_boundary, MAX_BURST_BEATS)
+    return Mux(remaining < limit, remaining, limit)
 
 
 def axi4_read_members(prefix: str, *, address_bits: int, data_bits: int, id_bits: int = 1) -> dict:

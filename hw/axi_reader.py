@@ -4,7 +4,7 @@ from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.axi import BOUNDARY_BYTES, BURST_INCR, MAX_BURST_BEATS, RESP_OKAY, axi4_read_members
+from hw.axi import BURST_INCR, MAX_BURST_BEATS, RESP_OKAY, burst_beats, axi4_read_members
 
 PREFIX = "m_axi"
 
@@ -58,9 +58,7 @@ class AxiReader(wiring.Component):
         remaining = Signal(self._address_bits)
         beats = Signal(range(MAX_BURST_BEATS + 1))
         dropping = Signal()
-        to_boundary = Signal(range(BOUNDARY_BYTES // word_bytes + 1))
         m.d.comb += [
-            to_boundary.eq((BOUNDARY_BYTES - address[:BOUNDARY_BYTES.bit_length() - 1]) // word_bytes),
             bus["arid"].eq(0), bus["arsize"].eq((word_bytes - 1).bit_length()), bus["arburst"].eq(BURST_INCR),
             bus["araddr"].eq(address), bus["arlen"].eq(beats - 1),
         ]
@@ -77,8 +75,7 @@ class AxiReader(wiring.Component):
                                  dropping.eq(0), self.busy.eq(1)]
                     m.next = "SIZE"
             with m.State("SIZE"):
-                limit = Mux(to_boundary < MAX_BURST_BEATS, to_boundary, MAX_BURST_BEATS)
-                m.d.sync += beats.eq(Mux(remaining < limit, remaining, limit))
+                m.d.sync += beats.eq(burst_beats(address, remaining, word_bytes))
                 with m.If(self.abort):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"

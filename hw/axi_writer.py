@@ -4,7 +4,7 @@ from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.axi import BOUNDARY_BYTES, BURST_INCR, MAX_BURST_BEATS, RESP_OKAY, axi4_write_members
+from hw.axi import BURST_INCR, MAX_BURST_BEATS, RESP_OKAY, burst_beats, axi4_write_members
 
 PREFIX = "m_axi"
 
@@ -62,11 +62,9 @@ class AxiWriter(wiring.Component):
         beats = Signal(range(MAX_BURST_BEATS + 1))
         beat = Signal(range(MAX_BURST_BEATS + 1))
         dropping = Signal()
-        to_boundary = Signal(range(BOUNDARY_BYTES // word_bytes + 1))
         full = (1 << word_bytes) - 1
         last_of_request = (beat == beats - 1) & (remaining == beats)
         m.d.comb += [
-            to_boundary.eq((BOUNDARY_BYTES - address[:BOUNDARY_BYTES.bit_length() - 1]) // word_bytes),
             bus["awid"].eq(0), bus["awsize"].eq(word_shift), bus["awburst"].eq(BURST_INCR),
             bus["awaddr"].eq(address), bus["awlen"].eq(beats - 1),
             bus["wdata"].eq(self.data.payload), bus["wlast"].eq(beat == beats - 1),
@@ -85,8 +83,7 @@ class AxiWriter(wiring.Component):
                                  tail.eq(size[:word_shift]), dropping.eq(0), self.busy.eq(1)]
                     m.next = "SIZE"
             with m.State("SIZE"):
-                limit = Mux(to_boundary < MAX_BURST_BEATS, to_boundary, MAX_BURST_BEATS)
-                m.d.sync += [beats.eq(Mux(remaining < limit, remaining, limit)), beat.eq(0)]
+                m.d.sync += [beats.eq(burst_beats(address, remaining, word_bytes)), beat.eq(0)]
                 with m.If(self.abort):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"

@@ -1,7 +1,6 @@
 """MATMUL: a linear layer over every token of the sequence, its weights read from DRAM once."""
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from hw.byte_records import ByteRecords
@@ -9,14 +8,14 @@ from hw.commands import ErrorCause, Op, command_layout
 from hw.config import COUNT_BITS, AcceleratorConfig, refuse
 from hw.dram_formats import CHANNEL
 from hw.layouts import Opcode, channel_params_layout, weight_layout
-from hw.op_ports import WIDE_LANES, WORD_BYTES, op_members
+from hw.op_ports import WORD_BYTES, OpUnit
 from hw.pattern_matmul import PatternMatmulEngine
 
 #: Bytes of one channel record (bias, multiplier, shift, pad) of a linear region.
 CHANNEL_BYTES = CHANNEL.itemsize
 
 
-class MatmulOp(wiring.Component):
+class MatmulOp(OpUnit):
     """Runs a MATMUL command on a :class:`~hw.pattern_matmul.PatternMatmulEngine`.
 
     The linear region (``hw.dram_formats``) streams in once through the reader and is cut into records
@@ -32,13 +31,7 @@ class MatmulOp(wiring.Component):
     ``hw.commands.matmul_misaligned``), a shape beyond the engine or an operand past its memory
     (``OUT_OF_RANGE``); while running, a block whose pattern id is beyond the pool (``OUT_OF_RANGE``).
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-
-    Interface attributes
-    --------------------
-    The members of :func:`hw.op_ports.op_members`.
+    The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -46,8 +39,7 @@ class MatmulOp(wiring.Component):
         if pc.block_size != WORD_BYTES or (pc.block_size ** 2) % pc.kept_per_block:
             refuse(self, f"MatmulOp needs {WORD_BYTES}×{WORD_BYTES} blocks whose {WORD_BYTES ** 2} positions are whole "
                          f"weight beats of kept_per_block; got {pc.block_size}×{pc.block_size} keeping {pc.kept_per_block}")
-        self._config = config
-        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))
+        super().__init__(config)
 
     def elaborate(self, platform):
         m = Module()

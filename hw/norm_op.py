@@ -1,33 +1,21 @@
 """NORM: residual add + LayerNorm over rows in wide and scratch memory, through :class:`ResidualLayerNorm`."""
 
 from amaranth import Cat, Module, Signal
-from amaranth.lib import wiring
 
 from hw.commands import ErrorCause, Op, command_layout
-from hw.config import AcceleratorConfig
 from hw.layer_norm import ResidualLayerNorm
-from hw.op_ports import WIDE_LANES, WORD_BYTES, op_members
+from hw.op_ports import WORD_BYTES, OpUnit
 
 
-class NormOp(wiring.Component):
+class NormOp(OpUnit):
     """Runs a NORM command: γ/β from DRAM (two words per channel), then for each of ``tokens`` rows of
     ``width`` entries the branch's wide value (wide memory, from ``wide_src``) and the residual's byte
     (scratch, from ``residual``), one entry per cycle, into a :class:`~hw.layer_norm.ResidualLayerNorm`;
     its int8 results go to scratch from ``dst``, a byte per cycle. ``width`` beyond ``max_width``, or an
     operand past the end of its memory, is ``OUT_OF_RANGE``.
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-
-    Interface attributes
-    --------------------
-    The members of :func:`hw.op_ports.op_members`.
+    The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
-
-    def __init__(self, config: AcceleratorConfig):
-        self._config = config
-        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))
 
     def elaborate(self, platform):
         m = Module()

@@ -44,3 +44,31 @@ def op_members(scratch_words: int, wide_rows: int) -> dict:
         "wide": Out(memory_port(wide_rows, 32 * WIDE_LANES, WIDE_LANES)),
         "reader": Out(reader_port()), "writer": Out(writer_port()),
     }
+
+
+class OpUnit(wiring.Component):
+    """The base of the accelerator's operation units: the ports of :func:`op_members`, sized by the
+    config, which subclasses read as ``self._config``.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+
+    Interface attributes
+    --------------------
+    command : In(COMMAND_BYTES · 8)
+        The command being run, held by the sequencer while the unit is busy.
+    start : In(1)
+        One cycle: check the command and begin (or end at once with ``cause`` set).
+    busy : Out(1)
+    cause : Out(ErrorCause)
+        How the last command ended (NONE: fine).
+    scratch, wide : Out(memory_port)
+        The on-chip memories.
+    reader, writer : Out(reader_port), Out(writer_port)
+        The AXI4 master's read and write sides.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))

@@ -36,6 +36,12 @@ class Register:
     doc = ""
 
     @classmethod
+    def value(cls, word: int, name: str) -> int:
+        """Field ``name`` of a register value ``word`` read from the bus."""
+        f = cls.field(name)
+        return (word >> f.offset) & ((1 << f.width) - 1)
+
+    @classmethod
     def field(cls, name: str) -> Field:
         for f in cls.fields:
             if f.name == name:

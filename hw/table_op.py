@@ -1,32 +1,20 @@
 """TABLE: a 256-entry table activation over a run of scratch bytes, through :class:`TableActivation`."""
 
 from amaranth import Module, Signal
-from amaranth.lib import wiring
 
 from hw.commands import ErrorCause, Op, command_layout
-from hw.config import AcceleratorConfig
-from hw.op_ports import WIDE_LANES, WORD_BYTES, op_members
+from hw.op_ports import WORD_BYTES, OpUnit
 from hw.table_activation import TABLE_ENTRIES, TableActivation
 
 
-class TableOp(wiring.Component):
+class TableOp(OpUnit):
     """Runs a TABLE command: reads the table from DRAM into a :class:`~hw.table_activation.TableActivation`
     (one word of four entries at a time), then maps ``count`` bytes from ``src`` to ``dst`` a word per
     cycle. ``src == dst`` maps in place (every word is read before it is written). ``count``, ``src`` and
     ``dst`` must be whole words (``BAD_SIZE``) inside scratch (``OUT_OF_RANGE``).
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-
-    Interface attributes
-    --------------------
-    The members of :func:`hw.op_ports.op_members`.
+    The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
-
-    def __init__(self, config: AcceleratorConfig):
-        self._config = config
-        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))
 
     def elaborate(self, platform):
         m = Module()

@@ -1,14 +1,12 @@
 """LOAD and STORE: a region of DRAM into scratch or wide memory, and back."""
 
 from amaranth import Module, Mux, Signal
-from amaranth.lib import wiring
 
 from hw.commands import ErrorCause, Op, command_layout
-from hw.config import AcceleratorConfig
-from hw.op_ports import WIDE_LANES, WORD_BYTES, op_members
+from hw.op_ports import WIDE_LANES, WORD_BYTES, OpUnit
 
 
-class TransferOp(wiring.Component):
+class TransferOp(OpUnit):
     """Runs a LOAD or a STORE command (``hw.commands``).
 
     Scratch transfers move whole words: ``local`` and ``bytes`` must be multiples of the word (a STORE's
@@ -16,18 +14,8 @@ class TransferOp(wiring.Component):
     value ``local`` on. An operand past the end of its memory is ``OUT_OF_RANGE``. A LOAD is done when
     its last word is written, a STORE when the bus has answered its last write.
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-
-    Interface attributes
-    --------------------
-    The members of :func:`hw.op_ports.op_members`.
+    The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
-
-    def __init__(self, config: AcceleratorConfig):
-        self._config = config
-        super().__init__(op_members(config.scratch_bytes // WORD_BYTES, config.wide_words // WIDE_LANES))
 
     def elaborate(self, platform):
         m = Module()

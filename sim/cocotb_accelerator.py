@@ -18,11 +18,6 @@ def _pauses(seed):
     return itertools.cycle([rng.random() < 0.3 for _ in range(997)])
 
 
-def _field(value, register, name):
-    f = register.field(name)
-    return (value >> f.offset) & ((1 << f.width) - 1)
-
-
 @cocotb.test()
 async def run_accelerator_case(dut):
     case_dir = Path(os.environ["TESSERA_CASE"])
@@ -57,7 +52,7 @@ async def run_accelerator_case(dut):
         waited = 0
         while True:
             status = await host.read_dword(regs.offset("STATUS"))
-            if not _field(status, regs.Status, "busy"):
+            if not regs.Status.value(status, "busy"):
                 break
             await ClockCycles(dut.clk, 200)
             waited += 200
@@ -70,9 +65,9 @@ async def run_accelerator_case(dut):
         low = await host.read_dword(regs.offset("CYCLES_LO"))
         high = await host.read_dword(regs.offset("CYCLES_HI"))
         results.append({
-            "done": _field(status, regs.Status, "done"), "error": _field(status, regs.Status, "error"),
-            "cause": _field(error, regs.Error, "cause"), "command": _field(error, regs.Error, "command"),
-            "layers": _field(layer, regs.Layer, "layer"), "commands": _field(layer, regs.Layer, "commands"),
+            "done": regs.Status.value(status, "done"), "error": regs.Status.value(status, "error"),
+            "cause": regs.Error.value(error, "cause"), "command": regs.Error.value(error, "command"),
+            "layers": regs.Layer.value(layer, "layer"), "commands": regs.Layer.value(layer, "commands"),
             "cycles": low | high << 32,
         })
         (case_dir / f"memory{i}.bin").write_bytes(ram.read(0, size))

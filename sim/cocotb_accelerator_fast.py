@@ -12,11 +12,6 @@ from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 from hw import registers as regs
 
 
-def _field(value, register, name):
-    f = register.field(name)
-    return (value >> f.offset) & ((1 << f.width) - 1)
-
-
 @cocotb.test()
 async def run_accelerator_long(dut):
     case_dir = Path(os.environ["TESSERA_CASE"])
@@ -31,9 +26,9 @@ async def run_accelerator_long(dut):
     status, error, layer = int(dut.status.value), int(dut.error.value), int(dut.layer.value)
     cycles = int(dut.cycles.value)
     result = {
-        "done": _field(status, regs.Status, "done"), "error": _field(status, regs.Status, "error"),
-        "cause": _field(error, regs.Error, "cause"), "command": _field(error, regs.Error, "command"),
-        "layers": _field(layer, regs.Layer, "layer"), "commands": _field(layer, regs.Layer, "commands"),
+        "done": regs.Status.value(status, "done"), "error": regs.Status.value(status, "error"),
+        "cause": regs.Error.value(error, "cause"), "command": regs.Error.value(error, "command"),
+        "layers": regs.Layer.value(layer, "layer"), "commands": regs.Layer.value(layer, "commands"),
         "cycles": cycles, "read_bytes": int(dut.read_bytes.value), "written_bytes": int(dut.written_bytes.value),
         "wall_seconds": wall, "cycles_per_second": cycles / wall if wall else None,
     }

@@ -272,8 +272,9 @@ class GlueDataset(torch.utils.data.Dataset):
         return {**self.features[index], "labels": self.labels[index]}
 
 
-def collate(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Stack :class:`GlueDataset` items, right-padding to the longest sequence in the batch.
+def collate(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack :class:`GlueDataset` items, right-padding to the longest sequence in the batch (or to
+    ``length`` tokens, e.g. an accelerator's compiled sequence length).
 
     ``input_ids`` are padded with ``pad_token_id``, the masks and token types with 0. Use it as
     ``DataLoader(..., collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id))``.
@@ -283,8 +284,13 @@ def collate(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict
         values = [item[key] for item in batch]
         if key == "labels":
             out[key] = torch.stack(values)
-        else:
-            out[key] = pad_sequence(values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0)
+            continue
+        padded = pad_sequence(values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0)
+        if length is not None:
+            if padded.shape[1] > length:
+                raise ValueError(f"a sequence has {padded.shape[1]} tokens, more than length={length}")
+            padded = torch.nn.functional.pad(padded, (0, length - padded.shape[1]), value=pad_token_id if key == "input_ids" else 0)
+        out[key] = padded
     return out
 
 

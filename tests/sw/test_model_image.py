@@ -31,10 +31,7 @@ def model(result):
     tokenizer = load_tokenizer(artifact)
     examples = glue.load_glue_split(GLUE, "mrpc", "dev", limit=3)
     dataset = glue.GlueDataset(examples, tokenizer, SEQ_LEN, False)
-    batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id)
-    pad = SEQ_LEN - batch["input_ids"].shape[1]
-    for name, value in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
-        batch[name] = torch.nn.functional.pad(batch[name], (0, pad), value=value)
+    batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, SEQ_LEN)
     return artifact, batch
 
 
