@@ -111,6 +111,7 @@ def main(argv=None) -> int:
                "written_bytes": result["written_bytes"], "wall_seconds": result["wall_seconds"],
                "useful_macs": useful, "utilization_one_array": useful / (result["cycles"] * config.engine.multipliers),
                "utilization_both_arrays": useful / (result["cycles"] * (config.engine.multipliers + config.attention.engine.multipliers)),
+               "op_cycles": result.get("op_cycles", {}),
                "label": int(logits.argmax()), "golden_label": int(golden.logits[0].argmax()),
                "bit_exact": not any(mismatches.values()) and result["done"] == 1, "mismatches": mismatches}
         print(json.dumps(run), flush=True)
@@ -159,6 +160,16 @@ def section(s: dict) -> str:
         f"- MAC utilization {100 * m['utilization_one_array']:.1f} % counting one 64-multiplier array (as if the linears and the "
         f"attention shared it), {100 * m['utilization_both_arrays']:.1f} % over the top's two arrays (target ≥ 90 %).",
     ]
+    first = s["runs"][0]
+    if first["op_cycles"]:
+        total = first["cycles"]
+        lines += ["", "Where the cycles of sentence 0 go (the units run one at a time; the rest is the sequencer fetching and "
+                      "decoding commands and the host's register polling):", "",
+                  "| op | cycles | share |", "|---|---:|---:|"]
+        for op, cycles in sorted(first["op_cycles"].items(), key=lambda item: -item[1]):
+            lines.append(f"| {op} | {cycles:,} | {100 * cycles / total:.1f} % |")
+        rest = total - sum(first["op_cycles"].values())
+        lines.append(f"| sequencer and host | {rest:,} | {100 * rest / total:.1f} % |")
     return "\n".join(lines)
 
 

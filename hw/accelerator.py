@@ -51,6 +51,9 @@ class Accelerator(wiring.Component):
         External memory, AXI4, 32-bit data.
     irq : Out(1)
         ``STATUS.done | STATUS.error``.
+    running : Out(8)
+        The op code of the command a unit is running, 0 while the sequencer fetches or decodes (for
+        cycle accounting in simulation; leave it unconnected in a system).
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -62,6 +65,7 @@ class Accelerator(wiring.Component):
             **axi4_lite_slave_members("s_axil", address_bits=CONTROL_ADDRESS_BITS),
             **axi4_master_members("m_axi", address_bits=ADDRESS_BITS, data_bits=WORD_BITS),
             "irq": Out(1),
+            "running": Out(8),
         })
 
     def elaborate(self, platform):
@@ -183,6 +187,7 @@ class Accelerator(wiring.Component):
                     m.d.comb += unit.start.eq(active == i)
                 m.next = "RUN"
             with state("RUN"):
+                m.d.comb += self.running.eq(op)
                 unit_busy = Signal()
                 unit_cause = Signal(ErrorCause)
                 for i, unit in enumerate(distinct, start=1):

@@ -19,7 +19,7 @@ from amaranth.back import verilog
 
 from core.atomic import write_atomic
 from hw.accelerator import Accelerator
-from hw.commands import ErrorCause
+from hw.commands import ErrorCause, Op
 from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from sim.command_model import CommandError, CommandModel
 from hw import registers as regs
@@ -137,7 +137,7 @@ def run_accelerator_fast(harness: AcceleratorHarness, image: bytearray, case_dir
     padded = bytes(image) + bytes(4 * words - len(image))
     (case_dir / "image.hex").write_text("".join(f"{int.from_bytes(padded[i:i + 4], 'little'):08x}\n" for i in range(0, len(padded), 4)))
     (case_dir / "case.json").write_text(json.dumps({"max_cycles": max_cycles, "clock_ns": CLOCK_NS}))
-    plusargs = [f"+main_clock_ns={CLOCK_NS}", f"+image_file={case_dir / 'image.hex'}", f"+memory_file={case_dir / 'memory.hex'}", f"+memory_words={words}",
+    plusargs = [f"+main_clock_ns={CLOCK_NS}", f"+ops_file={case_dir / 'ops.txt'}", f"+image_file={case_dir / 'image.hex'}", f"+memory_file={case_dir / 'memory.hex'}", f"+memory_words={words}",
                 f"+command_addr={command_address}"]
     result = run_cocotb_case("verilator", "sim.cocotb_accelerator_fast", HARNESS_TOP, harness.build_dir / "fast", case_dir, plusargs,
                              {"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_accelerator_fast.py"})
@@ -148,4 +148,7 @@ def run_accelerator_fast(harness: AcceleratorHarness, image: bytearray, case_dir
         if not line.startswith("//"):
             memory += int(line, 16).to_bytes(4, "little")
     result["memory"] = memory[:len(image)]
+    ops = case_dir / "ops.txt"
+    if ops.exists():  # written when the simulation ends
+        result["op_cycles"] = {Op(int(code)).name: int(cycles) for code, cycles in (line.split() for line in ops.read_text().splitlines())}
     return result

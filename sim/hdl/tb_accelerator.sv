@@ -3,7 +3,8 @@
 // CONTROL.start, polls STATUS every POLL cycles until the core is idle, reads ERROR, LAYER and the cycle
 // counter, then dumps the memory and raises `done`. The register offsets and field positions come from
 // hw/registers.py as parameters. `read_bytes` and `written_bytes` count the bytes of every AXI read beat
-// and every strobed write byte.
+// and every strobed write byte; the cycles each op code's unit runs (the top's `running`) are written to
+// +ops_file at the end, one line per code: "<code> <cycles>".
 module tb_accelerator #(
     parameter int WORDS = 1 << 20,
     parameter int REG_CONTROL = 0, parameter int REG_STATUS = 4, parameter int REG_ERROR = 8,
@@ -31,9 +32,20 @@ module tb_accelerator #(
     logic [1:0] s_bresp, s_rresp;
     logic s_awvalid, s_awready, s_wvalid, s_wready, s_bvalid, s_bready, s_arvalid, s_arready, s_rvalid, s_rready;
     logic irq;
+    logic [7:0] running;
+    logic [63:0] op_cycles [256];
+    initial for (int i = 0; i < 256; i++) op_cycles[i] = 64'd0;
+    always_ff @(posedge clk) if (!rst) op_cycles[running] <= op_cycles[running] + 64'd1;
+    string ops_file;
+    int ops_fd;
+    final if ($value$plusargs("ops_file=%s", ops_file)) begin
+        ops_fd = $fopen(ops_file, "w");
+        for (int i = 1; i < 256; i++) if (op_cycles[i] != 0) $fdisplay(ops_fd, "%0d %0d", i, op_cycles[i]);
+        $fclose(ops_fd);
+    end
 
     accelerator dut (
-        .clk, .rst, .irq,
+        .clk, .rst, .irq, .running,
         .s_axil_awaddr(s_awaddr), .s_axil_awprot(3'd0), .s_axil_awvalid(s_awvalid), .s_axil_awready(s_awready),
         .s_axil_wdata(s_wdata), .s_axil_wstrb(4'hf), .s_axil_wvalid(s_wvalid), .s_axil_wready(s_wready),
         .s_axil_bresp(s_bresp), .s_axil_bvalid(s_bvalid), .s_axil_bready(s_bready),
