@@ -124,8 +124,36 @@ class EngineConfig:
             raise ValueError(f"bad engine config: {error}") from None
 
 
+class _JsonConfig:
+    """``to_json`` / ``from_json`` of a config dataclass whose nested configs are read from dicts by its
+    ``__post_init__``; an unknown key is an error naming it."""
+
+    _what = "config"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str):
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"an {cls._what} config is a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {cls._what} config keys: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _require_positive(config, names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
-class AttentionConfig:
+class AttentionConfig(_JsonConfig):
     """Parameters of :class:`hw.attention_unit.AttentionUnit`.
 
     Parameters
@@ -147,14 +175,12 @@ class AttentionConfig:
     max_seq: int = 128
     max_head_dim: int = 64
     patterns_per_cycle: int = 8
+    _what = "attention"
 
     def __post_init__(self):
         if isinstance(self.engine, dict):  # from JSON
             object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
-        for name in ("max_seq", "max_head_dim", "patterns_per_cycle"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _require_positive(self, ("max_seq", "max_head_dim", "patterns_per_cycle"))
         k = self.engine.pattern.block_size
         if self.engine.lanes % k:
             raise ValueError(f"engine.lanes={self.engine.lanes} must be a multiple of block_size={k}: "
@@ -174,23 +200,10 @@ class AttentionConfig:
     def seq_blocks(self) -> int:
         return -(-self.max_seq // self.engine.pattern.block_size)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "AttentionConfig":
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("an attention config is a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown attention config keys: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)
-class AcceleratorConfig:
+class AcceleratorConfig(_JsonConfig):
     """Parameters of the whole-encoder accelerator: its units and its on-chip memories.
 
     Parameters
@@ -217,31 +230,16 @@ class AcceleratorConfig:
     scratch_bytes: int = 2**20
     wide_words: int = 2**17
     chunk_rows: int = 16
+    _what = "accelerator"
 
     def __post_init__(self):
         if isinstance(self.engine, dict):
             object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
         if isinstance(self.attention, dict):
             object.__setattr__(self, "attention", AttentionConfig(**self.attention))
-        for name in ("max_width", "scratch_bytes", "wide_words", "chunk_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _require_positive(self, ("max_width", "scratch_bytes", "wide_words", "chunk_rows"))
 
     @property
     def max_seq(self) -> int:
         return self.attention.max_seq
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "AcceleratorConfig":
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("an accelerator config is a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown accelerator config keys: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
