@@ -55,7 +55,7 @@ class TransferOp(OpUnit):
                     with m.Elif(too_far):
                         m.d.sync += self.cause.eq(ErrorCause.OUT_OF_RANGE)
                     with m.Elif(words == 0):
-                        pass
+                        pass  # a transfer of no bytes is done at once
                     with m.Elif(is_store):
                         m.d.sync += self.busy.eq(1)
                         m.next = "STORE_REQUEST"
