@@ -31,20 +31,11 @@ from firmware_gen.compiler import compile_model  # noqa: E402
 from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig  # noqa: E402
 from hw.cycle_model import AttentionHeadShape, attention_cycles, matmul_cycles  # noqa: E402
 from sim.accelerator_rtl import build_accelerator_harness, expected_run, run_accelerator_fast  # noqa: E402
+from sw.evaluate import dev_batch  # noqa: E402
 
 DEFAULT_ARTIFACT = ROOT / "build" / "integer" / "mrpc" / "pattern_admm_int8_attention"
 DOC = ROOT / "docs" / "results" / "performance.md"
 OUT = ROOT / "build" / "bench" / "encoder.json"
-
-
-def sentences(artifact, task: str, count: int, seq_len: int, data_dir: Path):
-    from sw import glue
-    from sw.evaluate import load_tokenizer
-
-    tokenizer = load_tokenizer(artifact)
-    examples = glue.load_glue_split(data_dir, task, "dev", limit=count)
-    dataset = glue.GlueDataset(examples, tokenizer, seq_len, False)
-    return glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, seq_len)
 
 
 def useful_macs(compiled, encoder, config: AcceleratorConfig, valid: int) -> int:
@@ -85,7 +76,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     harness = build_accelerator_harness(config, ROOT / "build" / "bench" / "encoder_rtl", memory_words=1 << (compiled.image_bytes // 4).bit_length())
     print(f"built the harness in {time.perf_counter() - started:.0f} s (cached builds are reused)", flush=True)
-    batch = sentences(artifact, args.task, args.sentences, args.seq_len, args.data_dir)
+    batch = dev_batch(artifact, args.data_dir, args.task, args.sentences, args.seq_len)
     runs = []
     for index in range(batch["input_ids"].shape[0]):
         ids, mask, types = (batch[n][index:index + 1] for n in ("input_ids", "attention_mask", "token_type_ids"))

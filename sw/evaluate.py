@@ -49,6 +49,14 @@ def load_tokenizer(artifact: Artifact, tokenizer: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_model(tokenizer))
 
 
+
+def dev_batch(artifact: Artifact, data_dir, task: str, count: int, length: int) -> dict[str, torch.Tensor]:
+    """The first ``count`` dev examples of ``task``, tokenized by the artifact's tokenizer and padded to
+    ``length`` tokens (an accelerator's compiled sequence length)."""
+    tokenizer = load_tokenizer(artifact)
+    dataset = glue.GlueDataset(glue.load_glue_split(data_dir, task, "dev", limit=count), tokenizer, length, False)
+    return glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, length)
+
 def dev_loader(tokenizer, task: glue.TaskSpec, data_dir, max_length: int, batch_size: int, limit: int | None = None,
                split: str | None = None):
     examples = glue.load_glue_split(Path(data_dir), task, split or task.dev_splits[0], limit=limit)

@@ -14,8 +14,7 @@ from core.artifact import load_artifact
 from firmware_gen.compiler import TRACE_TENSORS, compile_model, encoder_of
 from sim.accelerator_rtl import (SMALL, Run, build_accelerator, build_accelerator_harness, expected_run, run_accelerator,
                                  run_accelerator_fast)
-from sw import glue
-from sw.evaluate import load_tokenizer
+from sw.evaluate import dev_batch
 from tests.sw.tiny_run import GLUE
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "tests" / "accelerator"  # shared with tests/sim/test_accelerator_rtl.py
@@ -36,11 +35,7 @@ def long_harness():
 @pytest.fixture(scope="module")
 def sentences(result):
     artifact = load_artifact(result.artifact)
-    tokenizer = load_tokenizer(artifact)
-    examples = glue.load_glue_split(GLUE, "mrpc", "dev", limit=2)
-    dataset = glue.GlueDataset(examples, tokenizer, SEQ_LEN, False)
-    batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, SEQ_LEN)
-    return artifact, batch
+    return artifact, dev_batch(artifact, GLUE, "mrpc", 2, SEQ_LEN)
 
 
 def _image(compiled, encoder, batch, index):

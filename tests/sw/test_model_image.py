@@ -16,8 +16,7 @@ from firmware_gen.compiler import CompileError, compile_model, decode_command, e
 from hw.commands import COMMAND_BYTES, ErrorCause, Op
 from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from sim.command_model import CommandError, CommandModel
-from sw import glue
-from sw.evaluate import load_tokenizer
+from sw.evaluate import dev_batch
 from tests.sw.tiny_run import GLUE
 
 SEQ_LEN = 64
@@ -28,11 +27,7 @@ CONFIG = AcceleratorConfig(engine=EngineConfig(max_in_features=256), attention=A
 @pytest.fixture(scope="module")
 def model(result):
     artifact = load_artifact(result.artifact)
-    tokenizer = load_tokenizer(artifact)
-    examples = glue.load_glue_split(GLUE, "mrpc", "dev", limit=3)
-    dataset = glue.GlueDataset(examples, tokenizer, SEQ_LEN, False)
-    batch = glue.collate([dataset[i] for i in range(len(dataset))], tokenizer.pad_token_id, SEQ_LEN)
-    return artifact, batch
+    return artifact, dev_batch(artifact, GLUE, "mrpc", 3, SEQ_LEN)
 
 
 def _run(compiled, encoder, batch, index, image=None):
