@@ -203,7 +203,8 @@ class AttentionUnit(wiring.Component):
         m.d.comb += [self.block_tap.valid.eq(softmax.blocks.valid), self.block_tap.block.eq(softmax.blocks.payload)]
 
         # --- engine weights: K blocks (dense chunks) for the scores, probability blocks for the context -----
-        w_tile = Signal(range(cfg.max_seq + 1))  # tokens of the RUN already covered by finished tiles
+        # tokens of the RUN already covered by finished tiles: queries (Q·Kᵀ) or channels (P·V), one tile past the last
+        w_tile = Signal(range(max(cfg.max_seq, cfg.max_head_dim) + lanes + 1))
         w_bn = Signal(range(seq_blocks + 1))
         w_bk = Signal(range(max(seq_blocks, head_blocks_max) + 1))
         w_chunk = Signal(range(ecfg.dense_chunks))
@@ -358,7 +359,7 @@ class AttentionUnit(wiring.Component):
             with m.State("SCORES_RUN"):
                 with m.If(k_done):
                     m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(1),
-                                 engine.cmd.payload.raw.eq(1), engine.cmd.payload.tokens.eq(head.length),
+                                 engine.cmd.payload.raw.eq(1), engine.cmd.payload.wide.eq(0), engine.cmd.payload.tokens.eq(head.length),
                                  engine.cmd.payload.in_blocks.eq(head.head_blocks), engine.cmd.payload.out_blocks.eq(blocks)]
                     with m.If(engine.cmd.ready):
                         m.d.comb += qk_start.eq(1)
@@ -370,7 +371,7 @@ class AttentionUnit(wiring.Component):
                     m.next = "CONTEXT_RUN"
             with m.State("CONTEXT_RUN"):
                 m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(~head.prune),
-                             engine.cmd.payload.raw.eq(0), engine.cmd.payload.tokens.eq(channels),
+                             engine.cmd.payload.raw.eq(0), engine.cmd.payload.wide.eq(0), engine.cmd.payload.tokens.eq(channels),
                              engine.cmd.payload.in_blocks.eq(blocks), engine.cmd.payload.out_blocks.eq(blocks)]
                 with m.If(engine.cmd.ready):
                     m.d.comb += pv_start.eq(1)

@@ -119,7 +119,7 @@ def _main_accelerator(args, flags: dict) -> int:
         if flags or args.attention:
             raise ValueError(f"--accelerator takes its parameters from --config only, not {sorted(flags) or ['--attention']}")
         config = AcceleratorConfig.from_json(args.config.read_text()) if args.config else AcceleratorConfig()
-        Accelerator(config)  # refuses what the top cannot build, before anything is written
+        Accelerator(config)._MustUse__silence = True  # refuses what the top cannot build, before anything is written
     except (ValueError, OSError) as e:
         print(f"error: invalid accelerator config: {e}", file=sys.stderr)
         return 2

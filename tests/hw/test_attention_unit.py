@@ -80,3 +80,12 @@ def test_a_corrupted_exponential_table_entry_is_caught():
     with pytest.raises(AssertionError):
         _check(program, run)
     _check(AttentionProgram(CONFIG, program.heads, exp_table=table), run)  # the unit used the table it was given
+
+
+def test_heads_wider_than_the_longest_sequence():
+    """A unit built for short sequences and wide heads (a model compiled for a few tokens): P·V runs
+    over more channels than there are keys, and the next head's scores must not see its last weights."""
+    narrow = AttentionConfig(engine=CONFIG.engine, max_seq=4, max_head_dim=16)
+    heads = [_head(12, 4, 16, 3), _head(13, 4, 16, 4), _head(14, 3, 12, 3)]
+    program = AttentionProgram(narrow, heads, random_pool_masks(narrow.engine.pattern, 15, count=6))
+    _check(program, run_attention_in_amaranth_sim(program, stall_probability=0.25, seed=5))
