@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessera-installed
 RTL    := build/rtl
 
-.PHONY: setup verilog lint sim test demo bench clean train-minilm glue-study glue-report bench-inference bench-integer
+.PHONY: setup verilog lint sim test demo demo-layer bench clean train-minilm glue-study glue-report bench-inference bench-integer
 
 setup: $(STAMP)
 
@@ -38,7 +38,13 @@ sim: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The whole flow on the embedded default (configs/demo_sst2.json: all-MiniLM-L6-v2 from its package, the
+# SST-2 subset in data/glue): train, evaluate, Verilog, image, three dev sentences on the RTL; build/demo/report.json.
 demo: setup
+	$(PY) -m flow --config configs/demo_sst2.json --out build/demo --sentences 3 --seq-len 32
+
+# One linear layer through the engine alone (pattern and dense mode), in about a minute.
+demo-layer: setup
 	$(PY) -m sim.demo
 
 # Performance and cost (docs/results/performance.md): simulated cycles against the cycle model, simulation

@@ -23,33 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 from core.artifact import load_artifact  # noqa: E402
 from core.atomic import write_atomic, write_between_markers  # noqa: E402
-from firmware_gen.compiler import compile_model  # noqa: E402
-from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig  # noqa: E402
-from hw.cycle_model import AttentionHeadShape, attention_cycles, matmul_cycles  # noqa: E402
-from sim.accelerator_rtl import build_accelerator_harness, expected_run, run_accelerator_fast  # noqa: E402
+from firmware_gen.compiler import compile_model, fitted_config  # noqa: E402
+from hw.config import AcceleratorConfig, AttentionConfig  # noqa: E402
+from sim.accelerator_rtl import build_accelerator_harness  # noqa: E402
+from sim.encoder_run import run_sequence  # noqa: E402
 from sw.evaluate import dev_batch  # noqa: E402
 
 DEFAULT_ARTIFACT = ROOT / "build" / "integer" / "mrpc" / "pattern_admm_int8_attention"
 DOC = ROOT / "docs" / "results" / "performance.md"
 OUT = ROOT / "build" / "bench" / "encoder.json"
-
-
-def useful_macs(compiled, encoder, config: AcceleratorConfig, valid: int) -> int:
-    """MACs on kept weights (linears) and on the attention map (Q·Kᵀ over every key, P·V over the kept
-    entries), as the cycle model counts them, for one sequence."""
-    spec, L = encoder.spec, compiled.seq_len
-    total = 0
-    for i in range(len(spec["layers"])):
-        for role in ("query", "key", "value", "attention_output", "ffn_input", "ffn_output"):
-            n, k = encoder.weights[f"{i}.{role}"].shape
-            total += matmul_cycles(config.engine, L, k, n).useful_macs
-    heads = [AttentionHeadShape(L, spec["head_dim"], valid, ())] * spec["heads"]
-    total += len(spec["layers"]) * attention_cycles(config.attention, heads, pruned=encoder.attention_pool is not None).useful_macs
-    return total
 
 
 def main(argv=None) -> int:
@@ -64,12 +48,8 @@ def main(argv=None) -> int:
     encoder = artifact.encoder()
     spec = encoder.spec
     ffn = encoder.weights["0.ffn_input"].shape[0]
-    probe = AcceleratorConfig(engine=EngineConfig(max_in_features=max(spec["hidden"], ffn)),
-                              attention=AttentionConfig(max_seq=args.seq_len, max_head_dim=max(64, spec["head_dim"])),
-                              max_width=spec["hidden"])
-    needs = compile_model(artifact, probe, args.seq_len)
-    config = AcceleratorConfig(engine=probe.engine, attention=probe.attention, max_width=probe.max_width,
-                               scratch_bytes=needs.scratch_bytes, wide_words=-(-needs.wide_words // 4) * 4)
+    # the attention unit as built for the attention benchmarks (head dims to 64), memories fitted to the model
+    config = fitted_config(artifact, args.seq_len, AcceleratorConfig(attention=AttentionConfig(max_head_dim=max(64, spec["head_dim"]))))
     compiled = compile_model(artifact, config, args.seq_len)
     print(f"model image {compiled.image_bytes} bytes ({compiled.constant_bytes} constant), {len(compiled.commands)} commands; "
           f"scratch {config.scratch_bytes} bytes, wide {config.wide_words} words", flush=True)
@@ -80,31 +60,7 @@ def main(argv=None) -> int:
     runs = []
     for index in range(batch["input_ids"].shape[0]):
         ids, mask, types = (batch[n][index:index + 1] for n in ("input_ids", "attention_mask", "token_type_ids"))
-        golden = encoder(ids, mask, types, trace=True)
-        image = compiled.image()
-        region = compiled.region("input")
-        image[region.address:region.address + region.size] = compiled.input_bytes(encoder.embed(ids, types)[0], int(mask.sum()))
-        result = run_accelerator_fast(harness, image, ROOT / "build" / "bench" / "encoder_cases" / str(index))
-        want = expected_run(config, image)
-        memory = result.pop("memory")
-        mismatches = {}
-        for i, layer in enumerate(golden.layers):
-            out = compiled.outputs[f"layer{i}.output_norm"]
-            r = compiled.region(out.region)
-            got = torch.frombuffer(bytearray(memory[r.address:r.address + r.size]), dtype=torch.int8).reshape(out.shape)
-            mismatches[f"layer{i}"] = int((got != layer.output_norm[0]).sum())
-        r = compiled.region("output.logits")
-        logits = torch.frombuffer(bytearray(memory[r.address:r.address + r.size]), dtype=torch.int32).to(torch.int64)
-        mismatches["logits"] = int((logits != golden.logits[0]).sum())
-        mismatches["memory_vs_command_model"] = int(memory != want["memory"])
-        useful = useful_macs(compiled, encoder, config, int(mask.sum()))
-        run = {"valid_tokens": int(mask.sum()), "cycles": result["cycles"], "read_bytes": result["read_bytes"],
-               "written_bytes": result["written_bytes"], "wall_seconds": result["wall_seconds"],
-               "useful_macs": useful, "utilization_one_array": useful / (result["cycles"] * config.engine.multipliers),
-               "utilization_both_arrays": useful / (result["cycles"] * (config.engine.multipliers + config.attention.engine.multipliers)),
-               "op_cycles": result.get("op_cycles", {}),
-               "label": int(logits.argmax()), "golden_label": int(golden.logits[0].argmax()),
-               "bit_exact": not any(mismatches.values()) and result["done"] == 1, "mismatches": mismatches}
+        run = run_sequence(harness, compiled, encoder, ids, mask, types, ROOT / "build" / "bench" / "encoder_cases" / str(index)).to_dict()
         print(json.dumps(run), flush=True)
         runs.append(run)
     summary = {

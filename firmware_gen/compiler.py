@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,27 @@ class CompiledModel:
         data[0:4] = length.to_bytes(4, "little")
         data[INPUT_ROWS_OFFSET:INPUT_ROWS_OFFSET + rows.numel()] = rows.numpy().tobytes()
         return bytes(data)
+
+    def read(self, memory: bytes | bytearray, name: str) -> torch.Tensor:
+        """The stored tensor ``name`` (a key of :attr:`outputs`) from a memory after a run, as int64."""
+        out = self.outputs[name]
+        region = self.region(out.region)
+        blob = bytearray(memory[region.address:region.address + region.size])
+        return torch.frombuffer(blob, dtype=torch.int32 if out.wide else torch.int8).to(torch.int64).reshape(out.shape)
+
+    def mismatches(self, memory: bytes | bytearray, golden) -> dict[str, int]:
+        """For every stored tensor, how many of its values differ from ``golden`` (the
+        :class:`core.encoder.EncoderOutput` of the same sequence, traced, batch of one): 0 everywhere is a
+        bit-exact run."""
+        out = {}
+        for name in self.outputs:
+            if name.startswith("layer"):
+                layer, tensor = name.split(".", 1)
+                want = getattr(golden.layers[int(layer[len("layer"):])], tensor)[0]
+            else:
+                want = getattr(golden, name)[0]
+            out[name] = int((self.read(memory, name) != want.to(torch.int64)).sum())
+        return out
 
     def command_bytes(self) -> bytes:
         return b"".join(encode_command(c) for c in self.commands)
@@ -335,6 +356,30 @@ def encoder_of(artifact, attention_pruning: bool | None = None) -> IntegerEncode
     return IntegerEncoder(encoder.t, dict(encoder.spec, attention_pruning=False), encoder.weights, None)
 
 
+def on_chip_needs(seq_len: int, hidden: int, ffn: int, classes: int) -> tuple[int, int]:
+    """Scratch bytes and wide words a model of this shape needs for ``seq_len`` tokens: the layer input
+    ``X`` and the attention norm ``X1`` (``L × hidden`` each), then Q, K, V and the context or the FFN's
+    hidden rows, whichever is larger; the wide memory holds one linear's int32 rows or the logits."""
+    L = seq_len
+    return 2 * L * hidden + max(4 * L * hidden, L * ffn), max(L * hidden, classes)
+
+
+def fitted_config(artifact, seq_len: int, base: AcceleratorConfig | None = None) -> AcceleratorConfig:
+    """The smallest accelerator of ``base``'s kind (default :class:`AcceleratorConfig`'s) that runs
+    ``artifact`` for ``seq_len`` tokens: the linear engine as wide as the widest input, the attention unit
+    as long as the sequence and as wide as a head, LayerNorm rows of the hidden size, and on-chip memories
+    of exactly :func:`on_chip_needs` (wide memory rounded up to whole 4-word lines). Whether the model's
+    geometry fits the rest is :func:`compile_model`'s check."""
+    base = base or AcceleratorConfig()
+    encoder = artifact.encoder()
+    spec = encoder.spec
+    ffn, classes = encoder.weights["0.ffn_input"].shape[0], encoder.weights["classifier"].shape[0]
+    scratch, wide = on_chip_needs(seq_len, spec["hidden"], ffn, classes)
+    return replace(base, engine=replace(base.engine, max_in_features=max(spec["hidden"], ffn)),
+                   attention=replace(base.attention, max_seq=seq_len, max_head_dim=spec["head_dim"]),
+                   max_width=spec["hidden"], scratch_bytes=scratch, wide_words=-(-wide // 4) * 4)
+
+
 def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: bool = False,
                   attention_pruning: bool | None = None) -> CompiledModel:
     """Compile ``artifact`` (a :class:`core.artifact.Artifact`) for sequences of ``seq_len`` tokens
@@ -355,8 +400,7 @@ def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: b
     # on-chip placement
     X, X1, R = 0, L * hidden, 2 * L * hidden
     Q, K, V, C, H = R, R + L * hidden, R + 2 * L * hidden, R + 3 * L * hidden, R
-    scratch = R + max(4 * L * hidden, L * ffn)
-    wide = max(L * hidden, classes)
+    scratch, wide = on_chip_needs(L, hidden, ffn, classes)
     _fits("scratch memory", scratch, config.scratch_bytes, " bytes")
     _fits("wide memory", wide, config.wide_words, " words")
 

@@ -1,0 +1,5 @@
+import sys
+
+from flow.run import main
+
+sys.exit(main())
