@@ -49,9 +49,13 @@ INPUT_ROWS_OFFSET = 64
 #: (``hidden`` or ``ffn``) and whether it lives in wide memory.
 TRACE_TENSORS = {
     "query": ("hidden", False), "key": ("hidden", False), "value": ("hidden", False), "context": ("hidden", False),
-    "attention_output": ("hidden", True), "attention_norm": ("hidden", False), "ffn_hidden": ("ffn", False),
+    "attention_output": ("hidden", True), "attention_norm": ("hidden", False),
     "gelu": ("ffn", False), "ffn_output": ("hidden", True), "output_norm": ("hidden", False),
 }
+#: The integer encoder's traced tensors that never leave a unit, so no image stores them: the attention's
+#: scores, probabilities and pattern ids (inside the attention unit; its own harness checks them) and the
+#: FFN's hidden rows, which go through the GELU table inside the linear unit (MATMUL ``activate``).
+UNSTORED_TENSORS = ("scores", "probabilities", "pattern_ids", "ffn_hidden")
 
 
 class CompileError(ValueError):
@@ -408,8 +412,8 @@ def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: b
     commands: list[dict] = []
     # Two passes would be needed to know the command region's size before the rest; its size follows
     # from the model's shape, so count first.
-    per_layer = 10 + (len(TRACE_TENSORS) if trace else 1)
-    command_count = 1 + layers * per_layer + 5 + 2
+    per_layer = 9 + (len(TRACE_TENSORS) if trace else 1)
+    command_count = 1 + layers * per_layer + 4 + 2
     b.add("commands", size=command_count * COMMAND_BYTES)
     input_address = b.add("input", size=INPUT_ROWS_OFFSET + L * hidden)
     attn_pool = encoder.attention_pool
@@ -430,11 +434,12 @@ def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: b
         outputs[name] = OutputTensor(f"output.{name}", tuple(shape), wide_)
         commands.append({"op": Op.STORE, "wide": int(wide_), "bytes": size, "dram": address, "local": local})
 
-    def matmul(src, dst, address, pool, n_out, n_in, tokens=L, wide_=False, raw=False):
+    def matmul(src, dst, address, pool, n_out, n_in, tokens=L, wide_=False, raw=False, table=None):
         size = fmt.linear_region_bytes(n_out, n_in, block_size=k, kept=kept, pool_size=pool.config.pool_size if pool else 0, dense=pool is None)
         commands.append({"op": Op.MATMUL, "dense": int(pool is None), "raw": int(raw), "wide": int(wide_ or raw), "tokens": tokens,
                          "in_features": n_in, "out_features": n_out, "pool_size": pool.config.pool_size if pool else 0,
-                         "src": src, "dst": dst, "weights": address, "weight_bytes": size})
+                         "src": src, "dst": dst, "weights": address, "weight_bytes": size,
+                         "activate": int(table is not None), "table": table or 0})
 
     commands.append({"op": Op.LOAD, "wide": 0, "bytes": L * hidden, "dram": input_address + INPUT_ROWS_OFFSET, "local": X})
     for i in range(layers):
@@ -460,10 +465,7 @@ def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: b
                          "wide_src": 0, "residual": X, "dst": X1, "params": norms["attention_norm"]})
         if trace:
             store(f"layer{i}.attention_norm", X1, (L, hidden))
-        matmul(X1, H, *lin["ffn_input"], ffn, hidden)
-        if trace:
-            store(f"layer{i}.ffn_hidden", H, (L, ffn))
-        commands.append({"op": Op.TABLE, "count": L * ffn, "src": H, "dst": H, "table": gelu})
+        matmul(X1, H, *lin["ffn_input"], ffn, hidden, table=gelu)
         if trace:
             store(f"layer{i}.gelu", H, (L, ffn))
         matmul(H, 0, *lin["ffn_output"], hidden, ffn, wide_=True)
@@ -478,8 +480,7 @@ def compile_model(artifact, config: AcceleratorConfig, seq_len: int, *, trace: b
     classifier_constants = {"int.classifier.bias": t["int.classifier.bias"]}
     zeros = torch.zeros(classes, dtype=torch.int64)
     classifier = b.add("classifier", pack_linear(weights["classifier"], classifier_constants["int.classifier.bias"], zeros, zeros, k, kept, None, None))
-    matmul(X, X1, pooler, None, hidden, hidden, tokens=1)
-    commands.append({"op": Op.TABLE, "count": hidden, "src": X1, "dst": X1, "table": tanh})
+    matmul(X, X1, pooler, None, hidden, hidden, tokens=1, table=tanh)
     store("pooled", X1, (hidden,))
     matmul(X1, 0, classifier, None, classes, hidden, tokens=1, raw=True)
     store("logits", 0, (classes,), True)

@@ -18,8 +18,8 @@ Steps (each printed with its time):
 4. **firmware** — the memory image, command stream, C header and manifest (``<out>/image/``), compiled
    with every boundary tensor of every layer stored (``--trace``), so that each can be compared.
 5. **RTL** — the first ``--sentences`` dev sentences, one at a time, on the accelerator top in Verilator
-   (the long-run harness: a Verilog AXI memory and register host); every layer's ten boundary tensors,
-   the pooled vector and the logits against the integer golden model (exact equality of whole tensors),
+   (the long-run harness: a Verilog AXI memory and register host); every layer's nine stored boundary
+   tensors (all but the FFN's pre-GELU rows, which never leave the linear unit), the pooled vector and the logits against the integer golden model (exact equality of whole tensors),
    and the whole memory against the command model.
 6. **report** — ``<out>/report.json`` and a summary.
 

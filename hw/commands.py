@@ -53,9 +53,9 @@ class ErrorCause(enum.Enum, shape=4):
 
 _FIELDS: dict[Op, dict[str, object]] = {
     Op.MATMUL: {
-        "dense": 1, "raw": 1, "wide": 1, "_flags": 5,
+        "dense": 1, "raw": 1, "wide": 1, "activate": 1, "_flags": 4,
         "tokens": 16, "in_features": 16, "out_features": 16, "pool_size": 16, "_pad": 16,
-        "src": ADDRESS_BITS, "dst": ADDRESS_BITS, "weights": ADDRESS_BITS, "weight_bytes": ADDRESS_BITS,
+        "src": ADDRESS_BITS, "dst": ADDRESS_BITS, "weights": ADDRESS_BITS, "weight_bytes": ADDRESS_BITS, "table": ADDRESS_BITS,
     },
     Op.ATTENTION: {
         "pruned": 1, "_flags": 7, "tokens": 16,
@@ -91,6 +91,8 @@ FIELD_DOCS = {
     "src": "scratch address of the input rows", "dst": "scratch (or wide) address of the output rows",
     "weights": "DRAM address of the linear region (hw.dram_formats.linear_region)",
     "weight_bytes": "its size; checked against the shape (BAD_SIZE)",
+    "activate": "MATMUL: the int8 outputs go through the 256-byte table at `table` on their way to scratch (GELU or tanh "
+                "fused into the linear); not with `wide` or `raw` (BAD_SIZE)",
     "pruned": "attention-map pattern pruning on", "heads": "heads", "head_dim": "d, a multiple of the block size",
     "exp_shift": "integer exponential's shift", "context_shift": "P·V requantization shift",
     "exp_multiplier": "integer exponential's multiplier", "context_multiplier": "P·V requantization multiplier",
@@ -101,7 +103,7 @@ FIELD_DOCS = {
     "width": "channels per row (hidden size)", "shift": "LayerNorm output shift",
     "wide_src": "wide address of the branch's output rows", "residual": "scratch address of the residual's int8 rows",
     "params": "DRAM address of γ/β (hw.dram_formats.norm_region)",
-    "count": "int8 values to map", "table": "DRAM address of the 256-byte table",
+    "count": "int8 values to map", "table": "DRAM address of the 256-byte table (hw.dram_formats: the table region)",
     "bytes": "bytes moved: whole words (4 bytes), but a scratch STORE's last word may be partial", "dram": "DRAM address", "local": "scratch byte or wide word address",
 }
 
@@ -129,6 +131,11 @@ def matmul_misaligned(in_features: int, out_features: int, tokens: int, src: int
     """MATMUL rule (``BAD_SIZE`` when broken): input rows of whole blocks starting on a word, and outputs
     that land a block on a word: ``dst`` on a word, and rows of whole words unless there is one row."""
     return in_features % block_size != 0 or src % 4 != 0 or dst % 4 != 0 or (tokens > 1 and out_features % 4 != 0)
+
+
+def matmul_activation_bad(activate: bool, wide: bool, raw: bool) -> bool:
+    """MATMUL rule (``BAD_SIZE`` when broken): a fused table maps int8 outputs only."""
+    return bool(activate) and bool(wide or raw)
 
 
 def attention_misaligned(head_dim: int, *addresses: int) -> bool:

@@ -17,7 +17,7 @@ Attention constants region (``ATTENTION.constants``)::
     exp table       2^F × u16      core.encoder.exp_table (F = EXP_FRACTION_BITS)
     attention pool  Pa × ⌈k²/8⌉ u8 pruning on only: mask of each pattern, bit i = position i
 
-Norm region (``NORM.params``): ``width × (γ i32, β i32)``. Table region (``TABLE.table``): 256 × i8,
+Norm region (``NORM.params``): ``width × (γ i32, β i32)``. Table region (``TABLE.table``, ``MATMUL.table``): 256 × i8,
 input −128 first. Length word (``ATTENTION.length``): u32, the valid tokens; the rest is padding.
 """
 

@@ -1,6 +1,6 @@
 """The residual add and the LayerNorm that follows it, ``core.integer.residual_add`` + ``layer_norm``."""
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,11 +42,12 @@ def norm_input_layout() -> data.StructLayout:
 
 
 def row_cycles(width: int, max_width: int) -> int:
-    """Cycles per row of ``width`` entries when no stream stalls: the ingest (one per entry), three
-    for the last square, the mean's issue and its trip through the divider (and one to take it), two
-    for the variance, the square root's hand-over and its bits, one read per entry, one to turn to
-    the next row."""
-    return width + 3 + 1 + divider_latency(QUOTIENT_BITS) + 1 + 2 + 1 + sqrt_cycles(_variance_bits(max_width)) + width + 1
+    """Cycles per row of ``width`` entries when no stream stalls, from the second row on: the ingest
+    (one per entry), three for the last square, the mean's issue and its trip through the divider (and
+    one to take it), two for the variance, the square root's hand-over and its bits, one to hand μ and
+    σ to the read-back and one to start the next row. The read-back of a row (one entry per cycle)
+    overlaps the next row's ingest and is shorter, so it sets nothing."""
+    return width + 3 + 1 + divider_latency(QUOTIENT_BITS) + 1 + 2 + 1 + sqrt_cycles(_variance_bits(max_width)) + 1 + 1
 
 
 def _variance_bits(max_width: int) -> int:
@@ -59,12 +60,13 @@ class ResidualLayerNorm(wiring.Component):
     over rows of ``r = wide + residual · 2^RESIDUAL_SHIFT``; one entry per cycle in and out.
 
     A command loads the ``width`` channels' γ/β (one ``params`` beat each), then normalizes ``rows`` rows
-    of ``width`` entries. Per row: the ingest stores ``r`` in a row memory while summing ``S = Σ r`` and
-    ``Q = Σ r²``; the mean ``μ = div_round(S, width)`` goes through the divider; the variance follows
-    without a second pass, exactly, as ``V = Q − 2μS + width·μ²`` (μ is an integer); ``σ = isqrt(V)``
-    comes from :class:`~hw.integer_sqrt.IntegerSqrt`; then every entry is read back, ``r − μ`` divided by
-    ``σ`` (the same :class:`~hw.rounding_divider.RoundingDivider`: one entry per cycle, the next row's
-    mean behind the last entry), scaled by γ, offset by β and requantized. σ = 0 (a constant row) gives
+    of ``width`` entries. Per row: the ingest stores ``r`` in one of two row buffers while summing
+    ``S = Σ r`` and ``Q = Σ r²``; the mean ``μ = div_round(S, width)`` goes through the divider; the
+    variance follows without a second pass, exactly, as ``V = Q − 2μS + width·μ²`` (μ is an integer);
+    ``σ = isqrt(V)`` comes from :class:`~hw.integer_sqrt.IntegerSqrt`; μ and σ are handed to the
+    read-back, which reads every entry back, divides ``r − μ`` by ``σ`` (the same
+    :class:`~hw.rounding_divider.RoundingDivider`, one entry per cycle, the ingest's means slipped in
+    between), scales by γ, offsets by β and requantizes, while the next row fills the other buffer. σ = 0 (a constant row) gives
     ``z = 0``, as the contract says. Every stage after the row read advances when the output is free
     (``~valid | ready``), so a stalled consumer holds the pipeline and loses nothing.
 
@@ -86,9 +88,10 @@ class ResidualLayerNorm(wiring.Component):
 
     A command with ``width`` or ``rows`` 0 is taken and does nothing.
 
-    Throughput: one row per :func:`row_cycles` cycles (about ``2·width``; the ingest of a row and the
-    read-back of the previous one do not overlap). Latency from a row read to its output:
-    ``NORMALIZE_LATENCY`` enabled cycles.
+    Throughput: one row per :func:`row_cycles` cycles (``width`` and a constant): two row buffers, so
+    the read-back of a row overlaps the ingest of the next; the next row's mean takes the divider in a
+    cycle the read-back leaves free. Latency from a row read to its output: ``NORMALIZE_LATENCY``
+    enabled cycles.
     """
 
     def __init__(self, *, max_width: int):
@@ -110,7 +113,8 @@ class ResidualLayerNorm(wiring.Component):
         variance_bits = _variance_bits(n_max)
         z_num_width = SUM_BITS + 1 + NORM_Z_BITS
 
-        m.submodules.row = row = Memory(shape=signed(SUM_BITS), depth=n_max, init=[])
+        # Two row buffers: one fills while the other is read back.
+        m.submodules.row = row = Memory(shape=signed(SUM_BITS), depth=2 << index_bits, init=[])
         m.submodules.channel = channel = Memory(shape=norm_params_layout(), depth=n_max, init=[])
         row_write, row_read = row.write_port(), row.read_port()
         channel_write, channel_read = channel.write_port(), channel.read_port()
@@ -121,18 +125,23 @@ class ResidualLayerNorm(wiring.Component):
         m.submodules.sqrt = sqrt = IntegerSqrt(width=variance_bits)
 
         width = Signal.like(self.command.payload.width)
-        rows = Signal(COUNT_BITS)
         shift = Signal.like(self.command.payload.shift)
-        count = Signal(range(n_max + 1))
+        in_rows, out_rows = Signal(COUNT_BITS), Signal(COUNT_BITS)  # rows left to ingest, to read back
+        in_count, out_count = Signal(range(n_max + 1)), Signal(range(n_max + 1))
+        in_bank, out_bank = Signal(), Signal()
+        in_flight = Signal(range(n_max + NORMALIZE_LATENCY + 2))
+
+        # The statistics of the row being ingested …
         total = Signal(signed(sum_width))  # S
         squares = Signal(unsigned(2 * SUM_BITS + n_max.bit_length()))  # Q
         mean = Signal(signed(QUOTIENT_BITS + 1))
-        sigma = Signal(unsigned((variance_bits + 1) // 2))
         variance = Signal(signed(variance_bits + 2))
         mean_total, mean_square = Signal(signed(sum_width + QUOTIENT_BITS + 1)), Signal(unsigned(2 * QUOTIENT_BITS))
         width_mean_square = Signal(unsigned(2 * QUOTIENT_BITS + n_max.bit_length()))
         mean_ready = Signal()
-        in_flight = Signal(range(n_max + NORMALIZE_LATENCY + 2))
+        # … handed over (one row's μ and σ wait here) to the read-back, which keeps its own.
+        handed, handed_mean, handed_sigma = Signal(), Signal.like(mean), Signal(unsigned((variance_bits + 1) // 2))
+        out_active, out_mean, out_sigma = Signal(), Signal.like(mean), Signal.like(handed_sigma)
 
         # The output pipeline advances when its last stage is empty or being taken.
         en = Signal()
@@ -145,24 +154,26 @@ class ResidualLayerNorm(wiring.Component):
         with m.If(square_valid):
             m.d.sync += squares.eq(squares + square)
 
-        # Row read → divider input (one stage, enabled with the pipeline).
+        # Row read → divider input (one stage, enabled with the pipeline). The ingest's mean takes the
+        # divider in a cycle with no entry at its input; the read-back holds its reads while it waits.
+        want_mean, issue_mean = Signal(), Signal()
         issue_read = Signal()
         read_valid, read_index = Signal(), Signal(index_bits)
-        issue_mean = Signal()
-        m.d.comb += [row_read.addr.eq(count), row_read.en.eq(en)]
+        m.d.comb += [issue_read.eq(out_active & ~want_mean), issue_mean.eq(want_mean & ~read_valid),
+                     row_read.addr.eq(Cat(out_count[:index_bits], out_bank)), row_read.en.eq(en)]
         with m.If(en):
-            m.d.sync += [read_valid.eq(issue_read), read_index.eq(count)]
+            m.d.sync += [read_valid.eq(issue_read), read_index.eq(out_count)]
         divider_tag = tag(divider.tag)
         m.d.comb += [
             divider.en.eq(en),
-            divider.numerator.eq(Mux(issue_mean, total, (row_read.data - mean) << NORM_Z_BITS)),
-            divider.denominator.eq(Mux(issue_mean, width, sigma)),
+            divider.numerator.eq(Mux(issue_mean, total, (row_read.data - out_mean) << NORM_Z_BITS)),
+            divider.denominator.eq(Mux(issue_mean, width, out_sigma)),
             divider_tag.valid.eq(issue_mean | read_valid),
             divider_tag.mean.eq(issue_mean),
             divider_tag.index.eq(read_index),
         ]
 
-        # Divider output: the mean is kept; an entry reads its channel's γ/β and goes on.
+        # Divider output: the mean goes to the ingest; an entry reads its channel's γ/β and goes on.
         result_tag = tag(divider.quotient_tag)
         with m.If(en & result_tag.valid & result_tag.mean):
             m.d.sync += [mean.eq(divider.quotient), mean_ready.eq(1)]
@@ -185,37 +196,56 @@ class ResidualLayerNorm(wiring.Component):
             ]
         m.d.sync += in_flight.eq(in_flight + (issue_read & en) - (self.outputs.valid & self.outputs.ready))
 
+        # Read-back: a row whose μ and σ were handed over, one entry per enabled cycle. It takes them on an
+        # enabled cycle, when the previous row's last entry (if still at the divider's input) leaves with
+        # the old μ and σ.
+        with m.If(~out_active & handed & en):
+            m.d.sync += [out_active.eq(1), out_mean.eq(handed_mean), out_sigma.eq(handed_sigma), out_count.eq(0),
+                         out_bank.eq(~out_bank), handed.eq(0)]
+        with m.If(issue_read & en):
+            m.d.sync += out_count.eq(out_count + 1)
+            with m.If(out_count == width - 1):
+                m.d.sync += [out_active.eq(0), out_rows.eq(out_rows - 1)]
+
+        # Command, parameters and ingest.
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.command.ready.eq(in_flight == 0)
                 empty = (self.command.payload.width == 0) | (self.command.payload.rows == 0)
                 with m.If(self.command.valid & (in_flight == 0) & ~empty):
-                    m.d.sync += [width.eq(self.command.payload.width), rows.eq(self.command.payload.rows),
-                                 shift.eq(self.command.payload.shift), count.eq(0)]
+                    m.d.sync += [width.eq(self.command.payload.width), in_rows.eq(self.command.payload.rows),
+                                 out_rows.eq(self.command.payload.rows), shift.eq(self.command.payload.shift), in_count.eq(0),
+                                 in_bank.eq(0), out_bank.eq(1)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                m.d.comb += [self.params.ready.eq(1), channel_write.addr.eq(count), channel_write.data.eq(self.params.payload)]
+                m.d.comb += [self.params.ready.eq(1), channel_write.addr.eq(in_count), channel_write.data.eq(self.params.payload)]
                 with m.If(self.params.valid):
                     m.d.comb += channel_write.en.eq(1)
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == width - 1):
-                        m.d.sync += [count.eq(0), total.eq(0), squares.eq(0)]
-                        m.next = "INGEST"
+                    m.d.sync += in_count.eq(in_count + 1)
+                    with m.If(in_count == width - 1):
+                        m.next = "ROW"
+            with m.State("ROW"):  # a row may fill the buffer the read-back left: no row waits to be handed over
+                with m.If(in_rows == 0):
+                    with m.If((out_rows == 0) & (in_flight == 0)):
+                        m.next = "IDLE"
+                with m.Elif(~handed):
+                    m.d.sync += [in_count.eq(0), total.eq(0), squares.eq(0)]
+                    m.next = "INGEST"
             with m.State("INGEST"):
                 r = Signal(signed(SUM_BITS))
                 m.d.comb += [self.inputs.ready.eq(1), r.eq(self.inputs.payload.wide + (self.inputs.payload.residual << RESIDUAL_SHIFT)),
-                             row_write.addr.eq(count), row_write.data.eq(r)]
+                             row_write.addr.eq(Cat(in_count[:index_bits], in_bank)), row_write.data.eq(r)]
                 with m.If(self.inputs.valid):
                     m.d.comb += row_write.en.eq(1)
-                    m.d.sync += [total.eq(total + r), ingested.eq(r), ingested_valid.eq(1), count.eq(count + 1)]
-                    with m.If(count == width - 1):
+                    m.d.sync += [total.eq(total + r), ingested.eq(r), ingested_valid.eq(1), in_count.eq(in_count + 1)]
+                    with m.If(in_count == width - 1):
                         m.next = "SQUARES"
             with m.State("SQUARES"):  # the last square is still being accumulated
                 with m.If(~ingested_valid & ~square_valid):
                     m.next = "MEAN"
             with m.State("MEAN"):
-                m.d.comb += issue_mean.eq(~read_valid)
-                with m.If(en & ~read_valid):
+                m.d.comb += want_mean.eq(1)
+                with m.If(en & issue_mean):
                     m.d.sync += mean_ready.eq(0)
                     m.next = "MEAN_WAIT"
             with m.State("MEAN_WAIT"):
@@ -235,18 +265,7 @@ class ResidualLayerNorm(wiring.Component):
             with m.State("ROOT_WAIT"):
                 m.d.comb += sqrt.root.ready.eq(1)
                 with m.If(sqrt.root.valid):
-                    m.d.sync += [sigma.eq(sqrt.root.payload), count.eq(0)]
-                    m.next = "NORMALIZE"
-            with m.State("NORMALIZE"):
-                m.d.comb += issue_read.eq(1)
-                with m.If(en):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == width - 1):
-                        m.d.sync += [count.eq(0), rows.eq(rows - 1), total.eq(0), squares.eq(0)]
-                        m.next = "NEXT"
-            with m.State("NEXT"):
-                with m.If(rows == 0):
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "INGEST"
+                    m.d.sync += [handed.eq(1), handed_mean.eq(mean), handed_sigma.eq(sqrt.root.payload),
+                                 in_rows.eq(in_rows - 1), in_bank.eq(~in_bank)]
+                    m.next = "ROW"
         return m

@@ -10,6 +10,7 @@ from hw.dram_formats import CHANNEL
 from hw.layouts import Opcode, channel_params_layout, weight_layout
 from hw.op_ports import WORD_BYTES, OpUnit
 from hw.pattern_matmul import PatternMatmulEngine
+from hw.table_activation import TABLE_ENTRIES, TableActivation
 
 #: Bytes of one channel record (bias, multiplier, shift, pad) of a linear region.
 CHANNEL_BYTES = CHANNEL.itemsize
@@ -25,10 +26,12 @@ class MatmulOp(OpUnit):
     sequence over this one: the activations stream from scratch (one word, one block column of one
     token, per cycle), the bank's beats are replayed for every tile of ``lanes`` tokens. The outputs go
     to scratch (int8) or wide memory (wide and raw modes) as they come, a block of ``k`` channels per
-    beat, channels past ``out_features`` masked.
+    beat, channels past ``out_features`` masked. With ``activate``, the 256-byte table at ``table`` is read
+    first into a :class:`~hw.table_activation.TableActivation`, and the int8 outputs go through it (one
+    cycle later) on their way to scratch: the GELU after the FFN's first linear, the pooler's tanh.
 
-    Refused at the start: misaligned operands or a region whose size is not the shape's (``BAD_SIZE``,
-    ``hw.commands.matmul_misaligned``), a shape beyond the engine or an operand past its memory
+    Refused at the start: misaligned operands, a region whose size is not the shape's or a table on
+    wide outputs (``BAD_SIZE``, ``hw.commands.matmul_misaligned``, ``matmul_activation_bad``), a shape beyond the engine or an operand past its memory
     (``OUT_OF_RANGE``); while running, a block whose pattern id is beyond the pool (``OUT_OF_RANGE``).
 
     The ports and parameters of :class:`hw.op_ports.OpUnit`.
@@ -52,6 +55,7 @@ class MatmulOp(OpUnit):
         bank_depth = 1 << (chunk * ecfg.max_in_blocks * dense_beats - 1).bit_length()
         param_depth = 1 << max(0, (chunk - 1).bit_length())
         m.submodules.engine = engine = PatternMatmulEngine(ecfg)
+        m.submodules.activation = activation = TableActivation(elements=k)
         m.submodules.records = records = ByteRecords(word_bytes=WORD_BYTES, max_record=max(1 + n, CHANNEL_BYTES))
         m.submodules.weight_bank = weight_bank = Memory(shape=weight_layout(ecfg), depth=2 * bank_depth, init=[])
         m.submodules.param_bank = param_bank = Memory(shape=channel_params_layout(ecfg), depth=2 * param_depth, init=[])
@@ -73,18 +77,26 @@ class MatmulOp(OpUnit):
         block_bytes = Mux(c.dense, k * k, 1 + n)
         m.d.comb += region_bytes.eq(Mux(c.dense, 0, c.pool_size * n) + out_blocks * (k * CHANNEL_BYTES + in_blocks * block_bytes))
         misaligned = ((c.in_features[:2] != 0) | (c.src[:2] != 0) | (c.dst[:2] != 0)
-                      | ((c.tokens > 1) & (c.out_features[:2] != 0)))
+                      | ((c.tokens > 1) & (c.out_features[:2] != 0)) | (c.activate & (c.wide | c.raw)))
         out_limit = Mux(c.wide | c.raw, cfg.wide_words, cfg.scratch_bytes)
         out_of_range = ((c.tokens == 0) | (c.out_features == 0) | (c.in_features == 0) | (in_blocks > ecfg.max_in_blocks)
                         | (~c.dense & ((c.pool_size == 0) | (c.pool_size > pool)))
                         | (c.src + c.tokens * c.in_features > cfg.scratch_bytes)
                         | (c.dst + c.tokens * c.out_features > out_limit))
 
-        # --- fetch: the region, cut into records, into the banks -------------------------------------
+        # --- fetch: the activation table (with activate), then the region, cut into records, into the banks
         wired = self.reader.data
-        m.d.comb += [records.words.payload.eq(wired.payload), records.words.valid.eq(wired.valid), wired.ready.eq(records.words.ready),
-                     self.reader.request.payload.address.eq(c.weights),
-                     self.reader.request.payload.words.eq((c.weight_bytes + WORD_BYTES - 1) >> 2)]
+        loading_table = Signal()  # the reader's words are the table's, four entries each
+        entry = Signal(range(TABLE_ENTRIES))
+        m.d.comb += [records.words.payload.eq(wired.payload), records.words.valid.eq(wired.valid & ~loading_table),
+                     activation.table.payload.eq(wired.payload.word_select(entry[:2], 8)),
+                     activation.table.valid.eq(wired.valid & loading_table),
+                     wired.ready.eq(Mux(loading_table, activation.table.ready & (entry[:2] == WORD_BYTES - 1), records.words.ready)),
+                     self.reader.request.payload.address.eq(Mux(loading_table, c.table, c.weights)),
+                     self.reader.request.payload.words.eq(Mux(loading_table, TABLE_ENTRIES // WORD_BYTES,
+                                                              (c.weight_bytes + WORD_BYTES - 1) >> 2))]
+        with m.If(activation.table.valid & activation.table.ready):
+            m.d.sync += entry.eq(entry + 1)
         record = records.records.payload
         bank_full = Signal(2)
         fill_set, fill_bank = Signal(), Signal()
@@ -172,14 +184,24 @@ class MatmulOp(OpUnit):
                      address.eq(c.dst + token * c.out_features + column)]
         mask = Cat(column + i < c.out_features for i in range(k))
         values = engine.outputs.payload.values
+        # through the table: the address and mask of a beat follow it by the table's one cycle
+        mapped_address, mapped_mask = Signal(32), Signal(k)
+        m.d.comb += [activation.inputs.payload.eq(Cat(values[i][:8] for i in range(k))),
+                     activation.inputs.valid.eq(engine.outputs.valid & c.activate), activation.outputs.ready.eq(1)]
+        with m.If(activation.inputs.valid & activation.inputs.ready):
+            m.d.sync += [mapped_address.eq(address), mapped_mask.eq(mask)]
         m.d.comb += [
-            engine.outputs.ready.eq(1),
-            self.scratch.waddr.eq(address >> 2), self.scratch.wdata.eq(Cat(values[i][:8] for i in range(k))),
+            engine.outputs.ready.eq(~c.activate | activation.inputs.ready),
+            self.scratch.waddr.eq(Mux(c.activate, mapped_address, address) >> 2),
+            self.scratch.wdata.eq(Mux(c.activate, activation.outputs.payload, Cat(values[i][:8] for i in range(k)))),
             self.wide.waddr.eq(address >> 2), self.wide.wdata.eq(Cat(values[i] for i in range(k))),
         ]
+        with m.If(activation.outputs.valid):
+            m.d.comb += self.scratch.wen.eq(mapped_mask)
         tile_tokens = Mux(out_tile == tiles - 1, last_tile_tokens, lanes)
-        with m.If(engine.outputs.valid):
-            m.d.comb += [self.scratch.wen.eq(Mux(c.wide | c.raw, 0, mask)), self.wide.wen.eq(Mux(c.wide | c.raw, mask, 0))]
+        with m.If(engine.outputs.valid & engine.outputs.ready):
+            with m.If(~c.activate):
+                m.d.comb += [self.scratch.wen.eq(Mux(c.wide | c.raw, 0, mask)), self.wide.wen.eq(Mux(c.wide | c.raw, mask, 0))]
             m.d.sync += [out_count.eq(out_count + 1), out_lane.eq(out_lane + 1)]
             with m.If(out_lane == tile_tokens - 1):
                 m.d.sync += [out_lane.eq(0), out_row.eq(out_row + 1)]
@@ -201,9 +223,25 @@ class MatmulOp(OpUnit):
                         m.d.sync += self.cause.eq(ErrorCause.BAD_SIZE)
                     with m.Elif(out_of_range):
                         m.d.sync += self.cause.eq(ErrorCause.OUT_OF_RANGE)
+                    with m.Elif(c.activate):
+                        m.d.sync += [self.busy.eq(1), entry.eq(0)]
+                        m.next = "ACTIVATION"
                     with m.Else():
                         m.d.sync += self.busy.eq(1)
                         m.next = "REQUEST"
+            with m.State("ACTIVATION"):  # the table unit loads the table, then maps every output beat
+                m.d.comb += [activation.command.valid.eq(1), activation.command.payload.load.eq(1),
+                             activation.command.payload.beats.eq(out_total)]
+                with m.If(activation.command.ready):
+                    m.next = "ACTIVATION_REQUEST"
+            with m.State("ACTIVATION_REQUEST"):
+                m.d.comb += [loading_table.eq(1), self.reader.request.valid.eq(1)]
+                with m.If(self.reader.request.ready):
+                    m.next = "ACTIVATION_LOAD"
+            with m.State("ACTIVATION_LOAD"):
+                m.d.comb += loading_table.eq(1)
+                with m.If(activation.table.valid & activation.table.ready & (entry == TABLE_ENTRIES - 1)):
+                    m.next = "REQUEST"
             with m.State("REQUEST"):
                 m.d.comb += self.reader.request.valid.eq(1)
                 with m.If(self.reader.request.ready):
@@ -258,7 +296,7 @@ class MatmulOp(OpUnit):
                     m.next = "FETCHED"
             with m.State("FETCHED"):
                 m.d.comb += records.clear.eq(1)
-                with m.If((out_count == out_total) & ~engine.busy):
+                with m.If((out_count == out_total) & ~engine.busy & ~activation.outputs.valid):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
 

@@ -6,15 +6,17 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from core import golden
-from hw.config import COUNT_BITS, refuse
+from hw.config import refuse
 
 #: Entries of a table: one per int8 input.
 TABLE_ENTRIES = 2**8
+#: Width of a command's beat count: a whole activation memory of beats (a linear's output, or a TABLE command's words).
+BEAT_BITS = 32
 
 
 def table_command_layout() -> data.StructLayout:
     """Load a new table first (``TABLE_ENTRIES`` ``table`` beats) when ``load``, then map ``beats`` beats."""
-    return data.StructLayout({"load": 1, "beats": unsigned(COUNT_BITS)})
+    return data.StructLayout({"load": 1, "beats": unsigned(BEAT_BITS)})
 
 
 def table_beat_layout(elements: int) -> data.ArrayLayout:
@@ -63,7 +65,7 @@ class TableActivation(wiring.Component):
 
         en = Signal()
         m.d.comb += en.eq(~self.outputs.valid | self.outputs.ready)
-        beats = Signal(COUNT_BITS)
+        beats = Signal(BEAT_BITS)
         entry = Signal(range(TABLE_ENTRIES))
         take = Signal()
         for i, read in enumerate(reads):

@@ -20,9 +20,10 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import (COMMAND_BYTES, ErrorCause, Op, attention_misaligned, matmul_misaligned, norm_shape_bad, table_misaligned,
-                         transfer_misaligned)
+from hw.commands import (COMMAND_BYTES, ErrorCause, Op, attention_misaligned, matmul_activation_bad, matmul_misaligned, norm_shape_bad,
+                         table_misaligned, transfer_misaligned)
 from hw.config import AcceleratorConfig
+from hw.table_activation import TABLE_ENTRIES
 
 
 class CommandError(RuntimeError):
@@ -98,6 +99,8 @@ class CommandModel:
         size = fmt.linear_region_bytes(n, kin, block_size=k, kept=kept, pool_size=f["pool_size"], dense=dense)
         if matmul_misaligned(kin, n, f["tokens"], f["src"], f["dst"], k):
             self._fail(ErrorCause.BAD_SIZE, f"MATMUL operands are not word-aligned (K {kin}, N {n}, src {f['src']}, dst {f['dst']})")
+        if matmul_activation_bad(f["activate"], f["wide"], f["raw"]):
+            self._fail(ErrorCause.BAD_SIZE, "MATMUL maps wide or raw outputs through a table")
         if f["weight_bytes"] != size:
             self._fail(ErrorCause.BAD_SIZE, f"linear region is {f['weight_bytes']} bytes, a {n}×{kin} layer's is {size}")
         if (min(f["tokens"], n, kin) == 0 or kin > engine.max_in_features
@@ -105,6 +108,7 @@ class CommandModel:
             self._fail(ErrorCause.OUT_OF_RANGE, f"MATMUL shape {f['tokens']}×{kin}→{n} (pool {f['pool_size']}) is beyond the engine")
         self._local(False, f["src"], f["tokens"] * kin)
         self._local(bool(f["wide"] or f["raw"]), f["dst"], f["tokens"] * n)
+        activation = self._table_of(op, f["table"]) if f["activate"] else None  # read before the weights, as the unit does
         blob = self._read(op, f["weights"], size)
         table_bytes = fmt.pattern_table_bytes(f["pool_size"], kept, dense)
         rows = np.frombuffer(blob[table_bytes:], dtype=fmt.block_row_dtype(kin, k, kept, dense))
@@ -126,6 +130,8 @@ class CommandModel:
             y = golden.linear_accumulate(x, weight, bias).to(torch.int64)
         else:
             y = golden.linear(x, weight, bias, multiplier, shift, WIDE_BITS if f["wide"] else 8)[1].to(torch.int64)
+            if activation is not None:
+                y = table_lookup(y, activation)
         self._put(f["dst"], y, bool(f["wide"] or f["raw"]))
 
     def _attention(self, op: Op, f: dict):
@@ -178,9 +184,12 @@ class CommandModel:
             self._fail(ErrorCause.BAD_SIZE, f"TABLE of {f['count']} bytes from {f['src']} to {f['dst']} is not whole words")
         self._local(False, f["src"], f["count"])
         self._local(False, f["dst"], f["count"])
-        table = torch.from_numpy(np.frombuffer(self._read(op, f["table"], 256), dtype=np.int8).astype(np.int64))
+        table = self._table_of(op, f["table"])
         x = self._rows(f["src"], 1, f["count"])
         self._put(f["dst"], table_lookup(x, table))
+
+    def _table_of(self, op: Op, address: int) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(self._read(op, address, TABLE_ENTRIES), dtype=np.int8).astype(np.int64))
 
     def _check_transfer(self, op: Op, f: dict) -> int:
         """The LOAD/STORE rules of the hardware: alignment, then range. Returns the entries moved."""

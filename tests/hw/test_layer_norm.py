@@ -35,7 +35,7 @@ def _random_command(rng, gen, rows, width, *, spread=2**18, shift=None):
     return _command(wide, residual, gamma, beta, rng.randint(15, 30) if shift is None else shift)
 
 
-def _run(commands, max_width, *, stall=0.0, seed=0, vcd=None):
+def _run(commands, max_width, *, stall=0.0, out_stall=None, seed=0, vcd=None):
     dut = ResidualLayerNorm(max_width=max_width)
     rng = random.Random(seed)
     cmd_layout, par_layout, in_layout = norm_command_layout(max_width), norm_params_layout(), norm_input_layout()
@@ -52,7 +52,7 @@ def _run(commands, max_width, *, stall=0.0, seed=0, vcd=None):
     sim.add_testbench(stream_source(dut.command, cmds, rng, stall), background=True)
     sim.add_testbench(stream_source(dut.params, params, rng, stall), background=True)
     sim.add_testbench(stream_source(dut.inputs, inputs, rng, stall), background=True)
-    sim.add_testbench(stream_sink(dut.outputs, len(inputs), rng, stall, received, intervals))
+    sim.add_testbench(stream_sink(dut.outputs, len(inputs), rng, stall if out_stall is None else out_stall, received, intervals))
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
@@ -105,6 +105,17 @@ def test_random_stalls_on_every_stream():
     got, _ = _run(commands, 32, stall=0.35, seed=5)
     for g, c in zip(got, commands):
         assert torch.equal(g, _golden(c).to(torch.int64))
+
+
+def test_a_slow_consumer_behind_rows_that_are_ready():
+    """The read-back lags the ingest: every row's μ and σ wait for it, and are taken while the previous
+    row's last entry may still sit at the divider's input under a stalled output."""
+    rng, gen = random.Random(7), torch.Generator().manual_seed(7)
+    commands = [_random_command(rng, gen, 8, 3), _random_command(rng, gen, 5, 8)]
+    for seed in range(2):
+        got, _ = _run(commands, 8, out_stall=0.95, seed=seed)
+        for g, c in zip(got, commands):
+            assert torch.equal(g, _golden(c).to(torch.int64))
 
 
 def test_a_corrupted_parameter_is_seen():

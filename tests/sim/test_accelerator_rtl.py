@@ -136,7 +136,8 @@ def test_norm_and_table_equal_the_command_model(harness, tmp_path):
 
 
 def _matmul_program(rng, cases):
-    """LOAD random int8 rows, one MATMUL per case (pattern or dense; int8, wide or raw), STORE every output."""
+    """LOAD random int8 rows, one MATMUL per case (pattern or dense; int8, int8 through a random table, wide
+    or raw), STORE every output."""
     import torch
 
     from firmware_gen.compiler import pack_linear
@@ -156,24 +157,28 @@ def _matmul_program(rng, cases):
                                                   pool_size=pattern.pool_size, dense=dense)
         data[address] = region
         data[address + len(region) + 64] = x.numpy().tobytes()
-        wide = mode != "int8"
+        table = None
+        if mode == "table":
+            table = -(-(address + len(region) + 64 + tokens * k_in) // 64) * 64
+            data[table] = bytes(rng.randrange(256) for _ in range(256))
+        wide = mode not in ("int8", "table")
         out_local = 1024 * i if wide else local_out
         out_bytes = tokens * n_out * (4 if wide else 1)
         commands += [
             {"op": Op.LOAD, "bytes": tokens * k_in, "dram": address + len(region) + 64, "local": local_in},
             {"op": Op.MATMUL, "dense": int(dense), "raw": int(mode == "raw"), "wide": int(wide), "tokens": tokens, "in_features": k_in,
              "out_features": n_out, "pool_size": 0 if dense else pattern.pool_size, "src": local_in, "dst": out_local,
-             "weights": address, "weight_bytes": len(region)},
+             "weights": address, "weight_bytes": len(region), "activate": int(table is not None), "table": table or 0},
             {"op": Op.STORE, "wide": int(wide), "bytes": out_bytes, "dram": dram_out, "local": out_local},
         ]
-        address = -(-(address + len(region) + 64 + tokens * k_in) // 64) * 64
+        address = -(-(address + len(region) + 64 + tokens * k_in) // 64) * 64 + (256 if table else 0)
         dram_out += -(-out_bytes // 64) * 64
         local_out += -(-tokens * n_out // 4) * 4
     return _image(commands + [{"op": Op.END}], data), commands
 
 
 MATMUL_CASES = [(13, 64, 40, False, "int8"), (8, 32, 24, False, "wide"), (1, 64, 2, True, "raw"), (9, 16, 12, True, "int8"),
-                (17, 128, 8, False, "int8")]
+                (17, 128, 8, False, "int8"), (11, 32, 20, False, "table"), (1, 64, 16, True, "table")]
 
 
 def test_matmul_equals_the_command_model(harness, tmp_path):
@@ -186,10 +191,18 @@ def test_matmul_equals_the_command_model(harness, tmp_path):
     bad_id = bytearray(image)
     table = CONFIG.engine.pattern.pool_size * CONFIG.engine.pattern.kept_per_block
     bad_id[first["weights"] + table + 4 * 8 + 9 * 3] = 0xFF  # the pattern id of one block of the first row
-    runs = [Run(image), Run(image, pause=True), Run(bad_size), Run(bad_id)]
+    tabled = [i for i in matmul if commands[i]["activate"]]
+    bad_table = bytearray(image)  # a table on wide outputs
+    bad_table[tabled[0] * COMMAND_BYTES:(tabled[0] + 1) * COMMAND_BYTES] = encode_command(dict(commands[tabled[0]], wide=1))
+    runs = [Run(image), Run(image, pause=True), Run(bad_size), Run(bad_id), Run(bad_table)]
     got = run_accelerator(harness, runs, tmp_path / "case")
     wants = [expected_run(CONFIG, run.image) for run in runs]
     assert wants[0]["done"] and wants[0]["memory"][0xA000:] != image[0xA000:]
     assert wants[2]["cause"] == ErrorCause.BAD_SIZE.value and wants[3]["cause"] == ErrorCause.OUT_OF_RANGE.value
+    assert wants[4]["cause"] == ErrorCause.BAD_SIZE.value and wants[4]["command"] == tabled[0]
+    # the check can fail: one table entry changed, and the model's outputs are no longer the RTL's
+    changed = bytearray(image)
+    changed[commands[tabled[0]]["table"]:commands[tabled[0]]["table"] + 256] = bytes(255 - b for b in image[commands[tabled[0]]["table"]:commands[tabled[0]]["table"] + 256])
+    assert expected_run(CONFIG, changed)["memory"] != got[0]["memory"]
     for result, want in zip(got, wants):
         _check(result, want)
