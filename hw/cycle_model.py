@@ -30,8 +30,9 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
   its RUN command — or, when that context is shorter than ``L·d/k + 1``, for its keys; and one cycle
   for the P·V RUN command;
 * *scores* (:func:`attention_scores_cycles`): the Q·Kᵀ RUN (dense, raw) on the engine, whose tile ``t``
-  of ``lanes`` queries is the softmax's tile ``t``. The softmax holds a tile in one of two banks from
-  its ingest to the end of its emission, so tile ``t``'s scores are taken only once tile ``t − 2`` is
+  of ``lanes`` queries is the softmax's tile ``t``. The softmax holds a tile in one of ``B =``
+  :data:`~hw.softmax_unit.TILE_BANKS` banks from its ingest to the end of its emission, so tile ``t``'s
+  scores are taken only once tile ``t − B`` is
   emitted: the engine's output stage then stalls (:class:`_EngineTimeline`'s ``gate``). Per tile, three
   passes, each starting the cycle after its tile is ready for it and the pass of the previous tile
   ended: **exp** reads one word (k scores) per cycle, ``rows · ⌈L/k⌉`` reads, and each row's sum goes to
@@ -72,7 +73,7 @@ from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
 from hw.softmax_unit import (BANK_READ_LATENCY, QUEUE_DEPTH, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
-                             RECIPROCAL_RETURN_LATENCY)
+                             RECIPROCAL_RETURN_LATENCY, TILE_BANKS)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
 #: when the stage is free): the activation read, then the MAC array.
@@ -342,8 +343,8 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
     for t, rows in enumerate(engine.tiles):
         base = t * lanes
         # Ingest: the tile's command is taken in the cycle after the previous tile's last score, once its
-        # bank is free (the cycle after tile t − 2 is emitted); scores are taken from the cycle after.
-        gate = max(ingested[t - 1] if t else 0, emitted[t - 2] if t >= 2 else 0) + 2
+        # bank is free (the cycle after tile t − TILE_BANKS is emitted); scores are taken from the cycle after.
+        gate = max(ingested[t - 1] if t else 0, emitted[t - TILE_BANKS] if t >= TILE_BANKS else 0) + 2
         ingested.append(engine.run_tile(gate))
         # Exp: from the cycle after the tile is ingested and the previous exp pass ended, one word read per
         # cycle, row by row; each row's sum is offered to the divider when its last word's exponentials

@@ -18,6 +18,10 @@ from hw.row_reciprocal import RowReciprocal
 
 #: Bits of an exponential (``e ≤ 2^EXP_OUT_BITS``).
 E_BITS = EXP_OUT_BITS + 1
+#: Tiles the unit holds at once, one per bank, each from its first score to its last emitted block: one
+#: is ingested while one is exponentiated and one is selected and emitted, so that with Q·Kᵀ tiles as
+#: short as the select and emit passes (head dim 32) the engine is not held.
+TILE_BANKS = 3
 #: Cycles from a tile bank's read address to its word (a synchronous read port).
 BANK_READ_LATENCY = 1
 #: Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start only
@@ -67,9 +71,9 @@ class SoftmaxUnit(wiring.Component):
     """Integer softmax with attention-map pattern pruning over a tile of up to ``lanes`` query rows.
 
     The scores arrive in the matmul engine's raw output order (per key block, per row of the tile: ``k``
-    int32 scores) into one of two banks of ``lanes × ⌈max_keys/k⌉`` words of ``k`` entries, each row's
-    maximum tracked as they come; the next tile is ingested into the other bank while this one is
-    processed, one word per cycle:
+    int32 scores) into one of :data:`TILE_BANKS` (3) banks of ``lanes × ⌈max_keys/k⌉`` words of ``k``
+    entries, each row's maximum tracked as they come; the next tile is ingested into a free bank while
+    the previous ones are processed, one word per cycle per pass, the passes on different tiles:
 
     1. **exp**: ``e = IntegerExp(max − S)`` (0 for invalid entries), written back over the scores and
        summed per row; each row's :class:`RowReciprocal` starts as soon as its sum is final;
@@ -164,12 +168,13 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += [exp.en.eq(1), exp.table_write.eq(self.exp_write), exp.table_addr.eq(self.exp_addr),
                          exp.table_data.eq(self.exp_data)]
 
-        # --- storage: two banks of one tile each ------------------------------------------------------
+        # --- storage: TILE_BANKS banks of one tile each ----------------------------------------------
         # A tile moves through its bank: ingest (scores), exp (exponentials written back), select and emit.
-        # The exp pass of one tile runs while the other tile is selected and emitted.
+        # The three stages run at once, each on its own tile, the banks taken in turn.
+        nbanks = TILE_BANKS
         word = data.ArrayLayout(signed(golden.ACC_BITS), k)
         banks = []
-        for b in range(2):
+        for b in range(nbanks):
             m.submodules[f"bank_{b}"] = bank = Memory(shape=word, depth=lanes << kb_bits, init=[])
             banks.append((bank.write_port(), bank.read_port()))
         choice_layout = select.choice.payload.shape()
@@ -177,20 +182,28 @@ class SoftmaxUnit(wiring.Component):
         choice_write = choices.write_port()
         choice_read = choices.read_port(domain="comb")
 
-        full = Signal(2)  # the bank holds a tile (from its last score until it is emitted)
-        exped = Signal(2)  # the bank's exponentials and row reciprocals are ready
-        ingest_bank, exp_bank, norm_bank = Signal(), Signal(), Signal()
-        tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(2)]
-        maxima = [Array(Signal(signed(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(2)]
-        sums = [Array(Signal(self._total_bits, name=f"sum_{b}_{i}") for i in range(lanes)) for b in range(2)]
-        recips = [Array(Signal(r_shape, name=f"r_{b}_{i}") for i in range(lanes)) for b in range(2)]
-        ells = [Array(Signal(ell_shape, name=f"ell_{b}_{i}") for i in range(lanes)) for b in range(2)]
+        full = Signal(nbanks)  # the bank holds a tile (from its last score until it is emitted)
+        exped = Signal(nbanks)  # the bank's exponentials and row reciprocals are ready
+        ingest_bank, exp_bank, norm_bank = (Signal(range(nbanks), name=n) for n in ("ingest_bank", "exp_bank", "norm_bank"))
+        tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(nbanks)]
+        maxima = [Array(Signal(signed(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
+        sums = [Array(Signal(self._total_bits, name=f"sum_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
+        recips = [Array(Signal(r_shape, name=f"r_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
+        ells = [Array(Signal(ell_shape, name=f"ell_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
         kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))
         kept_r = Array(Signal(r_shape, name=f"kept_r_{i}") for i in range(lanes))
         kept_ell = Array(Signal(ell_shape, name=f"kept_ell_{i}") for i in range(lanes))
 
-        def pick(bank, pair):
-            return Mux(bank, pair[1], pair[0])
+        def pick(bank, items):
+            """``items[bank]``, one per bank."""
+            chosen = items[0]
+            for b in range(1, nbanks):
+                chosen = Mux(bank == b, items[b], chosen)
+            return chosen
+
+        def following(bank):
+            """The bank after ``bank``, in turn."""
+            return Mux(bank == nbanks - 1, 0, bank + 1)
 
         ingest_tile, exp_tile, tile = (Signal(tile_layout(cfg), name=n) for n in ("ingest_tile", "exp_tile", "norm_tile"))
         m.d.comb += [ingest_tile.eq(pick(ingest_bank, tiles)), exp_tile.eq(pick(exp_bank, tiles)), tile.eq(pick(norm_bank, tiles))]
@@ -234,7 +247,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.tile.ready.eq(~full.bit_select(ingest_bank, 1))
                 with m.If(self.tile.valid & self.tile.ready):
-                    for b in range(2):
+                    for b in range(nbanks):
                         with m.If(ingest_bank == b):
                             m.d.sync += tiles[b].eq(self.tile.payload)
                             m.d.sync += [maxima[b][i].eq(golden.ACC_MIN) for i in range(lanes)]
@@ -243,7 +256,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("SCORES"):
                 m.d.comb += [self.scores.ready.eq(1), ingest_write.eq(self.scores.valid)]
                 with m.If(self.scores.valid):
-                    for b in range(2):
+                    for b in range(nbanks):
                         with m.If(ingest_bank == b):
                             largest = maxima[b][irow]
                             for i in range(k):
@@ -257,7 +270,7 @@ class SoftmaxUnit(wiring.Component):
                     with m.If(last_irow):
                         m.d.sync += ikb.eq(ikb + 1)
                         with m.If(ikb == ingest_tile.key_blocks - 1):
-                            m.d.sync += [ikb.eq(0), ingest_bank.eq(~ingest_bank)]
+                            m.d.sync += [ikb.eq(0), ingest_bank.eq(following(ingest_bank))]
                             m.next = "IDLE"
         tile_ingested = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
                          & (ikb == ingest_tile.key_blocks - 1))
@@ -288,17 +301,17 @@ class SoftmaxUnit(wiring.Component):
         exp_r = Array(Signal(r_shape, name=f"exp_r_{i}") for i in range(lanes))
         exp_ell = Array(Signal(ell_shape, name=f"exp_ell_{i}") for i in range(lanes))
         for i in range(lanes):
-            m.d.comb += exp_sums[i].eq(pick(exp_bank, [sums[0][i], sums[1][i]]))
+            m.d.comb += exp_sums[i].eq(pick(exp_bank, [sums[b][i] for b in range(nbanks)]))
         sums_done = reciprocal_engine(sum_reciprocal, exp_sums, exp_r, exp_ell, sum_final)
         with m.If(done_exp.valid):
-            for b in range(2):
+            for b in range(nbanks):
                 with m.If(exp_bank == b):
                     m.d.sync += sums[b][done_exp.row].eq(sums[b][done_exp.row] + _sum(e_out))
         with m.FSM() as exp_fsm:
             with m.State("IDLE"):
                 with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
                     m.d.sync += [row.eq(0), kb.eq(0)]
-                    for b in range(2):
+                    for b in range(nbanks):
                         with m.If(exp_bank == b):
                             m.d.sync += [sums[b][i].eq(0) for i in range(lanes)]
                     m.next = "EXP"
@@ -312,11 +325,11 @@ class SoftmaxUnit(wiring.Component):
                         m.next = "WAIT"
             with m.State("WAIT"):  # the last exponentials, then every row's reciprocal
                 with m.If(~exp_busy & sums_done):
-                    for b in range(2):
+                    for b in range(nbanks):
                         with m.If(exp_bank == b):
                             m.d.sync += [recips[b][i].eq(exp_r[i]) for i in range(lanes)]
                             m.d.sync += [ells[b][i].eq(exp_ell[i]) for i in range(lanes)]
-                    m.d.sync += exp_bank.eq(~exp_bank)
+                    m.d.sync += exp_bank.eq(following(exp_bank))
                     m.next = "IDLE"
         tile_exped = exp_fsm.ongoing("WAIT") & ~exp_busy & sums_done
 
@@ -342,8 +355,8 @@ class SoftmaxUnit(wiring.Component):
             m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
         data_row = Signal(range(lanes))  # the row whose word the read port shows
         m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
-        row_r = pick(norm_bank, [recips[0][data_row], recips[1][data_row]])
-        row_ell = pick(norm_bank, [ells[0][data_row], ells[1][data_row]])
+        row_r = pick(norm_bank, [recips[b][data_row] for b in range(nbanks)])
+        row_ell = pick(norm_bank, [ells[b][data_row] for b in range(nbanks)])
         for i in range(k):
             x = Mux(block_line[0].exists, norm_data[i][:E_BITS], 0)
             m.d.sync += block_line[1].e[i].eq(x)
@@ -451,11 +464,11 @@ class SoftmaxUnit(wiring.Component):
                     m.next = "EMIT"
             with m.State("EMIT"):
                 with m.If(pass_done):
-                    m.d.sync += [emitting.eq(0), norm_bank.eq(~norm_bank)]
+                    m.d.sync += [emitting.eq(0), norm_bank.eq(following(norm_bank))]
                     m.next = "IDLE"
         tile_emitted = norm.ongoing("EMIT") & pass_done
 
-        for b in range(2):
+        for b in range(nbanks):
             with m.If(tile_ingested & (ingest_bank == b)):
                 m.d.sync += full[b].eq(1)
             with m.Elif(tile_emitted & (norm_bank == b)):

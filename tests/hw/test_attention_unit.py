@@ -1,6 +1,8 @@
 """The attention unit in amaranth.sim against ``core.integer.attention``: scores, pattern ids,
 probabilities and context of every head, as whole tensors."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,7 +14,8 @@ from sim.attention_driver import run_attention_in_amaranth_sim
 from sim.cases import random_pool_masks
 
 CONFIG = AttentionConfig(engine=EngineConfig(pattern=PatternConfig(block_size=4, kept_per_block=8, pool_size=8), lanes=4,
-                                             weight_bits=9), max_seq=16, max_head_dim=8)
+                                             weight_bits=9), max_seq=16, max_head_dim=8,
+                         patterns_per_cycle=8)
 
 
 def _pool(seed):
@@ -85,7 +88,7 @@ def test_a_corrupted_exponential_table_entry_is_caught():
 def test_heads_wider_than_the_longest_sequence():
     """A unit built for short sequences and wide heads (a model compiled for a few tokens): P·V runs
     over more channels than there are keys, and the next head's scores must not see its last weights."""
-    narrow = AttentionConfig(engine=CONFIG.engine, max_seq=4, max_head_dim=16)
+    narrow = replace(CONFIG, max_seq=4, max_head_dim=16)
     heads = [_head(12, 4, 16, 3), _head(13, 4, 16, 4), _head(14, 3, 12, 3)]
     program = AttentionProgram(narrow, heads, random_pool_masks(narrow.engine.pattern, 15, count=6))
     _check(program, run_attention_in_amaranth_sim(program, stall_probability=0.25, seed=5))
