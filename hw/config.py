@@ -223,7 +223,7 @@ class AcceleratorConfig(_JsonConfig):
     chunk_rows : int
         Block rows of a linear's weights held on chip at once, in each of two banks: one bank is read
         from DRAM while the engine runs every token of the sequence over the other, so each weight is
-        read once per layer per sequence and the fetch overlaps the compute.
+        read once per layer per sequence and the fetch overlaps the compute. A power of two.
     """
 
     engine: EngineConfig = EngineConfig()
@@ -240,6 +240,9 @@ class AcceleratorConfig(_JsonConfig):
         if isinstance(self.attention, dict):
             object.__setattr__(self, "attention", AttentionConfig(**self.attention))
         _require_positive(self, ("max_width", "scratch_bytes", "wide_words", "chunk_rows"))
+        if self.chunk_rows & (self.chunk_rows - 1):
+            raise ValueError(f"chunk_rows={self.chunk_rows} must be a power of two: a linear's full chunks are "
+                             "counted by a shift")
 
     @property
     def max_seq(self) -> int:

@@ -52,6 +52,7 @@ class MatmulOp(OpUnit):
         lanes = ecfg.lanes
         dense_beats = k * k // n
         chunk = cfg.chunk_rows
+        chunk_bits = chunk.bit_length() - 1  # chunk_rows is a power of two
         bank_depth = 1 << (chunk * ecfg.max_in_blocks * dense_beats - 1).bit_length()
         param_depth = 1 << max(0, (chunk - 1).bit_length())
         m.submodules.engine = engine = PatternMatmulEngine(ecfg)
@@ -69,10 +70,9 @@ class MatmulOp(OpUnit):
         beats_per_block = Signal(range(dense_beats + 1))
         row_beats = Signal(32)  # weight beats per block row
         tiles = Signal(COUNT_BITS)
-        last_tile_tokens = Signal(range(lanes + 1))
         m.d.comb += [in_blocks.eq(c.in_features >> 2), out_blocks.eq((c.out_features + k - 1) >> 2),
                      beats_per_block.eq(Mux(c.dense, dense_beats, 1)), row_beats.eq(in_blocks * beats_per_block),
-                     tiles.eq((c.tokens + lanes - 1) // lanes), last_tile_tokens.eq(c.tokens - (tiles - 1) * lanes)]
+                     tiles.eq((c.tokens + lanes - 1) // lanes)]
         region_bytes = Signal(32)
         block_bytes = Mux(c.dense, k * k, 1 + n)
         m.d.comb += region_bytes.eq(Mux(c.dense, 0, c.pool_size * n) + out_blocks * (k * CHANNEL_BYTES + in_blocks * block_bytes))
@@ -98,18 +98,11 @@ class MatmulOp(OpUnit):
         with m.If(activation.table.valid & activation.table.ready):
             m.d.sync += entry.eq(entry + 1)
         record = records.records.payload
-        bank_full = Signal(2)
-        fill_set, fill_bank = Signal(), Signal()
-        drain_clear, drain_bank = Signal(), Signal()
-        for b in range(2):
-            with m.If(fill_set & (fill_bank == b)):
-                m.d.sync += bank_full[b].eq(1)
-            with m.Elif(drain_clear & (drain_bank == b)):
-                m.d.sync += bank_full[b].eq(0)
+        fill_set = Signal()  # a bank is filled with the next pass
+        fetched, released = Signal(COUNT_BITS), Signal(COUNT_BITS)  # passes put in a bank, passes written out
 
         pattern_id = Signal(16)
         fetch_rows_left = Signal(COUNT_BITS)  # block rows not yet fetched, from this chunk on
-        fetch_bank = Signal()
         fetch_row = Signal(range(chunk + 1))
         fetch_chunk_rows = Signal(range(chunk + 1))
         channel = Signal(range(k))
@@ -119,70 +112,98 @@ class MatmulOp(OpUnit):
         owns_cmd = Signal()
         m.d.comb += fetch_chunk_rows.eq(Mux(fetch_rows_left < chunk, fetch_rows_left, chunk))
         table_cmd = engine.cmd.payload
-        m.d.comb += [weight_w.addr.eq(Cat(fetch_address, fetch_bank)), param_w.addr.eq(Cat(fetch_row[:len(param_w.addr) - 1], fetch_bank)),
+        m.d.comb += [weight_w.addr.eq(Cat(fetch_address, fetched[0])), param_w.addr.eq(Cat(fetch_row[:len(param_w.addr) - 1], fetched[0])),
                      param_w.data.eq(params)]
         beat = weight_w.data
         m.d.comb += [beat.pattern.eq(Mux(c.dense, 0, record[0]))]
         for i in range(n):
             m.d.comb += beat.values[i].eq(Mux(c.dense, record[i], record[i + 1]).as_signed())
 
-        # --- compute: one RUN per chunk, three feeders, and the output writer ------------------------
-        compute_rows_left = Signal(COUNT_BITS)
-        compute_bank = Signal()
-        compute_rows = Signal(range(chunk + 1))
-        m.d.comb += compute_rows.eq(Mux(compute_rows_left < chunk, compute_rows_left, chunk))
-        act_i, act_total, act_valid = Signal(32), Signal(32), Signal()
-        wgt_i, wgt_tile, wgt_valid, wgt_done = Signal(32), Signal(COUNT_BITS), Signal(), Signal()
-        par_i, par_tile, par_valid, par_done = Signal(range(chunk + 1)), Signal(COUNT_BITS), Signal(), Signal()
-        tile_beats = Signal(32)
-        m.d.comb += [act_total.eq(c.tokens * in_blocks), tile_beats.eq(compute_rows * row_beats)]
+        # --- compute: the chunks are *passes* over the sequence, run back to back ---------------------------
+        # A pass runs every token over one chunk (``chunk`` block rows, the last one fewer). Its tokens are
+        # rounded up to whole tiles (the padding tokens read as zeros, their outputs dropped), so that the
+        # full passes chain into one RUN of ``passes × tiles × lanes`` tokens: the engine then loads the
+        # next pass's first tile while the last tile of this one computes. Passes are counted, not banks:
+        # pass ``p`` lives in bank ``p mod 2``, is read once ``fetched > p`` and is refilled (pass ``p + 2``)
+        # once the writer has released it.
+        pass_tokens = Signal(COUNT_BITS + 1)
+        m.d.comb += pass_tokens.eq(tiles * lanes)
+        with m.If(fill_set):
+            m.d.sync += fetched.eq(fetched + 1)
+        release = Signal()
+        with m.If(release):
+            m.d.sync += released.eq(released + 1)
+
+        def pass_rows(rows_left):
+            """Block rows of the pass that starts with ``rows_left`` block rows left."""
+            return Mux(rows_left < chunk, rows_left, chunk)
+
+        # activations: every pass streams the tile-rounded tokens, the padding ones as zeros
+        act_i, act_valid, act_pad = Signal(32), Signal(), Signal()
+        act_rows_left = Signal(COUNT_BITS)
+        pass_beats, real_beats = Signal(32), Signal(32)
+        m.d.comb += [pass_beats.eq(pass_tokens * in_blocks), real_beats.eq(c.tokens * in_blocks)]
         act_en = ~act_valid | engine.activations.ready
+        m.d.comb += [self.scratch.raddr.eq((c.src >> 2) + act_i),
+                     engine.activations.payload.eq(Mux(act_pad, 0, self.scratch.rdata)),
+                     engine.activations.valid.eq(act_valid)]
+        # weights: per pass, per tile, the pass's block rows from its bank; params: one beat per block row
+        wgt_i, wgt_tile, wgt_pass, wgt_valid = Signal(32), Signal(COUNT_BITS), Signal(COUNT_BITS), Signal()
+        wgt_rows_left = Signal(COUNT_BITS)
+        par_i, par_tile, par_pass, par_valid = Signal(range(chunk + 1)), Signal(COUNT_BITS), Signal(COUNT_BITS), Signal()
+        par_rows_left = Signal(COUNT_BITS)
+        tile_beats = Signal(32)
+        m.d.comb += tile_beats.eq(pass_rows(wgt_rows_left) * row_beats)
         wgt_en = ~wgt_valid | engine.weights.ready
         par_en = ~par_valid | engine.params.ready
-        streaming = Signal()
+        wgt_issue = (wgt_rows_left != 0) & (fetched > wgt_pass)
+        par_issue = (par_rows_left != 0) & (fetched > par_pass)
         m.d.comb += [
-            self.scratch.raddr.eq((c.src >> 2) + act_i), engine.activations.payload.eq(self.scratch.rdata),
-            engine.activations.valid.eq(act_valid),
-            weight_r.addr.eq(Cat(wgt_i[:len(weight_r.addr) - 1], compute_bank)), weight_r.en.eq(wgt_en),
+            weight_r.addr.eq(Cat(wgt_i[:len(weight_r.addr) - 1], wgt_pass[0])), weight_r.en.eq(wgt_en),
             engine.weights.payload.eq(weight_r.data), engine.weights.valid.eq(wgt_valid),
-            param_r.addr.eq(Cat(par_i[:len(param_r.addr) - 1], compute_bank)), param_r.en.eq(par_en),
+            param_r.addr.eq(Cat(par_i[:len(param_r.addr) - 1], par_pass[0])), param_r.en.eq(par_en),
             engine.params.payload.eq(param_r.data), engine.params.valid.eq(par_valid),
         ]
+        streaming = Signal()  # the command runs and has not failed
         with m.If(streaming & act_en):
             m.d.comb += self.scratch.ren.eq(1)
-            m.d.sync += act_valid.eq(act_i != act_total)
-            with m.If(act_i != act_total):
+            m.d.sync += [act_valid.eq(act_rows_left != 0), act_pad.eq(act_i >= real_beats)]
+            with m.If(act_rows_left != 0):
                 m.d.sync += act_i.eq(act_i + 1)
+                with m.If(act_i == pass_beats - 1):
+                    m.d.sync += [act_i.eq(0), act_rows_left.eq(act_rows_left - pass_rows(act_rows_left))]
         with m.If(streaming & wgt_en):
-            m.d.sync += wgt_valid.eq(~wgt_done)
-            with m.If(~wgt_done):
+            m.d.sync += wgt_valid.eq(wgt_issue)
+            with m.If(wgt_issue):
                 m.d.sync += wgt_i.eq(wgt_i + 1)
                 with m.If(wgt_i == tile_beats - 1):
                     m.d.sync += [wgt_i.eq(0), wgt_tile.eq(wgt_tile + 1)]
                     with m.If(wgt_tile == tiles - 1):
-                        m.d.sync += wgt_done.eq(1)
+                        m.d.sync += [wgt_tile.eq(0), wgt_pass.eq(wgt_pass + 1),
+                                     wgt_rows_left.eq(wgt_rows_left - pass_rows(wgt_rows_left))]
         with m.If(streaming & par_en):
-            m.d.sync += par_valid.eq(~par_done)
-            with m.If(~par_done):
+            m.d.sync += par_valid.eq(par_issue)
+            with m.If(par_issue):
                 m.d.sync += par_i.eq(par_i + 1)
-                with m.If(par_i == compute_rows - 1):
+                with m.If(par_i == pass_rows(par_rows_left) - 1):
                     m.d.sync += [par_i.eq(0), par_tile.eq(par_tile + 1)]
                     with m.If(par_tile == tiles - 1):
-                        m.d.sync += par_done.eq(1)
+                        m.d.sync += [par_tile.eq(0), par_pass.eq(par_pass + 1),
+                                     par_rows_left.eq(par_rows_left - pass_rows(par_rows_left))]
 
-        # outputs: per tile, per block row of the chunk, per token of the tile
+        # outputs: per pass, per tile, per block row of the pass, per lane of the tile; padding lanes dropped
         out_rows_left = Signal(COUNT_BITS)
-        out_block_base = Signal(COUNT_BITS)  # first block row of the chunk being written
+        out_block_base = Signal(COUNT_BITS)  # first block row of the pass being written
         out_rows = Signal(range(chunk + 1))
-        out_tile, out_row, out_lane = Signal(COUNT_BITS), Signal(range(chunk + 1)), Signal(range(lanes + 1))
+        out_tile, out_row, out_lane = Signal(COUNT_BITS), Signal(range(chunk + 1)), Signal(range(lanes))
         out_count, out_total = Signal(32), Signal(32)
-        m.d.comb += [out_rows.eq(Mux(out_rows_left < chunk, out_rows_left, chunk)), out_total.eq(c.tokens * out_blocks)]
-        token = Signal(COUNT_BITS)
+        m.d.comb += [out_rows.eq(pass_rows(out_rows_left)), out_total.eq(pass_tokens * out_blocks)]
+        token = Signal(COUNT_BITS + 1)
         column = Signal(COUNT_BITS + 2)
         address = Signal(32)
         m.d.comb += [token.eq(out_tile * lanes + out_lane), column.eq((out_block_base + out_row) << 2),
                      address.eq(c.dst + token * c.out_features + column)]
-        mask = Cat(column + i < c.out_features for i in range(k))
+        mask = Cat((token < c.tokens) & (column + i < c.out_features) for i in range(k))
         values = engine.outputs.payload.values
         # through the table: the address and mask of a beat follow it by the table's one cycle
         mapped_address, mapped_mask = Signal(32), Signal(k)
@@ -198,27 +219,41 @@ class MatmulOp(OpUnit):
         ]
         with m.If(activation.outputs.valid):
             m.d.comb += self.scratch.wen.eq(mapped_mask)
-        tile_tokens = Mux(out_tile == tiles - 1, last_tile_tokens, lanes)
         with m.If(engine.outputs.valid & engine.outputs.ready):
             with m.If(~c.activate):
                 m.d.comb += [self.scratch.wen.eq(Mux(c.wide | c.raw, 0, mask)), self.wide.wen.eq(Mux(c.wide | c.raw, mask, 0))]
             m.d.sync += [out_count.eq(out_count + 1), out_lane.eq(out_lane + 1)]
-            with m.If(out_lane == tile_tokens - 1):
+            with m.If(out_lane == lanes - 1):
                 m.d.sync += [out_lane.eq(0), out_row.eq(out_row + 1)]
                 with m.If(out_row == out_rows - 1):
                     m.d.sync += [out_row.eq(0), out_tile.eq(out_tile + 1)]
                     with m.If(out_tile == tiles - 1):
+                        m.d.comb += release.eq(1)
                         m.d.sync += [out_tile.eq(0), out_block_base.eq(out_block_base + chunk),
                                      out_rows_left.eq(out_rows_left - out_rows)]
 
+        # RUN commands: the full passes in one (as many as the engine's token count holds), then the last
+        # pass if it is shorter; each is issued once its first pass is fetched, and the engine takes it when
+        # the previous RUN's weights are all in
+        run_rows_left = Signal(COUNT_BITS)
+        run_first_pass = Signal(COUNT_BITS)
+        full_passes = Signal(COUNT_BITS)
+        m.d.comb += full_passes.eq(run_rows_left >> chunk_bits)
+        full_tokens = Signal(2 * COUNT_BITS + 1)
+        m.d.comb += full_tokens.eq(full_passes * pass_tokens)
+        run_tokens, run_passes, run_rows = Signal(COUNT_BITS), Signal(COUNT_BITS), Signal(range(chunk + 1))
+        fits = full_tokens < (1 << COUNT_BITS)
         failed = Signal()
         with m.FSM(name="fetch"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [self.cause.eq(ErrorCause.NONE), pattern_id.eq(0), fetch_rows_left.eq(out_blocks), fetch_bank.eq(0),
-                                 compute_rows_left.eq(out_blocks), compute_bank.eq(0), out_rows_left.eq(out_blocks),
-                                 out_block_base.eq(0), out_tile.eq(0), out_row.eq(0), out_lane.eq(0), out_count.eq(0),
-                                 failed.eq(0)]
+                    m.d.sync += [self.cause.eq(ErrorCause.NONE), pattern_id.eq(0), fetch_rows_left.eq(out_blocks),
+                                 fetched.eq(0), released.eq(0), failed.eq(0),
+                                 act_i.eq(0), act_valid.eq(0), act_rows_left.eq(out_blocks),
+                                 wgt_i.eq(0), wgt_tile.eq(0), wgt_pass.eq(0), wgt_valid.eq(0), wgt_rows_left.eq(out_blocks),
+                                 par_i.eq(0), par_tile.eq(0), par_pass.eq(0), par_valid.eq(0), par_rows_left.eq(out_blocks),
+                                 out_rows_left.eq(out_blocks), out_block_base.eq(0), out_tile.eq(0), out_row.eq(0),
+                                 out_lane.eq(0), out_count.eq(0), run_rows_left.eq(out_blocks), run_first_pass.eq(0)]
                     with m.If(misaligned | (c.weight_bytes != region_bytes)):
                         m.d.sync += self.cause.eq(ErrorCause.BAD_SIZE)
                     with m.Elif(out_of_range):
@@ -260,7 +295,7 @@ class MatmulOp(OpUnit):
                         with m.If(pattern_id == c.pool_size - 1):
                             m.next = "WAIT_BANK"
             with m.State("WAIT_BANK"):
-                with m.If(~bank_full.bit_select(fetch_bank, 1)):
+                with m.If(fetched - released < 2):  # a bank is free: pass fetched − 2 is written out
                     m.d.sync += [fetch_row.eq(0), channel.eq(0), beat_in_row.eq(0), fetch_address.eq(0)]
                     m.next = "CHANNELS"
             with m.State("CHANNELS"):
@@ -287,8 +322,8 @@ class MatmulOp(OpUnit):
                             m.d.sync += [beat_in_row.eq(0), fetch_row.eq(fetch_row + 1), channel.eq(0)]
                             m.next = "CHANNELS"
                             with m.If(fetch_row == fetch_chunk_rows - 1):
-                                m.d.comb += [fill_set.eq(1), fill_bank.eq(fetch_bank)]
-                                m.d.sync += [fetch_bank.eq(~fetch_bank), fetch_rows_left.eq(fetch_rows_left - fetch_chunk_rows)]
+                                m.d.comb += fill_set.eq(1)
+                                m.d.sync += fetch_rows_left.eq(fetch_rows_left - fetch_chunk_rows)
                                 m.next = "NEXT_CHUNK"
             with m.State("NEXT_CHUNK"):
                 m.next = "WAIT_BANK"
@@ -300,26 +335,27 @@ class MatmulOp(OpUnit):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
 
+        m.d.comb += streaming.eq(self.busy & ~failed)
         with m.FSM(name="compute"):
             with m.State("IDLE"):
-                with m.If(self.busy & ~failed & (compute_rows_left != 0) & bank_full.bit_select(compute_bank, 1)):
+                with m.If(streaming & (run_rows_left != 0) & (fetched > run_first_pass)):
+                    with m.If(full_passes == 0):  # the short last pass
+                        m.d.sync += [run_passes.eq(1), run_rows.eq(run_rows_left), run_tokens.eq(pass_tokens)]
+                    with m.Elif(fits):
+                        m.d.sync += [run_passes.eq(full_passes), run_rows.eq(chunk), run_tokens.eq(full_tokens)]
+                    with m.Else():
+                        m.d.sync += [run_passes.eq(1), run_rows.eq(chunk), run_tokens.eq(pass_tokens)]
                     m.next = "RUN"
             with m.State("RUN"):
                 run = engine.cmd.payload
                 with m.If(~owns_cmd):
                     m.d.comb += [engine.cmd.valid.eq(1), run.op.eq(Opcode.RUN), run.dense.eq(c.dense), run.raw.eq(c.raw),
-                                 run.wide.eq(c.wide & ~c.raw), run.tokens.eq(c.tokens), run.in_blocks.eq(in_blocks),
-                                 run.out_blocks.eq(compute_rows)]
+                                 run.wide.eq(c.wide & ~c.raw), run.tokens.eq(run_tokens), run.in_blocks.eq(in_blocks),
+                                 run.out_blocks.eq(run_rows)]
                     with m.If(engine.cmd.ready):
-                        m.d.sync += [act_i.eq(0), act_valid.eq(0), wgt_i.eq(0), wgt_tile.eq(0), wgt_valid.eq(0), wgt_done.eq(0),
-                                     par_i.eq(0), par_tile.eq(0), par_valid.eq(0), par_done.eq(0)]
-                        m.next = "STREAM"
-            with m.State("STREAM"):
-                m.d.comb += streaming.eq(1)
-                with m.If((act_i == act_total) & ~act_valid & wgt_done & ~wgt_valid & par_done & ~par_valid):
-                    m.d.comb += [drain_clear.eq(1), drain_bank.eq(compute_bank)]
-                    m.d.sync += [compute_bank.eq(~compute_bank), compute_rows_left.eq(compute_rows_left - compute_rows)]
-                    m.next = "IDLE"
+                        m.d.sync += [run_first_pass.eq(run_first_pass + run_passes),
+                                     run_rows_left.eq(run_rows_left - Mux(run_passes == 1, run_rows, run_passes << chunk_bits))]
+                        m.next = "IDLE"
         with m.If(engine.error & self.busy):
             m.d.sync += [self.cause.eq(ErrorCause.OUT_OF_RANGE), self.busy.eq(0), failed.eq(1)]
         return m
