@@ -22,9 +22,12 @@ class MatmulOp(OpUnit):
     The linear region (``hw.dram_formats``) streams in once through the reader and is cut into records
     (:class:`~hw.byte_records.ByteRecords`): the pattern table goes to the engine as LOAD_PATTERN
     commands; then, ``chunk_rows`` block rows at a time, each row's channel parameters and weight beats
-    fill one of two banks. While the next chunk fills the other bank, the engine RUNs every token of the
-    sequence over this one: the activations stream from scratch (one word, one block column of one
-    token, per cycle), the bank's beats are replayed for every tile of ``lanes`` tokens. The outputs go
+    fill one of two banks. While the next chunk fills the other bank, the engine runs every token of the
+    sequence over this one (a *pass*): the activations stream from scratch (one word, one block column
+    of one token, per cycle), the bank's beats are replayed for every tile of ``lanes`` tokens. A pass
+    covers the tokens rounded up to whole tiles (the padding tokens stream as zeros; their outputs are
+    dropped), so the full passes chain into one engine RUN and the engine loads each pass's first tile
+    while the previous pass's last tile computes; a shorter last pass is a RUN of its own. The outputs go
     to scratch (int8) or wide memory (wide and raw modes) as they come, a block of ``k`` channels per
     beat, channels past ``out_features`` masked. With ``activate``, the 256-byte table at ``table`` is read
     first into a :class:`~hw.table_activation.TableActivation`, and the int8 outputs go through it (one
