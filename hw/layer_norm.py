@@ -22,6 +22,14 @@ GAMMA_BITS = golden.MULTIPLIER_BITS + 1
 NORMALIZE_LATENCY = 1 + divider_latency(QUOTIENT_BITS) + 1 + 4
 
 
+#: Row buffers: a row is ingested while the row before waits for its μ and σ and the one before that is
+#: read back.
+ROW_BUFFERS = 3
+#: Cycles a row's ingest adds to its ``width`` entries: the cycle that starts it, then three while its
+#: last square is accumulated and its sums go to the statistics.
+INGEST_EXTRA_CYCLES = 1 + 3
+
+
 def norm_command_layout(max_width: int) -> data.StructLayout:
     """One LayerNorm command: ``rows`` rows of ``width`` entries, γ/β loaded first, output ``shift``."""
     return data.StructLayout({
@@ -41,13 +49,23 @@ def norm_input_layout() -> data.StructLayout:
     return data.StructLayout({"wide": signed(WIDE_BITS), "residual": signed(8)})
 
 
+def statistics_cycles(max_width: int) -> int:
+    """Cycles from a row's sums to its μ and σ at the read-back: the statistics' start, the mean's issue
+    and its trip through the divider (and one to take it), two for the variance, the square root's
+    hand-over and its bits, one to hand μ and σ over."""
+    return 1 + 1 + divider_latency(QUOTIENT_BITS) + 1 + 2 + 1 + sqrt_cycles(_variance_bits(max_width)) + 1
+
+
 def row_cycles(width: int, max_width: int) -> int:
-    """Cycles per row of ``width`` entries when no stream stalls, from the second row on: the ingest
-    (one per entry), three for the last square, the mean's issue and its trip through the divider (and
-    one to take it), two for the variance, the square root's hand-over and its bits, one to hand μ and
-    σ to the read-back and one to start the next row. The read-back of a row (one entry per cycle)
-    overlaps the next row's ingest and is shorter, so it sets nothing."""
-    return width + 3 + 1 + divider_latency(QUOTIENT_BITS) + 1 + 2 + 1 + sqrt_cycles(_variance_bits(max_width)) + 1 + 1
+    """Cycles per row of ``width`` entries when no stream stalls, in the steady state: the ingest's
+    ``width + INGEST_EXTRA_CYCLES``, which the statistics of the row before (:func:`statistics_cycles`)
+    and the read-back of the row before that (one entry per cycle) overlap, as long as they are not
+    longer."""
+    ingest = width + INGEST_EXTRA_CYCLES
+    if statistics_cycles(max_width) + 2 > ingest:
+        raise ValueError(f"rows of {width} entries are shorter than the statistics of a row "
+                         f"({statistics_cycles(max_width)} cycles): they set the period, which is not modelled")
+    return ingest
 
 
 def _variance_bits(max_width: int) -> int:
@@ -60,13 +78,13 @@ class ResidualLayerNorm(wiring.Component):
     over rows of ``r = wide + residual · 2^RESIDUAL_SHIFT``; one entry per cycle in and out.
 
     A command loads the ``width`` channels' γ/β (one ``params`` beat each), then normalizes ``rows`` rows
-    of ``width`` entries. Per row: the ingest stores ``r`` in one of two row buffers while summing
+    of ``width`` entries. Per row: the ingest stores ``r`` in one of three row buffers while summing
     ``S = Σ r`` and ``Q = Σ r²``; the mean ``μ = div_round(S, width)`` goes through the divider; the
     variance follows without a second pass, exactly, as ``V = Q − 2μS + width·μ²`` (μ is an integer);
     ``σ = isqrt(V)`` comes from :class:`~hw.integer_sqrt.IntegerSqrt`; μ and σ are handed to the
     read-back, which reads every entry back, divides ``r − μ`` by ``σ`` (the same
     :class:`~hw.rounding_divider.RoundingDivider`, one entry per cycle, the ingest's means slipped in
-    between), scales by γ, offsets by β and requantizes, while the next row fills the other buffer. σ = 0 (a constant row) gives
+    between), scales by γ, offsets by β and requantizes, while the next rows fill the other buffers (the statistics of one run beside the ingest of the next). σ = 0 (a constant row) gives
     ``z = 0``, as the contract says. Every stage after the row read advances when the output is free
     (``~valid | ready``), so a stalled consumer holds the pipeline and loses nothing.
 
@@ -88,10 +106,10 @@ class ResidualLayerNorm(wiring.Component):
 
     A command with ``width`` or ``rows`` 0 is taken and does nothing.
 
-    Throughput: one row per :func:`row_cycles` cycles (``width`` and a constant): two row buffers, so
-    the read-back of a row overlaps the ingest of the next; the next row's mean takes the divider in a
-    cycle the read-back leaves free. Latency from a row read to its output: ``NORMALIZE_LATENCY``
-    enabled cycles.
+    Throughput: one row per :func:`row_cycles` cycles (``width`` and a constant): :data:`ROW_BUFFERS`
+    row buffers, so a row's ingest, the statistics of the row before and the read-back of the one
+    before that overlap; a row's mean takes the divider in a cycle the read-back leaves free. Latency
+    from a row read to its output: ``NORMALIZE_LATENCY`` enabled cycles.
     """
 
     def __init__(self, *, max_width: int):
@@ -113,8 +131,9 @@ class ResidualLayerNorm(wiring.Component):
         variance_bits = _variance_bits(n_max)
         z_num_width = SUM_BITS + 1 + NORM_Z_BITS
 
-        # Two row buffers: one fills while the other is read back.
-        m.submodules.row = row = Memory(shape=signed(SUM_BITS), depth=2 << index_bits, init=[])
+        # ROW_BUFFERS row buffers: one fills while the one before waits for its μ and σ and the one before
+        # that is read back.
+        m.submodules.row = row = Memory(shape=signed(SUM_BITS), depth=ROW_BUFFERS << index_bits, init=[])
         m.submodules.channel = channel = Memory(shape=norm_params_layout(), depth=n_max, init=[])
         row_write, row_read = row.write_port(), row.read_port()
         channel_write, channel_read = channel.write_port(), channel.read_port()
@@ -128,12 +147,19 @@ class ResidualLayerNorm(wiring.Component):
         shift = Signal.like(self.command.payload.shift)
         in_rows, out_rows = Signal(COUNT_BITS), Signal(COUNT_BITS)  # rows left to ingest, to read back
         in_count, out_count = Signal(range(n_max + 1)), Signal(range(n_max + 1))
-        in_bank, out_bank = Signal(), Signal()
+        in_bank, out_bank = Signal(range(ROW_BUFFERS)), Signal(range(ROW_BUFFERS))
         in_flight = Signal(range(n_max + NORMALIZE_LATENCY + 2))
+        used = Signal(range(ROW_BUFFERS + 1))  # buffers holding a row: from its ingest to its read-back's end
 
-        # The statistics of the row being ingested …
+        def following(bank):
+            return Mux(bank == ROW_BUFFERS - 1, 0, bank + 1)
+
+        # The sums of the row being ingested …
         total = Signal(signed(sum_width))  # S
         squares = Signal(unsigned(2 * SUM_BITS + n_max.bit_length()))  # Q
+        # … handed to the statistics (μ, then V, then σ) of the row before, while the next row is ingested …
+        stats_busy = Signal()
+        stats_total, stats_squares = Signal.like(total), Signal.like(squares)
         mean = Signal(signed(QUOTIENT_BITS + 1))
         variance = Signal(signed(variance_bits + 2))
         mean_total, mean_square = Signal(signed(sum_width + QUOTIENT_BITS + 1)), Signal(unsigned(2 * QUOTIENT_BITS))
@@ -166,7 +192,7 @@ class ResidualLayerNorm(wiring.Component):
         divider_tag = tag(divider.tag)
         m.d.comb += [
             divider.en.eq(en),
-            divider.numerator.eq(Mux(issue_mean, total, (row_read.data - out_mean) << NORM_Z_BITS)),
+            divider.numerator.eq(Mux(issue_mean, stats_total, (row_read.data - out_mean) << NORM_Z_BITS)),
             divider.denominator.eq(Mux(issue_mean, width, out_sigma)),
             divider_tag.valid.eq(issue_mean | read_valid),
             divider_tag.mean.eq(issue_mean),
@@ -199,13 +225,17 @@ class ResidualLayerNorm(wiring.Component):
         # Read-back: a row whose μ and σ were handed over, one entry per enabled cycle. It takes them on an
         # enabled cycle, when the previous row's last entry (if still at the divider's input) leaves with
         # the old μ and σ.
-        with m.If(~out_active & handed & en):
+        take_handed = ~out_active & handed & en
+        with m.If(take_handed):
             m.d.sync += [out_active.eq(1), out_mean.eq(handed_mean), out_sigma.eq(handed_sigma), out_count.eq(0),
-                         out_bank.eq(~out_bank), handed.eq(0)]
+                         out_bank.eq(following(out_bank))]
+        read_back_done = issue_read & en & (out_count == width - 1)  # the row's buffer is free after this read
         with m.If(issue_read & en):
             m.d.sync += out_count.eq(out_count + 1)
             with m.If(out_count == width - 1):
                 m.d.sync += [out_active.eq(0), out_rows.eq(out_rows - 1)]
+        ingest_starts = Signal()
+        m.d.sync += used.eq(used + ingest_starts - read_back_done)
 
         # Command, parameters and ingest.
         with m.FSM():
@@ -215,7 +245,7 @@ class ResidualLayerNorm(wiring.Component):
                 with m.If(self.command.valid & (in_flight == 0) & ~empty):
                     m.d.sync += [width.eq(self.command.payload.width), in_rows.eq(self.command.payload.rows),
                                  out_rows.eq(self.command.payload.rows), shift.eq(self.command.payload.shift), in_count.eq(0),
-                                 in_bank.eq(0), out_bank.eq(1)]
+                                 in_bank.eq(0), out_bank.eq(ROW_BUFFERS - 1)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
                 m.d.comb += [self.params.ready.eq(1), channel_write.addr.eq(in_count), channel_write.data.eq(self.params.payload)]
@@ -224,11 +254,12 @@ class ResidualLayerNorm(wiring.Component):
                     m.d.sync += in_count.eq(in_count + 1)
                     with m.If(in_count == width - 1):
                         m.next = "ROW"
-            with m.State("ROW"):  # a row may fill the buffer the read-back left: no row waits to be handed over
+            with m.State("ROW"):  # a row may fill a buffer once the read-back has left it
                 with m.If(in_rows == 0):
                     with m.If((out_rows == 0) & (in_flight == 0)):
                         m.next = "IDLE"
-                with m.Elif(~handed):
+                with m.Elif(used < ROW_BUFFERS):
+                    m.d.comb += ingest_starts.eq(1)
                     m.d.sync += [in_count.eq(0), total.eq(0), squares.eq(0)]
                     m.next = "INGEST"
             with m.State("INGEST"):
@@ -240,8 +271,17 @@ class ResidualLayerNorm(wiring.Component):
                     m.d.sync += [total.eq(total + r), ingested.eq(r), ingested_valid.eq(1), in_count.eq(in_count + 1)]
                     with m.If(in_count == width - 1):
                         m.next = "SQUARES"
-            with m.State("SQUARES"):  # the last square is still being accumulated
-                with m.If(~ingested_valid & ~square_valid):
+            with m.State("SQUARES"):  # the last square is still being accumulated; then S and Q go to the statistics
+                with m.If(~ingested_valid & ~square_valid & ~stats_busy):
+                    m.d.sync += [stats_busy.eq(1), stats_total.eq(total), stats_squares.eq(squares),
+                                 in_rows.eq(in_rows - 1), in_bank.eq(following(in_bank))]
+                    m.next = "ROW"
+
+        # The statistics of one row: μ through the divider, V without a second pass, σ = isqrt(V), handed
+        # over to the read-back once it has taken the previous row's.
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(stats_busy):
                     m.next = "MEAN"
             with m.State("MEAN"):
                 m.d.comb += want_mean.eq(1)
@@ -250,22 +290,23 @@ class ResidualLayerNorm(wiring.Component):
                     m.next = "MEAN_WAIT"
             with m.State("MEAN_WAIT"):
                 with m.If(mean_ready):
-                    m.d.sync += [mean_total.eq(mean * total), mean_square.eq(mean * mean)]
+                    m.d.sync += [mean_total.eq(mean * stats_total), mean_square.eq(mean * mean)]
                     m.next = "VARIANCE_1"
             with m.State("VARIANCE_1"):
                 m.d.sync += width_mean_square.eq(width * mean_square)
                 m.next = "VARIANCE_2"
             with m.State("VARIANCE_2"):
-                m.d.sync += variance.eq(squares - 2 * mean_total + width_mean_square)
+                m.d.sync += variance.eq(stats_squares - 2 * mean_total + width_mean_square)
                 m.next = "ROOT"
             with m.State("ROOT"):
                 m.d.comb += [sqrt.value.payload.eq(variance), sqrt.value.valid.eq(1)]
                 with m.If(sqrt.value.ready):
                     m.next = "ROOT_WAIT"
             with m.State("ROOT_WAIT"):
-                m.d.comb += sqrt.root.ready.eq(1)
-                with m.If(sqrt.root.valid):
-                    m.d.sync += [handed.eq(1), handed_mean.eq(mean), handed_sigma.eq(sqrt.root.payload),
-                                 in_rows.eq(in_rows - 1), in_bank.eq(~in_bank)]
-                    m.next = "ROW"
+                m.d.comb += sqrt.root.ready.eq(~handed)
+                with m.If(sqrt.root.valid & ~handed):
+                    m.d.sync += [handed.eq(1), handed_mean.eq(mean), handed_sigma.eq(sqrt.root.payload), stats_busy.eq(0)]
+                    m.next = "IDLE"
+        with m.If(take_handed):
+            m.d.sync += handed.eq(0)
         return m

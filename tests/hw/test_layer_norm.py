@@ -131,13 +131,17 @@ def test_a_corrupted_parameter_is_seen():
 
 def test_rows_take_row_cycles_without_stalls():
     rng, gen = random.Random(6), torch.Generator().manual_seed(6)
-    width, max_width = 24, 32
-    _, intervals = _run([_random_command(rng, gen, 4, width)], max_width)
-    # Outputs of a row leave back to back; from a row's last output to the next row's first, the
-    # row period minus the row's own width.
-    gaps = [intervals[r * width] for r in range(1, 4)]
-    assert intervals[1:width] == [1] * (width - 1)
-    assert gaps == [row_cycles(width, max_width) - (width - 1)] * 3
+    width, max_width = 72, 128
+    _, intervals = _run([_random_command(rng, gen, 6, width)], max_width)
+    # From one row's first output to the next row's, once the pipeline is full: the row period. (A
+    # row's read-back pauses while the next row's mean takes the divider.)
+    periods = [sum(intervals[r * width + 1:(r + 1) * width + 1]) for r in range(5)]
+    assert periods[2:] == [row_cycles(width, max_width)] * 3
+
+
+def test_row_cycles_refuses_rows_shorter_than_the_statistics():
+    with pytest.raises(ValueError, match="shorter than the statistics"):
+        row_cycles(24, 32)
 
 
 def test_refuses_a_bad_width():
