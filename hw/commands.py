@@ -22,6 +22,8 @@ from __future__ import annotations
 from amaranth import unsigned
 from amaranth.lib import data, enum
 
+from hw.config import COUNT_BITS
+
 #: Bytes of one command in memory.
 COMMAND_BYTES = 64
 #: Width of every address field (DRAM, scratch, wide).
@@ -131,6 +133,12 @@ def matmul_misaligned(in_features: int, out_features: int, tokens: int, src: int
     """MATMUL rule (``BAD_SIZE`` when broken): input rows of whole blocks starting on a word, and outputs
     that land a block on a word: ``dst`` on a word, and rows of whole words unless there is one row."""
     return in_features % block_size != 0 or src % 4 != 0 or dst % 4 != 0 or (tokens > 1 and out_features % 4 != 0)
+
+
+def matmul_tokens_beyond_engine(tokens, lanes: int):
+    """MATMUL rule (``OUT_OF_RANGE`` when broken): the tokens, rounded up to whole tiles of ``lanes``, fit
+    the token count of one engine RUN (``COUNT_BITS``). Written for ints and for Amaranth values."""
+    return tokens > (1 << COUNT_BITS) - lanes
 
 
 def matmul_activation_bad(activate: bool, wide: bool, raw: bool) -> bool:

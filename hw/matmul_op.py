@@ -4,7 +4,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
 from hw.byte_records import ByteRecords
-from hw.commands import ErrorCause, Op, command_layout
+from hw.commands import ErrorCause, Op, command_layout, matmul_tokens_beyond_engine
 from hw.config import COUNT_BITS, AcceleratorConfig, refuse
 from hw.dram_formats import CHANNEL
 from hw.layouts import Opcode, channel_params_layout, weight_layout
@@ -34,8 +34,10 @@ class MatmulOp(OpUnit):
     cycle later) on their way to scratch: the GELU after the FFN's first linear, the pooler's tanh.
 
     Refused at the start: misaligned operands, a region whose size is not the shape's or a table on
-    wide outputs (``BAD_SIZE``, ``hw.commands.matmul_misaligned``, ``matmul_activation_bad``), a shape beyond the engine or an operand past its memory
-    (``OUT_OF_RANGE``); while running, a block whose pattern id is beyond the pool (``OUT_OF_RANGE``).
+    wide outputs (``BAD_SIZE``, ``hw.commands.matmul_misaligned``, ``matmul_activation_bad``); a shape
+    beyond the engine, tokens whose whole tiles exceed a RUN (``matmul_tokens_beyond_engine``) or an
+    operand past its memory (``OUT_OF_RANGE``); while running, a block whose pattern id is beyond the
+    pool (``OUT_OF_RANGE``).
 
     The ports and parameters of :class:`hw.op_ports.OpUnit`.
     """
@@ -82,7 +84,7 @@ class MatmulOp(OpUnit):
         misaligned = ((c.in_features[:2] != 0) | (c.src[:2] != 0) | (c.dst[:2] != 0)
                       | ((c.tokens > 1) & (c.out_features[:2] != 0)) | (c.activate & (c.wide | c.raw)))
         out_limit = Mux(c.wide | c.raw, cfg.wide_words, cfg.scratch_bytes)
-        out_of_range = ((c.tokens == 0) | (c.out_features == 0) | (c.in_features == 0) | (in_blocks > ecfg.max_in_blocks)
+        out_of_range = ((c.tokens == 0) | matmul_tokens_beyond_engine(c.tokens, lanes) | (c.out_features == 0) | (c.in_features == 0) | (in_blocks > ecfg.max_in_blocks)
                         | (~c.dense & ((c.pool_size == 0) | (c.pool_size > pool)))
                         | (c.src + c.tokens * c.in_features > cfg.scratch_bytes)
                         | (c.dst + c.tokens * c.out_features > out_limit))
@@ -242,10 +244,14 @@ class MatmulOp(OpUnit):
         run_first_pass = Signal(COUNT_BITS)
         full_passes = Signal(COUNT_BITS)
         m.d.comb += full_passes.eq(run_rows_left >> chunk_bits)
-        full_tokens = Signal(2 * COUNT_BITS + 1)
-        m.d.comb += full_tokens.eq(full_passes * pass_tokens)
+        # a RUN counts at most 2^COUNT_BITS − 1 tokens: at most 2^j passes, the largest j that fits
+        fit_log = Signal(range(COUNT_BITS))
+        for j in range(1, COUNT_BITS):
+            with m.If((pass_tokens << j) < (1 << COUNT_BITS)):
+                m.d.comb += fit_log.eq(j)
+        group = Signal(COUNT_BITS)
+        m.d.comb += group.eq(Mux(full_passes < (1 << fit_log), full_passes, 1 << fit_log))
         run_tokens, run_passes, run_rows = Signal(COUNT_BITS), Signal(COUNT_BITS), Signal(range(chunk + 1))
-        fits = full_tokens < (1 << COUNT_BITS)
         failed = Signal()
         with m.FSM(name="fetch"):
             with m.State("IDLE"):
@@ -344,10 +350,8 @@ class MatmulOp(OpUnit):
                 with m.If(streaming & (run_rows_left != 0) & (fetched > run_first_pass)):
                     with m.If(full_passes == 0):  # the short last pass
                         m.d.sync += [run_passes.eq(1), run_rows.eq(run_rows_left), run_tokens.eq(pass_tokens)]
-                    with m.Elif(fits):
-                        m.d.sync += [run_passes.eq(full_passes), run_rows.eq(chunk), run_tokens.eq(full_tokens)]
                     with m.Else():
-                        m.d.sync += [run_passes.eq(1), run_rows.eq(chunk), run_tokens.eq(pass_tokens)]
+                        m.d.sync += [run_passes.eq(group), run_rows.eq(chunk), run_tokens.eq(group * pass_tokens)]
                     m.next = "RUN"
             with m.State("RUN"):
                 run = engine.cmd.payload

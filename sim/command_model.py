@@ -20,7 +20,8 @@ from core.encoder import NORM_Z_BITS, RESIDUAL_SHIFT, WIDE_BITS
 from core.integer import attention, layer_norm, residual_add, table_lookup
 from firmware_gen.compiler import decode_command
 from hw import dram_formats as fmt
-from hw.commands import (COMMAND_BYTES, ErrorCause, Op, attention_misaligned, matmul_activation_bad, matmul_misaligned, norm_shape_bad,
+from hw.commands import (COMMAND_BYTES, ErrorCause, Op, attention_misaligned, matmul_activation_bad, matmul_misaligned,
+                         matmul_tokens_beyond_engine, norm_shape_bad,
                          table_misaligned, transfer_misaligned)
 from hw.config import AcceleratorConfig
 from hw.table_activation import TABLE_ENTRIES
@@ -103,7 +104,7 @@ class CommandModel:
             self._fail(ErrorCause.BAD_SIZE, "MATMUL maps wide or raw outputs through a table")
         if f["weight_bytes"] != size:
             self._fail(ErrorCause.BAD_SIZE, f"linear region is {f['weight_bytes']} bytes, a {n}×{kin} layer's is {size}")
-        if (min(f["tokens"], n, kin) == 0 or kin > engine.max_in_features
+        if (min(f["tokens"], n, kin) == 0 or kin > engine.max_in_features or matmul_tokens_beyond_engine(f["tokens"], engine.lanes)
                 or (not dense and not 1 <= f["pool_size"] <= engine.pattern.pool_size)):
             self._fail(ErrorCause.OUT_OF_RANGE, f"MATMUL shape {f['tokens']}×{kin}→{n} (pool {f['pool_size']}) is beyond the engine")
         self._local(False, f["src"], f["tokens"] * kin)
