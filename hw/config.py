@@ -168,20 +168,23 @@ class AttentionConfig(_JsonConfig):
     max_head_dim : int
         Largest head dimension, a multiple of the block size.
     patterns_per_cycle : int
-        Pattern masses formed per cycle by the selection (:class:`hw.pattern_select.PatternSelect`). At
-        16 of a pool of 32 a block is chosen every 3 cycles, faster than its ``k`` = 4 reads, so the
-        select pass is paced by the reads.
+        Pattern masses formed per cycle by the selection (:class:`hw.pattern_select.PatternSelect`), at
+        most the pool's size; by default 16, or the whole pool when it is smaller. At 16 of a pool of
+        32 a block is chosen every 3 cycles, faster than its ``k`` = 4 reads, so the select pass is
+        paced by the reads.
     """
 
     engine: EngineConfig = EngineConfig(weight_bits=9)
     max_seq: int = 128
     max_head_dim: int = 64
-    patterns_per_cycle: int = 16
+    patterns_per_cycle: int | None = None
     _what = "attention"
 
     def __post_init__(self):
         if isinstance(self.engine, dict):  # from JSON
             object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
+        if self.patterns_per_cycle is None:
+            object.__setattr__(self, "patterns_per_cycle", min(16, self.engine.pattern.pool_size))
         _require_positive(self, ("max_seq", "max_head_dim", "patterns_per_cycle"))
         k = self.engine.pattern.block_size
         if self.engine.lanes % k:
@@ -224,9 +227,10 @@ class AcceleratorConfig(_JsonConfig):
         Block rows of a linear's weights held on chip at once, in each of two banks: one bank is read
         from DRAM while the engine runs every token of the sequence over the other, so each weight is
         read once per layer per sequence and the fetch overlaps the compute. A power of two. The chunks
-        of a linear chain into one engine RUN, so a chunk costs no tile load of its own; only the first
-        chunk's fetch is not overlapped, so chunks are small: 4 rows hold ``4 × in_blocks`` beats a bank
-        and still fetch several times faster than the engine replays them for 128 tokens.
+        of a linear chain into one engine RUN, so a chunk costs no tile load of its own and only the
+        first chunk's fetch is not overlapped: chunks are best small, but not below ``engine.lanes``,
+        where loading a tile's activations (``lanes`` beats a block column) outlasts its compute
+        (``chunk_rows`` beats a block column) and the engine waits for them.
     """
 
     engine: EngineConfig = EngineConfig()
@@ -234,7 +238,7 @@ class AcceleratorConfig(_JsonConfig):
     max_width: int = 1024
     scratch_bytes: int = 2**20
     wide_words: int = 2**17
-    chunk_rows: int = 4
+    chunk_rows: int = 8
     _what = "accelerator"
 
     def __post_init__(self):

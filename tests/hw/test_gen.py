@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from core.pattern import PatternConfig
-from hw.config import AttentionConfig, EngineConfig
+from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from hw.gen import generate
 from sim.toolchain import LINT_WAIVERS, configure_verilator
 
@@ -58,6 +58,16 @@ def test_config_json_round_trip():
     assert EngineConfig.from_dict(legacy) == config
     with pytest.raises(ValueError, match="gives both 'pattern' and"):
         EngineConfig.from_dict({**legacy, "pattern": {"block_size": 4}})
+
+
+def test_chunks_are_a_power_of_two_and_patterns_per_cycle_fit_the_pool():
+    assert AcceleratorConfig(chunk_rows=8).chunk_rows == 8
+    with pytest.raises(ValueError, match="chunk_rows=12 must be a power of two"):
+        AcceleratorConfig(chunk_rows=12)
+    small_pool = EngineConfig(pattern=PatternConfig(pool_size=8), weight_bits=9)
+    assert AttentionConfig().patterns_per_cycle == 16 and AttentionConfig(engine=small_pool).patterns_per_cycle == 8
+    with pytest.raises(ValueError, match="patterns_per_cycle=16 exceeds pool_size=8"):
+        AttentionConfig(engine=small_pool, patterns_per_cycle=16)
 
 
 @pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(pattern=PatternConfig(block_size=2, kept_per_block=2, pool_size=4), lanes=3, max_in_features=32)],
