@@ -32,8 +32,8 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
 * *scores* (:func:`attention_scores_cycles`): the Q·Kᵀ RUN (dense, raw) on the engine, whose tile ``t``
   of ``lanes`` queries is the softmax's tile ``t``. The softmax holds a tile in one of ``B =``
   :data:`~hw.softmax_unit.TILE_BANKS` banks from its ingest to the end of its emission, so tile ``t``'s
-  scores are taken only once tile ``t − B`` is
-  emitted: the engine's output stage then stalls (:class:`_EngineTimeline`'s ``gate``). Per tile, three
+  scores are taken only once tile ``t − B`` is emitted: the engine's output stage then stalls
+  (:class:`_EngineTimeline`'s ``gate``). Per tile, three
   passes, each starting the cycle after its tile is ready for it and the pass of the previous tile
   ended: **exp** reads one word (k scores) per cycle, ``rows · ⌈L/k⌉`` reads, and each row's sum goes to
   a divider :data:`~hw.softmax_unit.BANK_READ_LATENCY` + :data:`~hw.exp_unit.EXP_LATENCY` +

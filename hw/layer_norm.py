@@ -84,8 +84,9 @@ class ResidualLayerNorm(wiring.Component):
     ``σ = isqrt(V)`` comes from :class:`~hw.integer_sqrt.IntegerSqrt`; μ and σ are handed to the
     read-back, which reads every entry back, divides ``r − μ`` by ``σ`` (the same
     :class:`~hw.rounding_divider.RoundingDivider`, one entry per cycle, the ingest's means slipped in
-    between), scales by γ, offsets by β and requantizes, while the next rows fill the other buffers (the statistics of one run beside the ingest of the next). σ = 0 (a constant row) gives
-    ``z = 0``, as the contract says. Every stage after the row read advances when the output is free
+    between), scales by γ, offsets by β and requantizes, while the next rows fill the other buffers
+    (the statistics of one beside the ingest of the next). σ = 0 (a constant row) gives ``z = 0``, as
+    the contract says. Every stage after the row read advances when the output is free
     (``~valid | ready``), so a stalled consumer holds the pipeline and loses nothing.
 
     Parameters
