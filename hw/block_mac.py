@@ -37,6 +37,11 @@ class PatternBlockMAC(wiring.Component):
         Row and column (inside the block) of each kept weight.
     sums : Out(ArrayLayout(row_sum_shape, k))
         ``sums[r] = Σ_{j: row_j = r} values[j] · x[col_j]``.
+    take : In(1, init=1)
+        The block at the inputs is this lane's: its weights are registered (otherwise they are held and
+        the sums are of no use). The MAC array drives it per lane (a valid block, a lane with a token),
+        so that each lane keeps weight registers of its own: identical registers would be merged by
+        synthesis into one that drives every lane's multipliers across the array.
 
     Latency: ``MAC_LATENCY`` (4) cycles: the selected activations, the products, the masked first
     levels of each row's adder tree, then its remaining levels are registered, so no stage has more
@@ -52,6 +57,7 @@ class PatternBlockMAC(wiring.Component):
             "values": In(data.ArrayLayout(signed(config.weight_bits), n)),
             "positions": In(pattern_layout(config)),
             "sums": Out(data.ArrayLayout(row_sum_shape(config), k)),
+            "take": In(1, init=1),
         })
 
     def elaborate(self, platform):
@@ -62,10 +68,11 @@ class PatternBlockMAC(wiring.Component):
         products = [Signal(signed(8 + self._config.weight_bits), name=f"product_{j}") for j in range(n)]
         selected_rows = [Signal.like(self.positions[j].row, name=f"selected_row_{j}") for j in range(n)]
         rows = [Signal.like(self.positions[j].row, name=f"row_{j}") for j in range(n)]
+        with m.If(self.take):
+            m.d.sync += [weights[j].eq(self.values[j]) for j in range(n)]
         for j in range(n):
             m.d.sync += [
                 selected[j].eq(self.x[self.positions[j].col]),
-                weights[j].eq(self.values[j]),
                 selected_rows[j].eq(self.positions[j].row),
                 products[j].eq(weights[j] * selected[j]),
                 rows[j].eq(selected_rows[j]),

@@ -72,7 +72,8 @@ class PatternMACArray(wiring.Component):
         macs = []
         for lane in range(cfg.lanes):
             m.submodules[f"mac_{lane}"] = mac = PatternBlockMAC(cfg)
-            m.d.comb += [mac.x.eq(self.x[lane]), mac.values.eq(self.block.values), mac.positions.eq(self.block.positions)]
+            m.d.comb += [mac.x.eq(self.x[lane]), mac.values.eq(self.block.values), mac.positions.eq(self.block.positions),
+                         mac.take.eq(self.block.valid & (self.block.lanes > lane))]
             macs.append(mac)
 
         # The control of a block travels beside it through the MACs.
