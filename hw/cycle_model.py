@@ -67,7 +67,7 @@ from hw.activation_buffer import READ_LATENCY
 from hw.config import AttentionConfig, EngineConfig
 from hw.exp_unit import EXP_LATENCY
 from hw.mac_array import ARRAY_LATENCY
-from hw.output_stage import OUTPUT_LATENCY
+from hw.output_stage import OUTPUT_CREDITS, OUTPUT_LATENCY
 from hw.pattern_matmul import ROW_LATENCY
 from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
@@ -114,14 +114,15 @@ class _EngineTimeline:
     released that bank; its weight beats are accepted one per cycle from the cycle after both its load
     and tile ``t − 1``'s last beat, except that a row-ending beat waits for the output stage's
     reservation to lift. A finished row is offered to the output stage :data:`ROW_OFFER_CYCLES` after
-    its ending beat and issues one lane per cycle; each lane's beat reaches the output register
-    :data:`~hw.output_stage.OUTPUT_LATENCY` cycles later. The stage takes the row in the cycle after its
-    last lane, and the reservation lifts in the cycle after that.
+    its ending beat and issues one lane per cycle while fewer than
+    :data:`~hw.output_stage.OUTPUT_CREDITS` beats are issued and not yet taken; each lane's beat is
+    offered :data:`~hw.output_stage.OUTPUT_LATENCY` cycles after its issue, and taken then or after
+    the beats before it. The stage takes the row in the cycle after its last lane, and the reservation
+    lifts in the cycle after that.
 
     A tile's outputs may be held until a ``gate`` cycle (the attention unit's softmax takes a tile's
-    scores only once a bank is free for it): the output stage then stalls as one block, from the cycle
-    its first beat reaches the output register until the gate, and every lane it had issued comes out
-    that much later; lanes are issued again from the gate on.
+    scores only once a bank is free for it): its beats wait in the output queue until the gate, and
+    lanes stop being issued once the credits are used up.
     """
 
     def __init__(self, config: EngineConfig, tokens: int, in_blocks: int, out_blocks: int, dense: bool):
@@ -131,6 +132,7 @@ class _EngineTimeline:
         self.load_end: list[int] = []  # last cycle of each tile's load
         self.compute_end: list[int] = []  # cycle each tile's last weight beat is accepted
         self.lifts: int | None = None  # first cycle the next row-ending beat may be accepted
+        self.taken: list[int] = []  # cycle each output beat is taken
         self.last_row_end = self.last_row_tokens = 0
 
     def run_tile(self, gate: int | None = None) -> int:
@@ -142,20 +144,18 @@ class _EngineTimeline:
             load_start = max(load_start, self.compute_end[t - 2] + 1)
         self.load_end.append(load_start + m * self.in_blocks - 1)
         start = self.load_end[t] + 1 if t == 0 else max(self.load_end[t] + 1, self.compute_end[t - 1] + 1)
-        held_from, held = None, 0  # the output stage's stall: from the tile's first beat to the gate
+        taken = self.taken
         for _ in range(self.out_blocks):
             row_end = start + self.beats_per_row - 1
             if self.lifts is not None:
                 row_end = max(row_end, self.lifts)
             issue = row_end + ROW_OFFER_CYCLES
             for _ in range(m):
-                if held_from is None:
-                    held_from = issue + OUTPUT_LATENCY
-                    held = max(0, gate - held_from) if gate is not None else 0
-                elif held_from <= issue < held_from + held:
-                    issue = held_from + held
-                last_out = issue + OUTPUT_LATENCY + (held if issue < held_from else 0)
+                if len(taken) >= OUTPUT_CREDITS:  # a credit returns in the cycle after its beat is taken
+                    issue = max(issue, taken[-OUTPUT_CREDITS] + 1)
+                taken.append(max(issue + OUTPUT_LATENCY, gate or 0, taken[-1] + 1 if taken else 0))
                 issue += 1
+            last_out = taken[-1]
             self.lifts = issue + 1  # ``issue`` is now the cycle the row is taken
             self.last_row_end, self.last_row_tokens = row_end, m
             start = row_end + 1

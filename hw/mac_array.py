@@ -10,9 +10,13 @@ from hw.block_mac import MAC_LATENCY, PatternBlockMAC
 from hw.config import EngineConfig
 from hw.weight_sequencer import block_layout
 
-#: Cycles from a row's last block at ``block``/``x`` to the row at ``rows``: the MACs, then the
-#: accumulators.
-ARRAY_LATENCY = MAC_LATENCY + 1
+#: Lanes fed by one registered copy of the block: the block is registered once per group of lanes
+#: ahead of their MACs, so no net carries it from one register to every lane across the array.
+FANOUT_GROUP = 4
+
+#: Cycles from a row's last block at ``block``/``x`` to the row at ``rows``: the group copies of the
+#: block (and each lane's registered activations), the MACs, then the accumulators.
+ARRAY_LATENCY = 1 + MAC_LATENCY + 1
 
 
 def row_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -31,7 +35,9 @@ class PatternMACArray(wiring.Component):
 
     Every block's row sums add into the lane's ``k`` accumulators (int32, wrapping as the contract says),
     restarted by a block marked ``first``; a block marked ``last`` finishes the row, which is offered on
-    ``rows`` and held until taken. The array has no stall: the block that ends the next row must not
+    ``rows`` and held until taken. The block is first registered once per :data:`FANOUT_GROUP` lanes,
+    only when the group has a token in it, so the copies differ and synthesis keeps them apart: each
+    drives the weights and pattern positions of a few neighbouring lanes, not of the whole array. The array has no stall: the block that ends the next row must not
     arrive before ``rows`` is taken (the weight sequencer's reservation guarantees it).
 
     Parameters
@@ -49,7 +55,7 @@ class PatternMACArray(wiring.Component):
     wide : In(1)
         Marks the rows of this RUN as wide (held for the RUN).
     rows : Out(stream.Signature(row_layout))
-        Finished block rows, ``ARRAY_LATENCY`` (5) cycles after their last block.
+        Finished block rows, ``ARRAY_LATENCY`` (6) cycles after their last block.
     busy : Out(1)
         A block is in the MACs or a row is offered.
     """
@@ -71,14 +77,24 @@ class PatternMACArray(wiring.Component):
         k = cfg.pattern.block_size
         macs = []
         for lane in range(cfg.lanes):
+            group = lane - lane % FANOUT_GROUP
+            if group == lane:  # the group's copy of the block: registered when a lane of the group has a token
+                copy = Signal(block_layout(cfg), name=f"block_group_{group // FANOUT_GROUP}")
+                ours = self.block.valid & (self.block.lanes > group)
+                m.d.sync += copy.valid.eq(ours)
+                with m.If(ours):
+                    m.d.sync += [copy.values.eq(self.block.values), copy.positions.eq(self.block.positions),
+                                 copy.lanes.eq(self.block.lanes)]
+            x = Signal.like(self.x[lane], name=f"x_{lane}")
+            m.d.sync += x.eq(self.x[lane])
             m.submodules[f"mac_{lane}"] = mac = PatternBlockMAC(cfg)
-            m.d.comb += [mac.x.eq(self.x[lane]), mac.values.eq(self.block.values), mac.positions.eq(self.block.positions),
-                         mac.take.eq(self.block.valid & (self.block.lanes > lane))]
+            m.d.comb += [mac.x.eq(x), mac.values.eq(copy.values), mac.positions.eq(copy.positions),
+                         mac.take.eq(copy.valid & (copy.lanes > lane))]
             macs.append(mac)
 
-        # The control of a block travels beside it through the MACs.
+        # The control of a block travels beside it through the group copies and the MACs.
         control = [self.block]
-        for i in range(MAC_LATENCY):
+        for i in range(1 + MAC_LATENCY):
             stage = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1, "lanes": lane_count_shape(cfg)}),
                            name=f"control_{i}")
             m.d.sync += [stage.valid.eq(control[-1].valid), stage.first.eq(control[-1].first),

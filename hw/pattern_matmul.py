@@ -68,7 +68,7 @@ class PatternMatmulEngine(wiring.Component):
     :class:`~hw.output_stage.OutputStage` (bias, requantization, one beat per token). This class decodes
     commands and wires them together.
 
-    Latency: a block row's first output beat is valid :data:`ROW_LATENCY` (13) cycles after its last
+    Latency: a block row's first output beat is valid :data:`ROW_LATENCY` (15) cycles after its last
     weight beat is accepted.
     """
 
