@@ -91,16 +91,24 @@ class ActivationBuffer(wiring.Component):
         tokens = Array(Signal(lane_count_shape(cfg), name=f"tokens_{bank}") for bank in range(2))
         m.d.comb += [self.bank_full.eq(full.bit_select(self.read_bank, 1)), self.bank_tokens.eq(tokens[self.read_bank])]
 
+        # The loading tile's size, last lane and whether tokens remain are registered with ``remaining``,
+        # so that no comparison of the wide counter lies on the path to ``ready`` or the write enables.
         remaining = Signal(COUNT_BITS)  # tokens not yet loaded
+        pending = Signal()  # remaining != 0
+        tile_tokens = Signal.like(self.bank_tokens)  # min(remaining, lanes)
+        last_lane = Signal.like(self.bank_tokens)  # tile_tokens − 1
         bank = Signal()
         lane = Signal.like(self.bank_tokens)
         block = Signal(COUNT_BITS)
-        tile_tokens = Signal.like(self.bank_tokens)
-        m.d.comb += tile_tokens.eq(Mux(remaining > lanes, lanes, remaining))
-        with m.If(self.start):
-            m.d.sync += [remaining.eq(self.tokens), bank.eq(0), lane.eq(0), block.eq(0)]
 
-        loading = (remaining != 0) & ~full.bit_select(bank, 1)
+        def count(tokens):
+            tile = Mux(tokens > lanes, lanes, tokens)
+            return [remaining.eq(tokens), pending.eq(tokens != 0), tile_tokens.eq(tile), last_lane.eq(tile - 1)]
+
+        with m.If(self.start):
+            m.d.sync += [*count(self.tokens), bank.eq(0), lane.eq(0), block.eq(0)]
+
+        loading = pending & ~full.bit_select(bank, 1)
         loaded = Signal()  # the beat that completes the tile in the loading bank
         m.d.comb += [
             self.activations.ready.eq(loading),
@@ -111,10 +119,10 @@ class ActivationBuffer(wiring.Component):
             m.d.comb += write.en.eq(1 << lane)
             with m.If(block == self.last_in_block):
                 m.d.sync += [block.eq(0), lane.eq(lane + 1)]
-                with m.If(lane == tile_tokens - 1):
+                with m.If(lane == last_lane):
                     m.d.comb += loaded.eq(1)
                     m.d.sync += [tokens[bank].eq(tile_tokens), lane.eq(0), bank.eq(~bank),
-                                 remaining.eq(remaining - tile_tokens)]
+                                 *count(remaining - tile_tokens)]
             with m.Else():
                 m.d.sync += block.eq(block + 1)
 
