@@ -37,8 +37,9 @@ class PatternMACArray(wiring.Component):
     restarted by a block marked ``first``; a block marked ``last`` finishes the row, which is offered on
     ``rows`` and held until taken. The block is first registered once per :data:`FANOUT_GROUP` lanes,
     only when the group has a token in it, so the copies differ and synthesis keeps them apart: each
-    drives the weights and pattern positions of a few neighbouring lanes, not of the whole array. The array has no stall: the block that ends the next row must not
-    arrive before ``rows`` is taken (the weight sequencer's reservation guarantees it).
+    drives the weights and pattern positions of a few neighbouring lanes, not of the whole array. The
+    array has no stall: the block that ends the next row must not arrive before ``rows`` is taken (the
+    weight sequencer's reservation guarantees it).
 
     Parameters
     ----------
