@@ -29,17 +29,22 @@ class SynthTop(wiring.Component):
     ``activations``, ``weights``, ``params``; see :attr:`chain_fields`). While ``shift`` is high,
     ``sdi`` enters at bit 0 and every bit moves one place up. :meth:`serial_bits` gives the bits
     that load one field. Each input stream has a valid flag: bit ``i`` of ``load`` sets the flag of
-    ``INPUT_STREAMS[i]``, and the transfer clears it. Shifting while a flag is set changes a payload
+    ``INPUT_STREAMS[i]``, and the transfer clears it. Loading while a flag is set changes a payload
     that is still offered, which breaks the stream rules: drive the harness one beat at a time
     (shift, load, wait until ``pending`` falls).
 
     Every output beat transferred XORs its payload, folded to ``checksum_bits`` bits (bit ``i`` is
     the XOR of payload bits ``i``, ``i + checksum_bits``, …), into ``checksum``.
 
+    A ``load`` bit copies its field of the chain into the stream's payload register, so the offered
+    payload comes from a register that the placer puts next to the logic it feeds, as a command or
+    operand register would be in a real integration, not from the chain that snakes across the die.
+
     What the harness adds to the engine (:attr:`harness_flip_flops` counts its flip-flops):
-    the shift chain (:attr:`chain_width` FFs, no reset), one valid flag per input stream (4 FFs),
-    ``out_ready`` registered once (1 FF) and the checksum register (``checksum_bits`` FFs); plus
-    a few dozen LUTs for the XOR fold and the flag logic, which the reports do not subtract.
+    the shift chain (:attr:`chain_width` FFs, no reset), the payload registers (as many), one valid
+    flag per input stream (4 FFs), ``out_ready`` registered once (1 FF) and the checksum register
+    (``checksum_bits`` FFs); plus a few dozen LUTs for the XOR fold and the flag logic, which the
+    reports do not subtract.
 
     Parameters
     ----------
@@ -114,8 +119,9 @@ class SynthTop(wiring.Component):
 
     @property
     def harness_flip_flops(self) -> int:
-        """Flip-flops the harness adds around the engine: shift chain, valid flags, out_ready, checksum."""
-        return self.chain_width + len(self.input_streams) + 1 + self._checksum_bits
+        """Flip-flops the harness adds around the engine: shift chain, payload registers, valid flags,
+        out_ready, checksum."""
+        return 2 * self.chain_width + len(self.input_streams) + 1 + self._checksum_bits
 
     @property
     def pins(self) -> int:
@@ -143,11 +149,14 @@ class SynthTop(wiring.Component):
         for i, name in enumerate(self.input_streams):
             stream = getattr(engine, name)
             offset, width = self._chain_fields[name]
-            m.d.comb += [stream.payload.eq(chain[offset:offset + width]), stream.valid.eq(valid[i])]
+            # The offered payload is a register of its own, loaded from the chain with its valid flag:
+            # the chain snakes across the die, the payload registers are placed beside their logic.
+            payload = Signal(width, name=f"{name}_payload", reset_less=True)
+            m.d.comb += [stream.payload.eq(payload), stream.valid.eq(valid[i])]
             with m.If(stream.ready):
                 m.d.sync += valid[i].eq(0)
             with m.If(self.load[i]):
-                m.d.sync += valid[i].eq(1)
+                m.d.sync += [valid[i].eq(1), payload.eq(chain[offset:offset + width])]
 
         out_ready = Signal()
         outputs = getattr(engine, self.output_stream)

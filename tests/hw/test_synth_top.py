@@ -134,7 +134,7 @@ def test_harness_accounting():
     assert fields["cmd"] == (0, command_layout(SMALL).size)
     offsets = [offset for offset, _ in fields.values()]
     assert offsets == sorted(offsets) and sum(w for _, w in fields.values()) == dut.chain_width
-    assert dut.harness_flip_flops == dut.chain_width + len(INPUT_STREAMS) + 1 + 5
+    assert dut.harness_flip_flops == 2 * dut.chain_width + len(INPUT_STREAMS) + 1 + 5
     assert dut.pins == 1 + 1 + 4 + 1 + 1 + 1 + 1 + 5 + 2  # sdi shift load out_ready pending busy error checksum clk rst
     with pytest.raises(ValueError):
         dut.serial_bits("weights", 1 << fields["weights"][1])
