@@ -151,7 +151,7 @@ class SynthTop(wiring.Component):
             offset, width = self._chain_fields[name]
             # The offered payload is a register of its own, loaded from the chain with its valid flag:
             # the chain snakes across the die, the payload registers are placed beside their logic.
-            payload = Signal(width, name=f"{name}_payload", reset_less=True)
+            payload = Signal(width, name=f"{name}_payload")
             m.d.comb += [stream.payload.eq(payload), stream.valid.eq(valid[i])]
             with m.If(stream.ready):
                 m.d.sync += valid[i].eq(0)
