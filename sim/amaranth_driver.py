@@ -77,8 +77,10 @@ def simulate(sim: Simulator, vcd_path: str | None = None) -> None:
 
 
 def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.0, seed: int = 0,
-                        max_cycles: int = 200_000, vcd_path: str | None = None) -> tuple[list[int], int]:
-    """Drive every input stream (with random valid gaps and ready stalls); return ``(output beats, cycles)``."""
+                        hold_outputs: range = range(0), max_cycles: int = 200_000,
+                        vcd_path: str | None = None) -> tuple[list[int], int]:
+    """Drive every input stream (with random valid gaps and ready stalls, and ``outputs.ready`` low in
+    every cycle of ``hold_outputs``); return ``(output beats, cycles)``."""
     dut = PatternMatmulEngine(program.config)
     rng = random.Random(seed)
     outputs: list[int] = []
@@ -90,7 +92,7 @@ def run_in_amaranth_sim(program: MatmulProgram, *, stall_probability: float = 0.
     async def sink(ctx):
         nonlocal cycles
         while len(outputs) < program.output_beats:
-            ctx.set(dut.outputs.ready, int(rng.random() >= stall_probability))
+            ctx.set(dut.outputs.ready, int(rng.random() >= stall_probability and cycles not in hold_outputs))
             _, _, valid, ready, payload = await ctx.tick().sample(dut.outputs.valid, dut.outputs.ready, dut.outputs.payload.as_value())
             cycles += 1
             if valid and ready:

@@ -22,6 +22,21 @@ def test_engine_equals_golden_with_stalls(dense, raw):
     assert torch.equal(program.decode_outputs(beats), acc if raw else y)
 
 
+def test_outputs_held_longer_than_the_output_queue():
+    """A consumer that stops for many cycles: the stage stops issuing lanes once its credits are used,
+    every beat already in its pipeline waits in the queue, and none is lost or repeated."""
+    from hw.output_stage import OUTPUT_CREDITS
+
+    image, x_q = random_case(7, 13, 10, SMALL.pattern, seed=13)
+    acc, y = image.golden(x_q)
+    program = build_program(image, x_q, SMALL)
+    _, free_cycles = run_in_amaranth_sim(program)
+    hold = range(40, 40 + 8 * OUTPUT_CREDITS)
+    beats, cycles = run_in_amaranth_sim(program, hold_outputs=hold)
+    assert hold.start < free_cycles and cycles > free_cycles  # the hold fell while beats were flowing
+    assert torch.equal(program.decode_outputs(beats), y)  # a queue two beats short loses two: checked
+
+
 def test_wide_outputs_saturate_to_the_residual_width():
     """Wide mode (the branch-end linears): requantized to ``WIDE_BITS``, as ``core.golden.linear(..., WIDE_BITS)``."""
     from core import golden
