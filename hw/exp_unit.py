@@ -42,7 +42,7 @@ class IntegerExp(wiring.Component):
     multiplier : In(unsigned(16)), shift : In(unsigned(6))
         The layer's ``exp_multiplier`` and ``exp_shift``.
     e : Out(unsigned(out_bits + 1))
-        ``EXP_LATENCY`` (6) enabled cycles after ``delta``.
+        ``EXP_LATENCY`` (7) enabled cycles after ``delta``.
     table_write : In(1), table_addr : In(F), table_data : In(out_bits + 1)
         Write one table entry (takes effect for later reads).
     """

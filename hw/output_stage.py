@@ -44,7 +44,7 @@ class OutputStage(wiring.Component):
     params : In(stream.Signature(channel_params_layout))
         Bias, multiplier and shift of the row's ``k`` channels, one beat per row.
     outputs : Out(stream.Signature(output_layout))
-        One beat per token of the row, offered ``OUTPUT_LATENCY`` (7) cycles after the lane is issued,
+        One beat per token of the row, offered ``OUTPUT_LATENCY`` (8) cycles after the lane is issued,
         or once the beats before it are taken.
     busy : Out(1)
         A beat is in the pipeline or offered.

@@ -8,14 +8,19 @@ from amaranth.lib.wiring import In, Out
 from core import golden
 
 #: Cycles from ``value``/``multiplier``/``shift`` to ``result`` while ``en`` stays high.
-REQUANTIZER_LATENCY = 4
+REQUANTIZER_LATENCY = 5
+#: Low bits of ``value`` in the low partial product: with them, each partial product is at most an
+#: 18 × 18 signed multiply, one DSP multiplier of the ECP5 and the 7-series (18 × 25) families.
+PARTIAL_BITS = 16
 
 
 class Requantizer(wiring.Component):
-    """``saturate((value · multiplier + 2**(shift-1)) >> shift)``, in four pipeline stages.
+    """``saturate((value · multiplier + 2**(shift-1)) >> shift)``, in five pipeline stages.
 
-    Stage 1 multiplies, stage 2 adds the rounding half, stage 3 shifts, stage 4 saturates to the range of
-    ``result``, so no stage has more than one wide operation. All stages advance together when ``en`` is
+    Stage 1 forms two partial products, ``value``'s low :data:`PARTIAL_BITS` bits and its high bits
+    each times ``multiplier`` (each fits one DSP multiplier), stage 2 sums them, stage 3 adds the
+    rounding half, stage 4 shifts, stage 5 saturates to the range of ``result``, so no stage has more
+    than one wide operation and no multiplier output feeds an adder in the same cycle. All stages advance together when ``en`` is
     high and hold otherwise (a stall of the stream around it). With the defaults it is the linear
     layer's requantization to int8; the integer exponential uses it for its exponent
     (:class:`hw.exp_unit.IntegerExp`).
@@ -39,7 +44,7 @@ class Requantizer(wiring.Component):
     result : Out(result_shape)
         Rounded half up, saturated.
 
-    Latency: ``REQUANTIZER_LATENCY`` (4) enabled cycles.
+    Latency: ``REQUANTIZER_LATENCY`` (5) enabled cycles.
     """
 
     def __init__(self, *, value_shape=signed(golden.ACC_BITS), result_shape=signed(8)):
@@ -56,17 +61,26 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         width = self._value_shape.width + golden.MULTIPLIER_BITS + 1
+        low_bits = min(PARTIAL_BITS, self._value_shape.width)
+        high_shape = Shape(max(self._value_shape.width - low_bits, 1), self._value_shape.signed)
+        low_product = Signal(unsigned(low_bits + golden.MULTIPLIER_BITS))
+        high_product = Signal(signed(high_shape.width + golden.MULTIPLIER_BITS + 1))
         product = Signal(signed(width))  # exact: value × unsigned 16
         rounded = Signal(signed(width + 1))
         shifted = Signal.like(rounded)
-        shift_1, shift_2 = Signal.like(self.shift), Signal.like(self.shift)
+        shift_1, shift_2, shift_3 = Signal.like(self.shift), Signal.like(self.shift), Signal.like(self.shift)
         low, high = _range(self._result_shape)
+        high_value = self.value[low_bits:].as_signed() if self._value_shape.signed else self.value[low_bits:]
+        if self._value_shape.width <= low_bits:
+            high_value = Const(0, high_shape)
         with m.If(self.en):
-            half = (Const(1, width) << shift_1) >> 1  # 0 when shift == 0
+            half = (Const(1, width) << shift_2) >> 1  # 0 when shift == 0
             m.d.sync += [
-                product.eq(self.value * self.multiplier), shift_1.eq(self.shift),
-                rounded.eq(product + half), shift_2.eq(shift_1),
-                shifted.eq(rounded >> shift_2),  # arithmetic shift: floor
+                low_product.eq(self.value[:low_bits] * self.multiplier),
+                high_product.eq(high_value * self.multiplier), shift_1.eq(self.shift),
+                product.eq((high_product << low_bits) + low_product), shift_2.eq(shift_1),
+                rounded.eq(product + half), shift_3.eq(shift_2),
+                shifted.eq(rounded >> shift_3),  # arithmetic shift: floor
                 self.result.eq(Mux(shifted > high, high, Mux(shifted < low, low, shifted))),
             ]
         return m
