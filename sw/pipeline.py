@@ -133,6 +133,7 @@ class TrainConfig:
     admm_learning_rate: float | None = None  # the ADMM phase's peak rate; None: learning_rate
     weight_decay: float = 0.01
     admm_weight_decay: float | None = None  # the ADMM phase's AdamW weight decay; None: weight_decay
+    retrain_learning_rate: float | None = None  # the retrain phase's peak rate; None: learning_rate
     warmup_ratio: float = 0.1
     finetune_epochs: float = 3.0
     admm_epochs: float = 3.0
@@ -567,8 +568,8 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
         attention_state = (attention_config, pool)
         metrics["attention_pruned"] = evaluate(model, data)
 
-    record(train_phase(model, data, config, config.retrain_epochs, "retrain", teacher=teacher, distillation=distillation,
-                       select=True, ctx=ctx), "retrain")
+    record(train_phase(model, data, config, config.retrain_epochs, "retrain", learning_rate=config.retrain_learning_rate,
+                       teacher=teacher, distillation=distillation, select=True, ctx=ctx), "retrain")
     model.cpu()  # export (calibration, integer encoder) runs on the CPU
     for _, projection in projections.values():
         if getattr(projection, "pool", None) is not None and projection.pool.masks.device.type != "cpu":

@@ -452,7 +452,8 @@ def schedule(study: Study) -> str:
         ("model", study.model),
         ("batch size", base.batch_size),
         ("optimizer", f"AdamW, weight decay {base.weight_decay}, linear warmup ({base.warmup_ratio:.0%}) and decay per phase"),
-        ("learning rate", f"{base.learning_rate:g} (fine-tune, retrain); ADMM phase {base.admm_learning_rate or base.learning_rate:g}"),
+        ("learning rate", f"{base.learning_rate:g} (fine-tune); ADMM phase {base.admm_learning_rate or base.learning_rate:g}; "
+                          f"retrain phase {base.retrain_learning_rate or base.learning_rate:g}"),
         ("epochs", f"fine-tune {base.finetune_epochs:g} (dense row), ADMM {base.admm_epochs:g}, retrain {base.retrain_epochs:g}"),
         ("ADMM ρ", f"{admm.rho:g}, ×{admm.rho_growth:g} per Z/U update (cap {admm.rho_max:g}), update every {admm.update_every} steps, "
                    f"pool rebuilt every {admm.pool_rebuild_every} update(s)"),

@@ -28,7 +28,7 @@ def study_config(tmp: Path, checkpoint: Path, **changes) -> Path:
             "dense": {"label": "dense"},
             "pattern_no_admm": {"label": "pattern, no ADMM", "overrides": {"admm_epochs": 0, "retrain_epochs": 2, "compression": {"projection": PATTERN, "quant_bits": None}}},
             "pattern_admm": {"label": "pattern + ADMM", "figures": True,
-                             "overrides": {"admm_learning_rate": 3e-3, "compression": {"projection": PATTERN, "quant_bits": None}}},
+                             "overrides": {"admm_learning_rate": 3e-3, "retrain_learning_rate": 5e-4, "compression": {"projection": PATTERN, "quant_bits": None}}},
             "pattern_admm_int8": {"label": "pattern + ADMM, int8", "export": True,
                                   "overrides": {"compression": {"projection": dict(PATTERN, kind="pattern_quantize", bits=8), "quant_bits": 8}}},
         },
@@ -63,7 +63,7 @@ def test_every_row_is_recorded_with_its_final_scores(done):
     assert by_row["pattern_admm"]["residual_mean"] and not by_row["pattern_no_admm"]["residual_mean"]
     assert [p["name"] for p in by_row[DENSE]["phases"]] == ["finetune"]
     rates = {p["name"]: p["learning_rate"] for p in by_row["pattern_admm"]["phases"]}
-    assert rates == {"finetune": 1e-3, "admm": 3e-3, "retrain": 1e-3}  # the ADMM phase has its own rate
+    assert rates == {"finetune": 1e-3, "admm": 3e-3, "retrain": 5e-4}  # the ADMM and retrain phases have their own rates
 
 
 def test_compressed_rows_start_from_the_shared_dense_checkpoint(done):
