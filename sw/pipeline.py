@@ -19,9 +19,10 @@ phases, and the phase ends on its best step; never the dev set), and a lower ``l
 warmup. Every phase's dev score is compared with the majority-class prediction (``glue.failure``): a run
 at or below it (or at near-zero correlation) is reported as failed in the log and in the summary.
 
-``compression.distillation`` (``{"alpha", "temperature"}``) adds knowledge distillation from the dense
-fine-tuned model (the state the compression starts from, frozen) to the loss of the ADMM and retrain
-phases: ``(1 − α)·task + α·KD`` with KD the temperature-scaled logits KL (MSE of the outputs for regression).
+``compression.distillation`` (``{"alpha", "temperature", "hidden"}``) adds knowledge distillation from the
+dense fine-tuned model (the state the compression starts from, frozen) to the loss of the ADMM and retrain
+phases: ``(1 − α)·task + α·KD + hidden·H`` with KD the temperature-scaled logits KL (MSE of the outputs for
+regression) and H the layer-wise hidden-state MSE (``hidden`` 0 by default: logits only).
 
 Data-parallel: under ``torchrun`` every phase trains ``DistributedDataParallel`` over shards of the same
 global batches as one process (``sw.distributed``); Z, U, masks and pools are computed on every rank from
@@ -74,7 +75,7 @@ class CompressionConfig:
     quant_bits: int | None = 8  # fake-quantized retraining; None: float retraining (export still int8)
     attention: dict | None = None  # AttentionPruningConfig as a dict; None: dense attention
     freeze: list[str] = field(default_factory=list)  # regexes of parameters that do not train (e.g. "embeddings")
-    distillation: dict | None = None  # DistillationConfig as a dict ({"alpha", "temperature"}); None: no KD
+    distillation: dict | None = None  # DistillationConfig as a dict ({"alpha", "temperature", "hidden"}); None: no KD
 
     def __post_init__(self):
         if isinstance(self.admm, dict):
@@ -86,22 +87,26 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class DistillationConfig:
-    """Knowledge distillation from the dense fine-tuned model: loss ``(1 − alpha)·task + alpha·KD``."""
+    """Knowledge distillation from the dense fine-tuned model: loss ``(1 − alpha)·task + alpha·KD +
+    hidden·H``, with ``H`` the hidden-state matching of :func:`hidden_distillation_loss` (0: logits only)."""
 
     alpha: float = 0.5
     temperature: float = 2.0
+    hidden: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"distillation alpha must be in [0, 1], got {self.alpha}")
         if not self.temperature > 0:
             raise ValueError(f"distillation temperature must be > 0, got {self.temperature}")
+        if not self.hidden >= 0:
+            raise ValueError(f"distillation hidden weight must be ≥ 0, got {self.hidden}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillationConfig":
-        unknown = set(data) - {"alpha", "temperature"}
+        unknown = set(data) - {"alpha", "temperature", "hidden"}
         if unknown:
-            raise ValueError(f"unknown distillation keys: {sorted(unknown)} (known: alpha, temperature)")
+            raise ValueError(f"unknown distillation keys: {sorted(unknown)} (known: alpha, temperature, hidden)")
         return cls(**data)
 
 
@@ -301,15 +306,30 @@ class PhaseLog:
         return self.seconds / self.steps if self.steps else 0.0
 
 
+def hidden_distillation_loss(student_hidden, teacher_hidden, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden-state matching (TinyBERT, Jiao et al. 2020, for a student of the teacher's shape): the mean
+    over the encoder layers' outputs of the mean squared difference over the real tokens
+    (``attention_mask``) and the hidden features. Zero when the states are equal."""
+    weight = attention_mask.unsqueeze(-1).float()
+    terms = [((s.float() - t.float()).pow(2) * weight).sum() / (weight.sum() * s.shape[-1])
+             for s, t in zip(student_hidden[1:], teacher_hidden[1:], strict=True)]
+    return torch.stack(terms).mean()
+
+
 def _loss(model, batch: dict, task: glue.TaskSpec, teacher=None, distillation: DistillationConfig | None = None) -> torch.Tensor:
-    """The batch's mean task loss, mixed with the KD loss against ``teacher`` when given."""
-    output = model(**batch)
+    """The batch's mean task loss, mixed with the KD losses against ``teacher`` when given."""
+    hidden = teacher is not None and distillation is not None and distillation.hidden > 0
+    output = model(**batch, output_hidden_states=hidden)
     if teacher is None or distillation is None:
         return output.loss
     with torch.no_grad():
-        target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    kd = distillation_loss(output.logits, target, distillation.temperature, task.is_regression)
-    return (1.0 - distillation.alpha) * output.loss + distillation.alpha * kd
+        target = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=hidden)
+    kd = distillation_loss(output.logits, target.logits, distillation.temperature, task.is_regression)
+    loss = (1.0 - distillation.alpha) * output.loss + distillation.alpha * kd
+    if hidden:
+        loss = loss + distillation.hidden * hidden_distillation_loss(output.hidden_states, target.hidden_states,
+                                                                     batch["attention_mask"])
+    return loss
 
 
 def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name: str, admm: ADMM | None = None,

@@ -67,6 +67,30 @@ def test_kd_loss_is_the_temperature_scaled_kl_and_mixes_with_the_task_loss(check
     torch.testing.assert_close(mixed, 0.75 * task + 0.25 * kd)
 
 
+def test_hidden_state_matching_is_the_masked_layer_mean_and_adds_to_the_logits_kd(checkpoint):
+    student, teacher = _model(checkpoint).eval(), _model(checkpoint).eval()
+    batch = _batch()
+    batch["attention_mask"][:, 9:] = 0  # padding: its states must not count
+    task = glue.get_task("mrpc")
+    logits_only = DistillationConfig(alpha=0.5, temperature=2.0)
+    with_hidden = DistillationConfig(alpha=0.5, temperature=2.0, hidden=3.0)
+    assert float(pipeline._loss(student, batch, task, teacher, with_hidden).detach()) == float(
+        pipeline._loss(student, batch, task, teacher, logits_only).detach())  # equal states: H = 0
+    with torch.no_grad():
+        weight = teacher.bert.embeddings.word_embeddings.weight  # a different change for every token
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    s_states = student(**inputs, output_hidden_states=True).hidden_states
+    t_states = teacher(**inputs, output_hidden_states=True).hidden_states
+    real = batch["attention_mask"].bool()
+    expected = torch.stack([((s - t)[real] ** 2).mean() for s, t in zip(s_states[1:], t_states[1:])]).mean()
+    h = pipeline.hidden_distillation_loss(s_states, t_states, batch["attention_mask"])
+    torch.testing.assert_close(h, expected)
+    assert float(h) > 0
+    mixed = pipeline._loss(student, batch, task, teacher, with_hidden)
+    torch.testing.assert_close(mixed, pipeline._loss(student, batch, task, teacher, logits_only) + 3.0 * expected)
+
+
 def test_kd_runs_in_the_admm_and_retrain_phases_only(checkpoint, tmp_path, monkeypatch):
     """The recipe calls the KD loss once per step of the ADMM and retrain phases (never while fine-tuning)
     against a frozen copy of the fine-tuned model, and the run differs from the same run without KD."""
@@ -97,6 +121,7 @@ def _compression(**changes) -> dict:
 
 @pytest.mark.parametrize("settings, message", [
     ({"alpha": 1.5}, "alpha must be in"), ({"temperature": 0}, "temperature must be > 0"), ({"beta": 1}, "unknown distillation keys"),
+    ({"hidden": -1.0}, "hidden weight must be ≥ 0"),
 ])
 def test_bad_distillation_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
