@@ -9,9 +9,9 @@ from core import golden
 from core.encoder import EXP_FRACTION_BITS, EXP_OUT_BITS, exp_table
 from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
 
-#: Cycles from ``delta`` to ``e`` while ``en`` stays high: the exponent rescale, the table read, the
-#: shift.
-EXP_LATENCY = REQUANTIZER_LATENCY + 2
+#: Cycles from ``delta`` to ``e`` while ``en`` stays high: the input register, the exponent rescale,
+#: the table read, the shift.
+EXP_LATENCY = 1 + REQUANTIZER_LATENCY + 2
 #: Width of a score difference ``max_row(S) − S`` of int32 scores.
 DELTA_BITS = 32
 
@@ -42,7 +42,7 @@ class IntegerExp(wiring.Component):
     multiplier : In(unsigned(16)), shift : In(unsigned(6))
         The layer's ``exp_multiplier`` and ``exp_shift``.
     e : Out(unsigned(out_bits + 1))
-        ``EXP_LATENCY`` (7) enabled cycles after ``delta``.
+        ``EXP_LATENCY`` (8) enabled cycles after ``delta``.
     table_write : In(1), table_addr : In(F), table_data : In(out_bits + 1)
         Write one table entry (takes effect for later reads).
     """
@@ -67,8 +67,11 @@ class IntegerExp(wiring.Component):
         fraction = self._fraction_bits
         m.submodules.exponent = exponent = Requantizer(value_shape=unsigned(DELTA_BITS),
                                                        result_shape=unsigned(fraction + self._whole_bits))
-        m.d.comb += [exponent.en.eq(self.en), exponent.value.eq(self.delta), exponent.multiplier.eq(self.multiplier),
-                     exponent.shift.eq(self.shift)]
+        # The inputs are registered first: ``delta`` is usually a subtraction of memory outputs, which must
+        # not meet the exponent's multipliers in the same cycle.
+        m.d.comb += exponent.en.eq(self.en)
+        with m.If(self.en):
+            m.d.sync += [exponent.value.eq(self.delta), exponent.multiplier.eq(self.multiplier), exponent.shift.eq(self.shift)]
 
         table = exp_table(fraction, self._out_bits).tolist()
         m.submodules.table = memory = Memory(shape=unsigned(self._out_bits + 1), depth=len(table), init=table)

@@ -7,9 +7,9 @@ from amaranth.lib.wiring import In, Out
 from core.integer import RECIPROCAL_BITS
 from hw.config import refuse
 
-#: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: the multiply, the constant scale,
-#: the rounding half, the shift.
-SCALE_LATENCY = 4
+#: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: the input register, the multiply,
+#: the constant scale, the rounding half, the shift.
+SCALE_LATENCY = 5
 
 
 class ReciprocalScale(wiring.Component):
@@ -39,7 +39,7 @@ class ReciprocalScale(wiring.Component):
     r : In(unsigned(RECIPROCAL_BITS + 1)), ell : In(unsigned(ell_bits))
         The row's reciprocal.
     y : Out(unsigned(fraction_bits + scale.bit_length() + 1))
-        ``SCALE_LATENCY`` (4) enabled cycles after ``x``; at most ``scale · 2^fraction_bits`` when
+        ``SCALE_LATENCY`` (5) enabled cycles after ``x``; at most ``scale · 2^fraction_bits`` when
         ``x`` is at most the row's sum.
     """
 
@@ -73,9 +73,13 @@ class ReciprocalScale(wiring.Component):
         else:  # 2^a
             times_scale = product << (scale.bit_length() - 1)
         half = (Const(1, len(rounded)) << shifts[1]) >> 1 if self._rounded else 0
+        # The inputs are registered first: they come from memories and row-indexed multiplexers, which
+        # must not meet the multiplier in the same cycle.
+        x, r, ell = Signal.like(self.x), Signal.like(self.r), Signal.like(self.ell)
         with m.If(self.en):
             m.d.sync += [
-                product.eq(self.x * self.r), shifts[0].eq(self.ell + bias),
+                x.eq(self.x), r.eq(self.r), ell.eq(self.ell),
+                product.eq(x * r), shifts[0].eq(ell + bias),
                 scaled.eq(times_scale), shifts[1].eq(shifts[0]),
                 rounded.eq(scaled + half), shifts[2].eq(shifts[1]),
                 self.y.eq(rounded >> shifts[2]),
