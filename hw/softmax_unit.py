@@ -24,6 +24,9 @@ E_BITS = EXP_OUT_BITS + 1
 TILE_BANKS = 3
 #: Cycles from a tile bank's read address to its word (a synchronous read port).
 BANK_READ_LATENCY = 1
+#: Cycles from a tile's last score beat to its rows' maxima being final (the tile counts as ingested):
+#: the beat's counted scores, their maximum, the running maximum.
+INGEST_MAX_LATENCY = 2
 #: Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start only
 #: while fewer blocks than this are between their first read and leaving (chosen, or taken from ``blocks``).
 QUEUE_DEPTH = 4
@@ -256,15 +259,6 @@ class SoftmaxUnit(wiring.Component):
             with m.State("SCORES"):
                 m.d.comb += [self.scores.ready.eq(1), ingest_write.eq(self.scores.valid)]
                 with m.If(self.scores.valid):
-                    for b in range(nbanks):
-                        with m.If(ingest_bank == b):
-                            largest = maxima[b][irow]
-                            for i in range(k):
-                                value = self.scores.payload.values[i]
-                                counts = (ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
-                                          & (value > largest))
-                                largest = Mux(counts, value, largest)
-                            m.d.sync += maxima[b][irow].eq(largest)
                     last_irow = irow == ingest_tile.rows - 1
                     m.d.sync += irow.eq(Mux(last_irow, 0, irow + 1))
                     with m.If(last_irow):
@@ -272,8 +266,28 @@ class SoftmaxUnit(wiring.Component):
                         with m.If(ikb == ingest_tile.key_blocks - 1):
                             m.d.sync += [ikb.eq(0), ingest_bank.eq(following(ingest_bank))]
                             m.next = "IDLE"
-        tile_ingested = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
-                         & (ikb == ingest_tile.key_blocks - 1))
+        last_score = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
+                      & (ikb == ingest_tile.key_blocks - 1))
+        # Each row's maximum, in INGEST_MAX_LATENCY stages behind the scores: the beat's counted scores
+        # (others as ACC_MIN), their maximum, then the row's running maximum. A tile counts as ingested
+        # once its last beat has passed them.
+        beat = data.StructLayout({"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes),
+                                  "values": data.ArrayLayout(signed(golden.ACC_BITS), k)})
+        counted, peak = Signal(beat), Signal(beat)
+        m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.bank.eq(ingest_bank),
+                     counted.row.eq(irow)]
+        for i in range(k):
+            counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
+            m.d.sync += counted.values[i].eq(Mux(counts, self.scores.payload.values[i], golden.ACC_MIN))
+        m.d.sync += [peak.valid.eq(counted.valid), peak.last.eq(counted.valid & counted.last), peak.bank.eq(counted.bank),
+                     peak.row.eq(counted.row), peak.values[0].eq(_maximum([counted.values[i] for i in range(k)]))]
+        with m.If(peak.valid):
+            for b in range(nbanks):
+                with m.If(peak.bank == b):
+                    running = maxima[b][peak.row]
+                    m.d.sync += running.eq(Mux(peak.values[0] > running, peak.values[0], running))
+        tile_ingested = peak.valid & peak.last
+        ingested_bank = peak.bank
 
         # --- exp: e = IntegerExp(max − S) written back and summed per row; row reciprocals beside ----------
         row = Signal(range(lanes))
@@ -469,7 +483,7 @@ class SoftmaxUnit(wiring.Component):
         tile_emitted = norm.ongoing("EMIT") & pass_done
 
         for b in range(nbanks):
-            with m.If(tile_ingested & (ingest_bank == b)):
+            with m.If(tile_ingested & (ingested_bank == b)):
                 m.d.sync += full[b].eq(1)
             with m.Elif(tile_emitted & (norm_bank == b)):
                 m.d.sync += full[b].eq(0)
@@ -485,8 +499,17 @@ class SoftmaxUnit(wiring.Component):
                 for i in range(k):
                     m.d.comb += write.data[i].eq(e_out[i])
 
-        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | ~exp_fsm.ongoing("IDLE") | ~norm.ongoing("IDLE") | full.any())
+        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | counted.valid | peak.valid | ~exp_fsm.ongoing("IDLE")
+                                 | ~norm.ongoing("IDLE") | full.any())
         return m
+
+
+def _maximum(values):
+    """The largest of ``values`` (signed), as a tree of comparisons."""
+    while len(values) > 1:
+        values = [Mux(values[i + 1] > values[i], values[i + 1], values[i]) if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
 
 
 def _sum(terms):
