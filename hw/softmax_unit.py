@@ -271,21 +271,21 @@ class SoftmaxUnit(wiring.Component):
         # Each row's maximum, in INGEST_MAX_LATENCY stages behind the scores: the beat's counted scores
         # (others as ACC_MIN), their maximum, then the row's running maximum. A tile counts as ingested
         # once its last beat has passed them.
-        beat = data.StructLayout({"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes),
-                                  "values": data.ArrayLayout(signed(golden.ACC_BITS), k)})
-        counted, peak = Signal(beat), Signal(beat)
+        place = {"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes)}
+        counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(signed(golden.ACC_BITS), k)}))
+        peak = Signal(data.StructLayout({**place, "value": signed(golden.ACC_BITS)}))
         m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.bank.eq(ingest_bank),
                      counted.row.eq(irow)]
         for i in range(k):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, self.scores.payload.values[i], golden.ACC_MIN))
         m.d.sync += [peak.valid.eq(counted.valid), peak.last.eq(counted.valid & counted.last), peak.bank.eq(counted.bank),
-                     peak.row.eq(counted.row), peak.values[0].eq(_maximum([counted.values[i] for i in range(k)]))]
+                     peak.row.eq(counted.row), peak.value.eq(_maximum([counted.values[i] for i in range(k)]))]
         with m.If(peak.valid):
             for b in range(nbanks):
                 with m.If(peak.bank == b):
                     running = maxima[b][peak.row]
-                    m.d.sync += running.eq(Mux(peak.values[0] > running, peak.values[0], running))
+                    m.d.sync += running.eq(Mux(peak.value > running, peak.value, running))
         tile_ingested = peak.valid & peak.last
         ingested_bank = peak.bank
 
