@@ -45,7 +45,7 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
   :data:`~hw.reciprocal_scale.SCALE_LATENCY` + :data:`~hw.softmax_unit.QUEUE_LATENCY`
   cycles after its first read, takes one block per :func:`~hw.pattern_select.select_interval` and has
   its choice :func:`~hw.pattern_select.choice_latency` later; a block's first read waits until fewer
-  than :data:`~hw.softmax_unit.QUEUE_DEPTH` blocks are between their first read and their choice, and a
+  than :func:`~hw.softmax_unit.queue_depth` blocks are between their first read and their choice, and a
   block row's last choice sends its rows' kept sums to a second divider; **emit** reads the blocks again
   (a block row once its kept reciprocals are stored), and a block leaves for the probability buffer
   ``k − 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY`` after its first read, one per cycle at
@@ -73,8 +73,8 @@ from hw.pattern_matmul import ROW_LATENCY
 from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_DEPTH, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
-                             RECIPROCAL_RETURN_LATENCY, TILE_BANKS)
+from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+                             RECIPROCAL_RETURN_LATENCY, TILE_BANKS, queue_depth)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
 #: when the stage is free): the activation read, then the MAC array.
@@ -336,7 +336,8 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
     key_blocks = -(-length // k)
     engine = _EngineTimeline(engine_cfg, length, head.head_dim // k, key_blocks, dense=True)
     interval = select_interval(pattern.pool_size, config.patterns_per_cycle)
-    choice = choice_latency(pattern.pool_size, config.patterns_per_cycle)
+    choice = choice_latency(pattern, config.patterns_per_cycle)
+    depth = queue_depth(pattern, config.patterns_per_cycle)
     zero_kept = set(head.zero_kept_rows)
     ingested: list[int] = []  # each tile's last score
     exped: list[int] = []  # the cycle its exp pass ends (exponentials and row reciprocals stored)
@@ -367,8 +368,8 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
             kept = _Divider()
             for j in range(blocks):
                 read = begin + 1 if j == 0 else reads[-1] + k
-                if j >= QUEUE_DEPTH:
-                    read = max(read, chosen[j - QUEUE_DEPTH] + 1)
+                if j >= depth:
+                    read = max(read, chosen[j - depth] + 1)
                 reads.append(read)
                 queued = read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
                 selected = queued if selected is None else max(queued, selected + interval)
@@ -385,8 +386,8 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
         reads, offered = [], []
         for j in range(blocks):
             read = max(emit_from if j == 0 else reads[-1] + k, row_ready[j // key_blocks])
-            if j >= QUEUE_DEPTH:
-                read = max(read, offered[j - QUEUE_DEPTH] + 1)
+            if j >= depth:
+                read = max(read, offered[j - depth] + 1)
             reads.append(read)
             queued = read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
             offered.append(queued if not offered else max(queued, offered[-1] + 1))

@@ -1,36 +1,58 @@
 """Attention-map pattern selection for one k×k block, ``core.integer.select_patterns``."""
 
-from amaranth import Array, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from core.pattern import PatternConfig
 from hw.config import refuse
 
+#: Levels of a tree (additions of the masses, comparisons of the group) between two registers.
+LEVELS_PER_STAGE = 2
+
+
+def _levels(count: int) -> int:
+    """Levels of a binary tree over ``count`` leaves."""
+    return (count - 1).bit_length()
+
+
+def mass_stages(positions: int) -> int:
+    """Registered stages of a pattern's mass: the masked ``positions``-term adder tree,
+    :data:`LEVELS_PER_STAGE` levels a stage (at least one: the masked terms)."""
+    return max(1, -(-_levels(positions) // LEVELS_PER_STAGE))
+
+
+def compare_stages(patterns_per_cycle: int) -> int:
+    """Registered stages of the comparison tree over one group's masses."""
+    return -(-_levels(patterns_per_cycle) // LEVELS_PER_STAGE)
+
 
 def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
-    """Cycles between blocks when they come back to back and choices are taken at once: the next block is
-    taken in the cycle of the previous block's last comparison."""
-    return -(-pool_size // patterns_per_cycle) + 1
+    """Cycles between blocks when they come back to back and choices are taken at once: one per group of
+    masses (the next block is taken in the cycle its predecessor's last group is issued)."""
+    return -(-pool_size // patterns_per_cycle)
 
 
-def choice_latency(pool_size: int, patterns_per_cycle: int) -> int:
-    """Cycles from a block's transfer to its choice's ``valid``: one cycle per group of masses, the last
-    group's comparison, then the registered choice."""
-    return -(-pool_size // patterns_per_cycle) + 2
+def choice_latency(pattern: PatternConfig, patterns_per_cycle: int) -> int:
+    """Cycles from a block's transfer to its choice's ``valid``: its groups issued one a cycle, the last
+    group's mass and comparison stages, then the registered comparison against the best so far."""
+    return (select_interval(pattern.pool_size, patterns_per_cycle) + mass_stages(pattern.positions)
+            + compare_stages(patterns_per_cycle) + 1)
 
 
 class PatternSelect(wiring.Component):
     """The pool pattern with the largest kept sum over one block, ties to the lower id (seed 000 §3.4).
 
     The pool's masks (``k²`` bits each, bit ``row · k + col``) sit in registers, written through
-    ``mask_write``. A block's ``k²`` values are taken, then ``patterns_per_cycle`` masses are formed per
-    cycle (a masked adder tree each, registered) and compared in the next cycle: the group's largest by
-    a tree whose ties go to the lower id, then against the best so far, which only a strictly larger
-    mass replaces. Groups come in id order, so every tie goes to the lower id. Ids at or beyond
-    ``patterns`` (the loaded pool's size) are skipped. The next block is taken in the cycle of the last
-    comparison, so blocks pass at one per :func:`select_interval` cycles; that comparison waits while the
-    previous choice is still offered.
+    ``mask_write``. A block's ``k²`` values are taken, then its patterns are issued in groups of
+    ``patterns_per_cycle``, one group a cycle, in id order, into a pipeline: each pattern's mass (a masked
+    adder tree, :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties
+    go to the lower id, :func:`compare_stages` stages), then against the best so far, which only a
+    strictly larger mass replaces (a block's first group replaces it). Groups come in id order, so every
+    tie goes to the lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. A tree
+    has at most :data:`LEVELS_PER_STAGE` levels between registers. The next block is taken in the cycle
+    its predecessor's last group is issued, so blocks pass at one per :func:`select_interval` cycles; the
+    whole pipeline holds while a choice is offered and not taken.
 
     Parameters
     ----------
@@ -39,19 +61,19 @@ class PatternSelect(wiring.Component):
     value_bits : int
         Width of a block value (17 for the 16-bit dense probabilities, which reach 2^16).
     patterns_per_cycle : int
-        Masses formed per cycle, 1 … P: a block's choice is valid ⌈P/G⌉ + 2 cycles after its transfer.
+        Masses issued per cycle, G = 1 … P: a block's choice is valid :func:`choice_latency` cycles after
+        its transfer.
 
     Interface attributes
     --------------------
     blocks : In(stream.Signature(ArrayLayout(unsigned(value_bits), k²)))
         One block of the map, row-major.
     choice : Out(stream.Signature(StructLayout({"id": unsigned(id_bits), "mask": k²})))
-        Its pattern id (0 when ``patterns`` is 0) and that pattern's mask; the next block is taken once
-        the choice has been.
+        Its pattern id and that pattern's mask (id 0 and mask 0's bits when ``patterns`` is 0).
     patterns : In(range(P + 1))
         Patterns in the loaded pool (held).
     mask_write : In(1), mask_id : In(id_bits), mask : In(k²)
-        Write one pool mask (between blocks).
+        Write one pool mask (while no block is in the pipeline).
     """
 
     def __init__(self, pattern: PatternConfig, *, value_bits: int, patterns_per_cycle: int):
@@ -71,66 +93,93 @@ class PatternSelect(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         positions, pool, group = self._pattern.positions, self._pattern.pool_size, self._group
-        groups = -(-pool // group)
-        masks = Array(Signal(positions, name=f"mask_{i}") for i in range(groups * group))  # padded to whole groups
+        groups = select_interval(pool, group)
+        masks = [Signal(positions, name=f"mask_{i}") for i in range(groups * group)]  # padded to whole groups
         with m.If(self.mask_write):
-            m.d.sync += masks[self.mask_id].eq(self.mask)
+            m.d.sync += Array(masks)[self.mask_id].eq(self.mask)
 
         mass_shape = unsigned(self._value_bits + (positions - 1).bit_length())
-        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(len(self.choice.payload.id)), "valid": 1})
+        id_bits = len(self.choice.payload.id)
+        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1, "mask": positions})
+        control = data.StructLayout({"valid": 1, "first": 1, "last": 1})  # a group in flight
+
+        # Every pipeline register moves only while the choice register can take a block's last group.
+        advance = Signal()
+        m.d.comb += advance.eq(~self.choice.valid | self.choice.ready)
+
+        def stage(name, value, shape):
+            register = Signal(shape, name=name)
+            with m.If(advance):
+                m.d.sync += register.eq(value)
+            return register
+
+        # Issue: the block's groups, one a cycle; the next block is taken with the last group.
         values = Signal.like(self.blocks.payload)
-        index = Signal(range(groups + 1))  # group whose masses form this cycle
-        formed = Signal(data.ArrayLayout(entry, group))  # the previous cycle's group
-        best = Signal(entry)
+        index = Signal(range(groups))  # group issued this cycle
         busy = Signal()
-        comparing = Signal()  # formed holds a group to compare
-
-        # The last group's comparison makes the choice; it waits while the previous choice is still offered.
-        # The next block is taken in that same cycle (its masses form from the next cycle on).
-        finishing = comparing & (index == groups)
-        can_finish = ~self.choice.valid | self.choice.ready
-        stalled = finishing & ~can_finish
-        m.d.comb += self.blocks.ready.eq(~busy | (finishing & can_finish))
-
-        forming = busy & (index < groups)
-        with m.If(~stalled):
-            m.d.sync += comparing.eq(forming)
-        with m.If(forming):
+        last_group = index == groups - 1
+        issuing = busy & advance
+        m.d.comb += self.blocks.ready.eq(~busy | (issuing & last_group))
+        with m.If(issuing):
             m.d.sync += index.eq(index + 1)
-            for g in range(group):
-                pattern_id = index * group + g
-                terms = [Mux(masks[pattern_id][pos], values[pos], 0) for pos in range(positions)]
-                m.d.sync += [formed[g].mass.eq(_sum(terms)), formed[g].id.eq(pattern_id),
-                             formed[g].valid.eq(pattern_id < self.patterns)]
+            with m.If(last_group):
+                m.d.sync += busy.eq(0)
+        with m.If(self.blocks.valid & self.blocks.ready):
+            m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1)]
 
-        # The group's largest (ties to the left, the lower id), then against the best so far.
-        contenders = [formed[g] for g in range(group)]
-        while len(contenders) > 1:
-            pairs = []
-            for i in range(0, len(contenders), 2):
-                if i + 1 == len(contenders):
-                    pairs.append(contenders[i])
-                    continue
-                left, right = contenders[i], contenders[i + 1]
-                takes_right = right.valid & (~left.valid | (right.mass > left.mass))
-                pairs.append(Mux(takes_right, right.as_value(), left.as_value()))
-            contenders = [entry(c) if not isinstance(c, data.View) else c for c in pairs]
-        winner = contenders[0]
+        # Masses: the masked terms, then the adder tree, LEVELS_PER_STAGE levels a stage.
+        flight = stage("issued", Cat(busy, index == 0, last_group), control)
+        carried, partials = [], []
+        for g in range(group):
+            pattern_id = index * group + g
+            mask = Array(masks[i * group + g] for i in range(groups))[index]
+            terms = [Mux(mask[pos], values[pos], 0) for pos in range(positions)]
+            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(_tree(terms, _add))])
+            carried.append(stage(f"pattern_{g}_0", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
+                                 data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
+        for s in range(1, mass_stages(positions)):
+            flight = stage(f"mass_flight_{s}", flight, control)
+            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(_tree(p, _add))]
+                        for g, p in enumerate(partials)]
+            carried = [stage(f"pattern_{g}_{s}", c, c.shape()) for g, c in enumerate(carried)]
+        contenders = []
+        for g, (p, c) in enumerate(zip(partials, carried)):
+            formed = Signal(entry, name=f"formed_{g}")
+            m.d.comb += [formed.mass.eq(p[0]), formed.id.eq(c.id), formed.valid.eq(c.valid), formed.mask.eq(c.mask)]
+            contenders.append(formed)
+
+        # The group's largest (ties to the left, the lower id), LEVELS_PER_STAGE comparisons a stage.
+        def larger(left, right):
+            takes_right = right.valid & (~left.valid | (right.mass > left.mass))
+            return entry(Mux(takes_right, right.as_value(), left.as_value()))
+
+        for s in range(compare_stages(group)):
+            flight = stage(f"compare_flight_{s}", flight, control)
+            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(_tree(contenders, larger))]
+        winner, = contenders
+
+        # Against the best so far; a block's last group makes its choice.
+        best = Signal(entry)
         better = winner.valid & (~best.valid | (winner.mass > best.mass))
-        final = entry(Mux(better, winner.as_value(), best.as_value()))
+        final = entry(Mux(flight.first | better, winner.as_value(), best.as_value()))
         with m.If(self.choice.valid & self.choice.ready):
             m.d.sync += self.choice.valid.eq(0)
-        with m.If(comparing & ~stalled):
+        with m.If(advance & flight.valid):
             m.d.sync += best.eq(final)
-            with m.If(finishing):  # the last group: the block's choice
-                m.d.sync += [busy.eq(0), self.choice.payload.id.eq(final.id), self.choice.payload.mask.eq(masks[final.id]),
-                             self.choice.valid.eq(1)]
-        with m.If(self.blocks.valid & self.blocks.ready):  # after the choice: a new block starts afresh
-            m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1), best.valid.eq(0)]
+            with m.If(flight.last):
+                m.d.sync += [self.choice.valid.eq(1), self.choice.payload.id.eq(Mux(final.valid, final.id, 0)),
+                             self.choice.payload.mask.eq(Mux(final.valid, final.mask, masks[0]))]
         return m
 
 
-def _sum(terms):
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
+def _add(a, b):
+    return a + b
+
+
+def _tree(items, combine):
+    """``items`` reduced pairwise by ``combine`` over at most :data:`LEVELS_PER_STAGE` levels."""
+    for _ in range(LEVELS_PER_STAGE):
+        if len(items) == 1:
+            break
+        items = [combine(items[i], items[i + 1]) if i + 1 < len(items) else items[i] for i in range(0, len(items), 2)]
+    return items

@@ -10,9 +10,10 @@ from amaranth.lib.wiring import In, Out
 from core import golden
 from core.encoder import EXP_OUT_BITS
 from core.integer import PROB_ONE, SELECTION_BITS
+from core.pattern import PatternConfig
 from hw.config import COUNT_BITS, EngineConfig, refuse
 from hw.exp_unit import EXP_LATENCY, IntegerExp
-from hw.pattern_select import PatternSelect
+from hw.pattern_select import PatternSelect, choice_latency
 from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
 from hw.row_reciprocal import RowReciprocal
 
@@ -27,9 +28,6 @@ BANK_READ_LATENCY = 1
 #: Cycles from a tile's last score beat to its rows' maxima being final (the tile counts as ingested):
 #: the beat's counted scores, their maximum, the running maximum.
 INGEST_MAX_LATENCY = 2
-#: Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start only
-#: while fewer blocks than this are between their first read and leaving (chosen, or taken from ``blocks``).
-QUEUE_DEPTH = 4
 #: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
 #: (``SyncFIFOBuffered``: its memory, then its output register).
 QUEUE_LATENCY = 2
@@ -40,6 +38,17 @@ RECIPROCAL_OFFER_LATENCY = 2
 #: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
 #: reciprocal being counted as stored.
 RECIPROCAL_RETURN_LATENCY = 1
+
+
+def queue_depth(pattern: PatternConfig, patterns_per_cycle: int) -> int:
+    """Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start
+    only while fewer blocks than this are between their first read and leaving (chosen, or taken from
+    ``blocks``). Enough that blocks read back to back, one per k cycles, never wait for a choice: a
+    block's first read to its choice spans its k reads, the bank read, the scaling, the queue and
+    :func:`~hw.pattern_select.choice_latency`, and its credit returns the cycle after."""
+    k = pattern.block_size
+    span = (k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + choice_latency(pattern, patterns_per_cycle) + 1)
+    return -(-span // k)
 
 
 def tile_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -87,7 +96,7 @@ class SoftmaxUnit(wiring.Component):
     3. **emit**: per block, ``k`` reads through ``k`` ReciprocalScale (``N(255 · e, kept sum)``, half
        up), masked by the chosen pattern, queued for ``blocks``.
 
-    The queues hold ``4`` blocks; a block's reads start only when there is room behind it.
+    The queues hold :func:`queue_depth` blocks; a block's reads start only when there is room behind it.
 
     Blocks are emitted per block row of the tile (``k`` query rows), per key block. Rows of the last
     block row beyond ``rows`` are zero, as the contract pads the map. Without ``prune`` the pattern
@@ -127,6 +136,7 @@ class SoftmaxUnit(wiring.Component):
         self._key_blocks = -(-max_keys // k)
         self._total_bits = E_BITS + max(1, (max_keys - 1).bit_length())
         self._select = PatternSelect(config.pattern, value_bits=SELECTION_BITS + 1, patterns_per_cycle=patterns_per_cycle)
+        self._queue_depth = queue_depth(config.pattern, patterns_per_cycle)
         self._exps = [IntegerExp() for _ in range(k)]
         super().__init__({
             "tile": In(stream.Signature(tile_layout(config))),
@@ -354,7 +364,7 @@ class SoftmaxUnit(wiring.Component):
         bk = Signal(COUNT_BITS)  # the key block being read
         bstep = Signal(range(k))  # the row within the block being read
         issued_all = Signal()
-        credit_depth = QUEUE_DEPTH
+        credit_depth = self._queue_depth
         in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
         block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
                                         "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})

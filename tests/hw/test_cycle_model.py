@@ -14,8 +14,8 @@ from hw.exp_unit import EXP_LATENCY
 from hw.pattern_select import PatternSelect, choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_DEPTH, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
-                             RECIPROCAL_RETURN_LATENCY)
+from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+                             RECIPROCAL_RETURN_LATENCY, queue_depth)
 
 CONFIG = EngineConfig()
 ATTENTION = AttentionConfig()
@@ -90,21 +90,21 @@ def _cycles_until(dut, start, ready_signal, done_signal) -> int:
     return counted[0]
 
 
-@pytest.mark.parametrize("pool, group", [(32, 8), (32, 5), (8, 8), (16, 1)])
+@pytest.mark.parametrize("pool, group", [(32, 16), (32, 8), (32, 5), (8, 8), (16, 1)])
 def test_choice_latency_is_pattern_selects(pool, group):
-    dut = PatternSelect(PatternConfig(pool_size=pool), value_bits=17, patterns_per_cycle=group)
+    pattern = PatternConfig(pool_size=pool)
+    dut = PatternSelect(pattern, value_bits=17, patterns_per_cycle=group)
 
     def start(ctx):
         ctx.set(dut.patterns, pool)
         ctx.set(dut.choice.ready, 1)
         ctx.set(dut.blocks.valid, 1)
 
-    assert _cycles_until(dut, start, dut.blocks.ready, dut.choice.valid) == choice_latency(pool, group)
-    assert choice_latency(pool, group) == select_interval(pool, group) + 1
+    assert _cycles_until(dut, start, dut.blocks.ready, dut.choice.valid) == choice_latency(pattern, group)
 
 
 def test_queue_latency_is_the_fifos():
-    dut = SyncFIFOBuffered(width=8, depth=QUEUE_DEPTH)
+    dut = SyncFIFOBuffered(width=8, depth=queue_depth(PatternConfig(), 16))
 
     def start(ctx):
         ctx.set(dut.w_data, 1)
