@@ -74,7 +74,7 @@ from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
 from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
-                             RECIPROCAL_RETURN_LATENCY, TILE_BANKS, queue_depth)
+                             RECIPROCAL_RETURN_LATENCY, TERMS_LATENCY, TILE_BANKS, queue_depth)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
 #: when the stage is free): the activation read, then the MAC array.
@@ -357,7 +357,7 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
         for i in range(rows):
             added = start + (i + 1) * key_blocks + BANK_READ_LATENCY + EXP_LATENCY
             sums.divide(added + RECIPROCAL_OFFER_LATENCY, zero=base + i >= real)
-        exped.append(max(last_read + BANK_READ_LATENCY + EXP_LATENCY + 1, sums.free))
+        exped.append(max(last_read + BANK_READ_LATENCY + EXP_LATENCY + TERMS_LATENCY + 1, sums.free))
         # Select and emit: from the cycle after the exp pass and the previous emit pass end; per block, k
         # reads back to back (a block's first read waits for a credit), scaled, queued.
         begin = max(exped[t], emitted[t - 1] if t else 0) + 1

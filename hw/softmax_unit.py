@@ -31,10 +31,13 @@ INGEST_MAX_LATENCY = 2
 #: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
 #: (``SyncFIFOBuffered``: its memory, then its output register).
 QUEUE_LATENCY = 2
-#: Cycles from the last addition into a row's total (its last exponentials, or its block row's last
-#: choice) to the total's offer to the row's :class:`RowReciprocal`: the flag that the total is final,
+#: Cycles from a word's exponentials (or a block's choice) to the sum of its row's kept terms, registered
+#: before it is added into the row's total.
+TERMS_LATENCY = 1
+#: Cycles from a row's last exponentials (or its block row's last choice) to its total's offer to the
+#: row's :class:`RowReciprocal`: the terms' sum, the addition with the flag that the total is final,
 #: then the pending row.
-RECIPROCAL_OFFER_LATENCY = 2
+RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 2
 #: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
 #: reciprocal being counted as stored.
 RECIPROCAL_RETURN_LATENCY = 1
@@ -318,19 +321,23 @@ class SoftmaxUnit(wiring.Component):
                          exp.multiplier.eq(exp_tile.exp_multiplier), exp.shift.eq(exp_tile.exp_shift)]
         done_exp = exp_line[-1]
         e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
-        exp_busy = Cat(*(line.valid for line in exp_line)).any()
+        # the word's kept exponentials summed (TERMS_LATENCY), then added into the row's total
+        terms = Signal(data.StructLayout({"valid": 1, "last": 1, "row": range(lanes), "value": self._total_bits}))
+        m.d.sync += [terms.valid.eq(done_exp.valid), terms.last.eq(done_exp.last), terms.row.eq(done_exp.row),
+                     terms.value.eq(_sum(e_out))]
+        exp_busy = Cat(*(line.valid for line in exp_line), terms.valid).any()
         sum_final = Signal(lanes)  # a row's sum is final the cycle after its last word's exponentials are added
-        m.d.sync += sum_final.eq(Mux(done_exp.valid & done_exp.last, 1 << done_exp.row, 0))
+        m.d.sync += sum_final.eq(Mux(terms.valid & terms.last, 1 << terms.row, 0))
         exp_sums = Array(Signal(self._total_bits, name=f"exp_sum_{i}") for i in range(lanes))
         exp_r = Array(Signal(r_shape, name=f"exp_r_{i}") for i in range(lanes))
         exp_ell = Array(Signal(ell_shape, name=f"exp_ell_{i}") for i in range(lanes))
         for i in range(lanes):
             m.d.comb += exp_sums[i].eq(pick(exp_bank, [sums[b][i] for b in range(nbanks)]))
         sums_done = reciprocal_engine(sum_reciprocal, exp_sums, exp_r, exp_ell, sum_final)
-        with m.If(done_exp.valid):
+        with m.If(terms.valid):
             for b in range(nbanks):
                 with m.If(exp_bank == b):
-                    m.d.sync += sums[b][done_exp.row].eq(sums[b][done_exp.row] + _sum(e_out))
+                    m.d.sync += sums[b][terms.row].eq(sums[b][terms.row] + terms.value)
         with m.FSM() as exp_fsm:
             with m.State("IDLE"):
                 with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
@@ -423,17 +430,22 @@ class SoftmaxUnit(wiring.Component):
         chosen = Signal()
         m.d.comb += [select.choice.ready.eq(beside.r_rdy), beside.r_en.eq(select.choice.valid),
                      chosen.eq(select.choice.valid & beside.r_rdy)]
-        kept_final = Signal(lanes)  # a block row's kept sums are final the cycle after its last choice
-        m.d.sync += kept_final.eq(0)
+        # each chosen block's kept exponentials summed per row (TERMS_LATENCY), then added into the kept sums
+        kept_terms = Signal(data.StructLayout({"valid": 1, "last": 1, "qb": range(block_rows),
+                                               "values": data.ArrayLayout(self._total_bits, k)}))
+        mask = select.choice.payload.mask
+        m.d.sync += [kept_terms.valid.eq(chosen), kept_terms.last.eq(side.kb == tile.key_blocks - 1), kept_terms.qb.eq(side.qb)]
+        m.d.sync += [kept_terms.values[r].eq(_sum([Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)])) for r in range(k)]
         with m.If(chosen):
-            mask = select.choice.payload.mask
             m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
                          choice_write.en.eq(1)]
+        kept_final = Signal(lanes)  # a block row's kept sums are final the cycle after its last choice's terms are added
+        m.d.sync += kept_final.eq(0)
+        with m.If(kept_terms.valid):
             for r in range(k):
-                kept = [Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)]
-                m.d.sync += kept_sum[side.qb * k + r].eq(kept_sum[side.qb * k + r] + _sum(kept))
-            with m.If(side.kb == tile.key_blocks - 1):
-                m.d.sync += kept_final.eq(Cat(*(((side.qb * k + r) < tile.rows) for r in range(k))) << (side.qb * k))
+                m.d.sync += kept_sum[kept_terms.qb * k + r].eq(kept_sum[kept_terms.qb * k + r] + kept_terms.values[r])
+            with m.If(kept_terms.last):
+                m.d.sync += kept_final.eq(Cat(*(((kept_terms.qb * k + r) < tile.rows) for r in range(k))) << (kept_terms.qb * k))
         kept_ready = Signal(lanes)  # rows whose kept sum's reciprocal is stored
         reciprocal_engine(kept_reciprocal, kept_sum, kept_r, kept_ell, kept_final, kept_ready)
         # a block row may be emitted once its rows' kept reciprocals are stored (rows past the tile's end
