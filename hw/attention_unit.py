@@ -12,6 +12,7 @@ from hw.config import AttentionConfig
 from hw.layouts import Opcode, activation_layout, output_layout, pattern_layout
 from hw.pattern_matmul import PatternMatmulEngine
 from hw.softmax_unit import SoftmaxUnit, probability_block_layout, scores_layout
+from hw.trees import tree_sum
 
 
 def head_layout(cfg: AttentionConfig) -> data.StructLayout:
@@ -39,10 +40,8 @@ def exp_table_layout() -> data.StructLayout:
 
 def compact(mask, values, count):
     """The values at the first ``count`` set bits of ``mask``, in position order (0 past the last)."""
-    ranks, seen = [], Const(0, 1)
-    for p in range(len(values)):
-        ranks.append(seen)
-        seen = seen + mask[p]
+    # each position's rank among the set bits, a balanced sum of the bits before it
+    ranks = [Const(0, 1)] + [tree_sum([mask[i] for i in range(p)]) for p in range(1, len(values))]
     slots = []
     for j in range(count):
         terms = [Mux(mask[p] & (ranks[p] == j), values[p], 0) for p in range(len(values))]
@@ -193,8 +192,15 @@ class AttentionUnit(wiring.Component):
         p_kb = Signal(range(seq_blocks + 1))
         with m.If(start):
             m.d.sync += [p_qb.eq(0), p_kb.eq(0)]
+        # With pruning a block is stored as the engine takes it: its kept values compacted, in position
+        # order, into the first n slots (the rest 0).
+        block = softmax.blocks.payload
+        block_values = [block.values[pos] for pos in range(k * k)]
+        kept_values = compact(block.mask, block_values, n) + [0] * (k * k - n)
         m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
-                     p_write.data.eq(softmax.blocks.payload), p_write.en.eq(softmax.blocks.valid)]
+                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(softmax.blocks.valid)]
+        m.d.comb += [p_write.data.values[pos].eq(Mux(head.prune, kept, value))
+                     for pos, (kept, value) in enumerate(zip(kept_values, block_values))]
         with m.If(softmax.blocks.valid):
             m.d.sync += p_kb.eq(Mux(p_kb == blocks - 1, 0, p_kb + 1))
             with m.If(p_kb == blocks - 1):
@@ -244,8 +250,7 @@ class AttentionUnit(wiring.Component):
                     for j, pos in enumerate(chunk):
                         m.d.comb += weights.values[j].eq(Mux(qk_phase, k_block[pos], p_values[pos]))
         with m.If(pv_phase & head.prune):
-            for j, value in enumerate(compact(p_block.mask, p_values, n)):
-                m.d.comb += weights.values[j].eq(value)
+            m.d.comb += [weights.values[j].eq(p_values[j]) for j in range(n)]
             m.d.comb += weights.pattern.eq(p_block.pattern)
 
         # --- engine activations: Q straight through for the scores, Vᵀ for the context --------------------

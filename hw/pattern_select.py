@@ -1,30 +1,28 @@
 """Attention-map pattern selection for one k×k block, ``core.integer.select_patterns``."""
 
+import operator
+
 from amaranth import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from core.pattern import PatternConfig
 from hw.config import refuse
+from hw.trees import tree, tree_levels
 
 #: Levels of a tree (additions of the masses, comparisons of the group) between two registers.
 LEVELS_PER_STAGE = 2
 
 
-def _levels(count: int) -> int:
-    """Levels of a binary tree over ``count`` leaves."""
-    return (count - 1).bit_length()
-
-
 def mass_stages(positions: int) -> int:
     """Registered stages of a pattern's mass: the masked ``positions``-term adder tree,
     :data:`LEVELS_PER_STAGE` levels a stage (at least one: the masked terms)."""
-    return max(1, -(-_levels(positions) // LEVELS_PER_STAGE))
+    return max(1, -(-tree_levels(positions) // LEVELS_PER_STAGE))
 
 
 def compare_stages(patterns_per_cycle: int) -> int:
     """Registered stages of the comparison tree over one group's masses."""
-    return -(-_levels(patterns_per_cycle) // LEVELS_PER_STAGE)
+    return -(-tree_levels(patterns_per_cycle) // LEVELS_PER_STAGE)
 
 
 def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
@@ -134,12 +132,12 @@ class PatternSelect(wiring.Component):
             pattern_id = index * group + g
             mask = Array(masks[i * group + g] for i in range(groups))[index]
             terms = [Mux(mask[pos], values[pos], 0) for pos in range(positions)]
-            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(_tree(terms, _add))])
+            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(tree(terms, operator.add, LEVELS_PER_STAGE))])
             carried.append(stage(f"pattern_{g}_0", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
                                  data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
         for s in range(1, mass_stages(positions)):
             flight = stage(f"mass_flight_{s}", flight, control)
-            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(_tree(p, _add))]
+            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(tree(p, operator.add, LEVELS_PER_STAGE))]
                         for g, p in enumerate(partials)]
             carried = [stage(f"pattern_{g}_{s}", c, c.shape()) for g, c in enumerate(carried)]
         contenders = []
@@ -155,7 +153,7 @@ class PatternSelect(wiring.Component):
 
         for s in range(compare_stages(group)):
             flight = stage(f"compare_flight_{s}", flight, control)
-            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(_tree(contenders, larger))]
+            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(tree(contenders, larger, LEVELS_PER_STAGE))]
         winner, = contenders
 
         # Against the best so far; a block's last group makes its choice.
@@ -170,16 +168,3 @@ class PatternSelect(wiring.Component):
                 m.d.sync += [self.choice.valid.eq(1), self.choice.payload.id.eq(Mux(final.valid, final.id, 0)),
                              self.choice.payload.mask.eq(Mux(final.valid, final.mask, masks[0]))]
         return m
-
-
-def _add(a, b):
-    return a + b
-
-
-def _tree(items, combine):
-    """``items`` reduced pairwise by ``combine`` over at most :data:`LEVELS_PER_STAGE` levels."""
-    for _ in range(LEVELS_PER_STAGE):
-        if len(items) == 1:
-            break
-        items = [combine(items[i], items[i + 1]) if i + 1 < len(items) else items[i] for i in range(0, len(items), 2)]
-    return items

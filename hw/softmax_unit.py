@@ -16,6 +16,7 @@ from hw.exp_unit import EXP_LATENCY, IntegerExp
 from hw.pattern_select import PatternSelect, choice_latency
 from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
 from hw.row_reciprocal import RowReciprocal
+from hw.trees import tree, tree_sum
 
 #: Bits of an exponential (``e ≤ 2^EXP_OUT_BITS``).
 E_BITS = EXP_OUT_BITS + 1
@@ -293,7 +294,7 @@ class SoftmaxUnit(wiring.Component):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, self.scores.payload.values[i], golden.ACC_MIN))
         m.d.sync += [peak.valid.eq(counted.valid), peak.last.eq(counted.valid & counted.last), peak.bank.eq(counted.bank),
-                     peak.row.eq(counted.row), peak.value.eq(_maximum([counted.values[i] for i in range(k)]))]
+                     peak.row.eq(counted.row), peak.value.eq(tree([counted.values[i] for i in range(k)], lambda a, b: Mux(b > a, b, a))[0])]
         with m.If(peak.valid):
             for b in range(nbanks):
                 with m.If(peak.bank == b):
@@ -324,7 +325,7 @@ class SoftmaxUnit(wiring.Component):
         # the word's kept exponentials summed (TERMS_LATENCY), then added into the row's total
         terms = Signal(data.StructLayout({"valid": 1, "last": 1, "row": range(lanes), "value": self._total_bits}))
         m.d.sync += [terms.valid.eq(done_exp.valid), terms.last.eq(done_exp.last), terms.row.eq(done_exp.row),
-                     terms.value.eq(_sum(e_out))]
+                     terms.value.eq(tree_sum(e_out))]
         exp_busy = Cat(*(line.valid for line in exp_line), terms.valid).any()
         sum_final = Signal(lanes)  # a row's sum is final the cycle after its last word's exponentials are added
         m.d.sync += sum_final.eq(Mux(terms.valid & terms.last, 1 << terms.row, 0))
@@ -435,7 +436,7 @@ class SoftmaxUnit(wiring.Component):
                                                "values": data.ArrayLayout(self._total_bits, k)}))
         mask = select.choice.payload.mask
         m.d.sync += [kept_terms.valid.eq(chosen), kept_terms.last.eq(side.kb == tile.key_blocks - 1), kept_terms.qb.eq(side.qb)]
-        m.d.sync += [kept_terms.values[r].eq(_sum([Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)])) for r in range(k)]
+        m.d.sync += [kept_terms.values[r].eq(tree_sum([Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)])) for r in range(k)]
         with m.If(chosen):
             m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
                          choice_write.en.eq(1)]
@@ -524,17 +525,3 @@ class SoftmaxUnit(wiring.Component):
         m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | counted.valid | peak.valid | ~exp_fsm.ongoing("IDLE")
                                  | ~norm.ongoing("IDLE") | full.any())
         return m
-
-
-def _maximum(values):
-    """The largest of ``values`` (signed), as a tree of comparisons."""
-    while len(values) > 1:
-        values = [Mux(values[i + 1] > values[i], values[i + 1], values[i]) if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
-
-
-def _sum(terms):
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
