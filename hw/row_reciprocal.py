@@ -14,18 +14,19 @@ def reciprocal_layout(total_bits: int) -> data.StructLayout:
 
 
 def reciprocal_cycles(total: int) -> int:
-    """Cycles from a ``total`` beat's transfer to its result's ``valid``: the normalization, then one per
-    quotient bit (none for a zero total)."""
-    return 1 if total == 0 else 2 + RECIPROCAL_BITS
+    """Cycles from a ``total`` beat's transfer to its result's ``valid``: the total registered, its
+    leading zeros, the normalizing shift, then one per quotient bit (the last two not for a zero total)."""
+    return 2 if total == 0 else 4 + RECIPROCAL_BITS
 
 
 class RowReciprocal(wiring.Component):
     """``r = floor(2^(ℓ−1+RECIPROCAL_BITS) / total)`` and ``ℓ = bit_length(total)``; ``r = 0`` for 0.
 
     The total is first normalized to ``D = total · 2^(W−ℓ)`` (its top bit at ``W − 1``), which leaves the
-    quotient unchanged: ``r = floor(2^(W−1+RECIPROCAL_BITS) / D)``. Restoring long division then finds
-    one quotient bit per cycle, most significant first, from the remainder ``2^(W−1)``. One row's
-    division (``RECIPROCAL_BITS + 2`` cycles) overlaps the streaming of the row's entries elsewhere.
+    quotient unchanged: ``r = floor(2^(W−1+RECIPROCAL_BITS) / D)``; the leading zeros and the shift take
+    a cycle each. Restoring long division then finds one quotient bit per cycle, most significant first,
+    from the remainder ``2^(W−1)``. One row's division (:func:`reciprocal_cycles`) overlaps the
+    streaming of the row's entries elsewhere.
 
     Parameters
     ----------
@@ -53,14 +54,13 @@ class RowReciprocal(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         width = self._total_bits
-        total = self.total.payload
-        ell = Signal.like(self.reciprocal.payload.ell)
-        lead = Signal(range(width + 1))  # leading zeros: width − ell
-        m.d.comb += lead.eq(width)
+        held = Signal(width)  # the total being divided
+        lead = Signal(range(width + 1))  # leading zeros of the held total: width − ell
+        found = Signal.like(lead)
+        m.d.comb += found.eq(width)
         for b in range(width):  # the highest set bit wins
-            with m.If(total[b]):
-                m.d.comb += [ell.eq(b + 1), lead.eq(width - 1 - b)]
-
+            with m.If(held[b]):
+                m.d.comb += found.eq(width - 1 - b)
         divisor = Signal(width)
         remainder = Signal(width + 1)
         quotient = Signal.like(self.reciprocal.payload.r)
@@ -69,13 +69,19 @@ class RowReciprocal(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.total.ready.eq(1)
                 with m.If(self.total.valid):
-                    m.d.sync += [divisor.eq(total << lead), remainder.eq(1 << (width - 1)),
-                                 quotient.eq(0), bit.eq(RECIPROCAL_BITS), self.reciprocal.payload.ell.eq(ell)]
-                    with m.If(total == 0):
-                        m.d.sync += [self.reciprocal.payload.r.eq(0), self.reciprocal.valid.eq(1)]
-                        m.next = "DONE"
-                    with m.Else():
-                        m.next = "DIVIDE"
+                    m.d.sync += held.eq(self.total.payload)
+                    m.next = "LEAD"
+            with m.State("LEAD"):
+                m.d.sync += [lead.eq(found), self.reciprocal.payload.ell.eq(width - found)]
+                with m.If(held == 0):
+                    m.d.sync += [self.reciprocal.payload.r.eq(0), self.reciprocal.valid.eq(1)]
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "SHIFT"
+            with m.State("SHIFT"):
+                m.d.sync += [divisor.eq(held << lead), remainder.eq(1 << (width - 1)), quotient.eq(0),
+                             bit.eq(RECIPROCAL_BITS)]
+                m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 fits = remainder >= divisor
                 rest = Signal.like(remainder)
