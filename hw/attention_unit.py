@@ -163,8 +163,10 @@ class AttentionUnit(wiring.Component):
                          k_length.eq(self.cmd.payload.length), k_blocks.eq(self.cmd.payload.head_blocks)]
         with m.If(start):
             m.d.sync += [v_row.eq(0), v_tb.eq(0), v_cb.eq(0), v_token.eq(0), v_active.eq(1)]
-        k_done = k_active & (k_token == k_length)
-        v_done = v_token == head.length
+        # all of a head's keys (values) are in: registered as the last beat is taken
+        k_in, v_in = Signal(), Signal()
+        k_done = k_active & k_in
+        v_done = v_in
         m.d.comb += [self.keys.ready.eq(k_active & ~k_done), self.values.ready.eq(v_active & ~v_done)]
         for b, ((k_write, _), (v_write, _)) in enumerate(zip(k_banks, v_banks)):
             m.d.comb += [
@@ -174,15 +176,21 @@ class AttentionUnit(wiring.Component):
                 v_write.data.eq(self.values.payload.values[b].replicate(k)),
                 v_write.en.eq(Mux(self.values.valid & self.values.ready, 1 << v_row, 0)),
             ]
-        for ready, valid, row, tb, cb, token, per_token in (
-                (self.keys.ready, self.keys.valid, k_row, k_tb, k_cb, k_token, k_blocks),
-                (self.values.ready, self.values.valid, v_row, v_tb, v_cb, v_token, head.head_blocks)):
+        for ready, valid, row, tb, cb, token, per_token, tokens, done in (
+                (self.keys.ready, self.keys.valid, k_row, k_tb, k_cb, k_token, k_blocks, k_length, k_in),
+                (self.values.ready, self.values.valid, v_row, v_tb, v_cb, v_token, head.head_blocks, head.length, v_in)):
             with m.If(valid & ready):
                 m.d.sync += cb.eq(cb + 1)
                 with m.If(cb == per_token - 1):
                     m.d.sync += [cb.eq(0), token.eq(token + 1), row.eq(Mux(row == k - 1, 0, row + 1))]
                     with m.If(row == k - 1):
                         m.d.sync += tb.eq(tb + 1)
+                    with m.If(token == tokens - 1):
+                        m.d.sync += done.eq(1)
+        with m.If(k_start):
+            m.d.sync += k_in.eq(0)
+        with m.If(start):
+            m.d.sync += v_in.eq(0)
 
         # --- the probability buffer ---------------------------------------------------------------------
         m.submodules.probabilities = p_buffer = Memory(shape=probability_block_layout(ecfg), depth=seq_blocks << sb_bits, init=[])
@@ -321,6 +329,8 @@ class AttentionUnit(wiring.Component):
         m.d.comb += [self.score_tap.valid.eq(qk_phase & engine.outputs.valid & engine.outputs.ready),
                      self.score_tap.values.eq(engine.outputs.payload.values)]
         contexts = Signal(range(seq_blocks * cfg.max_head_dim + 1))
+        context_beats = Signal.like(contexts)  # blocks × channels, a cycle after the head becomes current
+        m.d.sync += context_beats.eq(blocks * channels)
         with m.If(start):
             m.d.sync += contexts.eq(0)
         with m.If(self.context.valid & self.context.ready):
@@ -384,7 +394,7 @@ class AttentionUnit(wiring.Component):
                     m.next = "CONTEXT"
             with m.State("CONTEXT"):
                 # The next head's command and keys are taken while this head's context runs.
-                context_done = contexts == blocks * channels
+                context_done = contexts == context_beats
                 m.d.comb += self.cmd.ready.eq(~next_pending & ~context_done)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     with m.If(refused):
