@@ -38,10 +38,20 @@ def exp_table_layout() -> data.StructLayout:
     return data.StructLayout({"addr": 8, "data": 16})
 
 
-def compact(mask, values, count):
-    """The values at the first ``count`` set bits of ``mask``, in position order (0 past the last)."""
-    # each position's rank among the set bits, a balanced sum of the bits before it
-    ranks = [Const(0, 1)] + [tree_sum([mask[i] for i in range(p)]) for p in range(1, len(values))]
+#: Cycles from a probability block leaving the softmax to its write into the probability buffer: its
+#: positions' ranks among the kept ones are registered, then it is written (compacted with pruning).
+PROBABILITY_WRITE_LATENCY = 1
+
+
+def ranks_of(mask):
+    """Each position's rank among the set bits of ``mask``: a balanced sum of the bits before it."""
+    return [Const(0, 1)] + [tree_sum([mask[i] for i in range(p)]) for p in range(1, len(mask))]
+
+
+def compact(mask, values, count, ranks=None):
+    """The values at the first ``count`` set bits of ``mask``, in position order (0 past the last), with
+    the positions' ``ranks`` (:func:`ranks_of`, computed here when not given)."""
+    ranks = ranks_of(mask) if ranks is None else ranks
     slots = []
     for j in range(count):
         terms = [Mux(mask[p] & (ranks[p] == j), values[p], 0) for p in range(len(values))]
@@ -201,15 +211,20 @@ class AttentionUnit(wiring.Component):
         with m.If(start):
             m.d.sync += [p_qb.eq(0), p_kb.eq(0)]
         # With pruning a block is stored as the engine takes it: its kept values compacted, in position
-        # order, into the first n slots (the rest 0).
-        block = softmax.blocks.payload
+        # order, into the first n slots (the rest 0). The positions' ranks are registered first
+        # (PROBABILITY_WRITE_LATENCY).
+        ranked = Signal(data.StructLayout({"valid": 1, "block": probability_block_layout(ecfg),
+                                           "ranks": data.ArrayLayout(range(k * k), k * k)}))
+        m.d.sync += [ranked.valid.eq(softmax.blocks.valid), ranked.block.eq(softmax.blocks.payload)]
+        m.d.sync += [ranked.ranks[pos].eq(rank) for pos, rank in enumerate(ranks_of(softmax.blocks.payload.mask))]
+        block = ranked.block
         block_values = [block.values[pos] for pos in range(k * k)]
-        kept_values = compact(block.mask, block_values, n) + [0] * (k * k - n)
+        kept_values = compact(block.mask, block_values, n, [ranked.ranks[pos] for pos in range(k * k)]) + [0] * (k * k - n)
         m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
-                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(softmax.blocks.valid)]
+                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(ranked.valid)]
         m.d.comb += [p_write.data.values[pos].eq(Mux(head.prune, kept, value))
                      for pos, (kept, value) in enumerate(zip(kept_values, block_values))]
-        with m.If(softmax.blocks.valid):
+        with m.If(ranked.valid):
             m.d.sync += p_kb.eq(Mux(p_kb == blocks - 1, 0, p_kb + 1))
             with m.If(p_kb == blocks - 1):
                 m.d.sync += p_qb.eq(p_qb + 1)
@@ -329,12 +344,15 @@ class AttentionUnit(wiring.Component):
         m.d.comb += [self.score_tap.valid.eq(qk_phase & engine.outputs.valid & engine.outputs.ready),
                      self.score_tap.values.eq(engine.outputs.payload.values)]
         contexts = Signal(range(seq_blocks * cfg.max_head_dim + 1))
-        context_beats = Signal.like(contexts)  # blocks × channels, a cycle after the head becomes current
-        m.d.sync += context_beats.eq(blocks * channels)
-        with m.If(start):
-            m.d.sync += contexts.eq(0)
+        last_context = Signal.like(contexts)  # blocks × channels − 1, a cycle after the head becomes current
+        context_done = Signal()  # registered as the last context beat is taken
+        m.d.sync += last_context.eq(blocks * channels - 1)
         with m.If(self.context.valid & self.context.ready):
             m.d.sync += contexts.eq(contexts + 1)
+            with m.If(contexts == last_context):
+                m.d.sync += context_done.eq(1)
+        with m.If(start):
+            m.d.sync += [contexts.eq(0), context_done.eq(0)]
 
         # --- control -------------------------------------------------------------------------------------
         cmd = self.cmd.payload
@@ -394,7 +412,6 @@ class AttentionUnit(wiring.Component):
                     m.next = "CONTEXT"
             with m.State("CONTEXT"):
                 # The next head's command and keys are taken while this head's context runs.
-                context_done = contexts == context_beats
                 m.d.comb += self.cmd.ready.eq(~next_pending & ~context_done)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     with m.If(refused):

@@ -65,6 +65,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from hw.activation_buffer import READ_LATENCY
+from hw.attention_unit import PROBABILITY_WRITE_LATENCY
 from hw.config import AttentionConfig, EngineConfig
 from hw.exp_unit import EXP_LATENCY
 from hw.mac_array import ARRAY_LATENCY
@@ -392,8 +393,9 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
             queued = read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
             offered.append(queued if not offered else max(queued, offered[-1] + 1))
         emitted.append(offered[-1] + 1)
-    # The attention unit counts the last block the cycle after it leaves the softmax, then leaves the stage.
-    return max(offered[-1] + 1, ingested[-1] + 1)
+    # The attention unit writes the last block PROBABILITY_WRITE_LATENCY after it leaves the softmax, counts
+    # it the cycle after, then leaves the stage.
+    return max(offered[-1] + 1 + PROBABILITY_WRITE_LATENCY, ingested[-1] + 1)
 
 
 def attention_cycles(config: AttentionConfig, heads, *, pruned: bool) -> AttentionCycles:

@@ -11,6 +11,7 @@ from hw.config import AttentionConfig, EngineConfig
 from hw.cycle_model import (BERT_BASE, MINILM_L6, RUN_TAIL_CYCLES, AttentionHeadShape, attention_cycles,
                             attention_scores_cycles, encoder_cycles, matmul_cycles)
 from hw.exp_unit import EXP_LATENCY
+from hw.attention_unit import PROBABILITY_WRITE_LATENCY
 from hw.pattern_select import PatternSelect, choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
@@ -148,7 +149,8 @@ def test_keys_load_before_the_first_head_and_during_each_context():
 def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tiles_softmax():
     # BERT-base's head, dense: a tile's Q·Kᵀ (32 block rows of 32 beats) outlasts its softmax, so no tile
     # waits for a bank; the stage is the RUN's last score, then the last tile's exp pass (a word read per
-    # cycle, the last row's reciprocal after its exponentials) and its emit pass (k reads per block).
+    # cycle, the last row's reciprocal after its exponentials), its emit pass (k reads per block) and the last
+    # block's write into the probability buffer.
     e = ATTENTION.engine
     k, lanes, length, dim = e.pattern.block_size, e.lanes, 128, 64
     key_blocks = length // k
@@ -157,7 +159,7 @@ def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tile
              + reciprocal_cycles(1) + RECIPROCAL_RETURN_LATENCY)
     blocks = lanes // k * key_blocks
     last_read = exped + 2 + (blocks - 1) * k
-    expected = last_read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + 1
+    expected = last_read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + 1 + PROBABILITY_WRITE_LATENCY
     assert attention_scores_cycles(ATTENTION, AttentionHeadShape(length, dim), pruned=False) == expected
 
 
