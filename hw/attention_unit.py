@@ -4,6 +4,7 @@ from functools import reduce
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -243,7 +244,14 @@ class AttentionUnit(wiring.Component):
         run_tokens = Signal(range(max(cfg.max_seq, cfg.max_head_dim) + 1))
         w_in_blocks = Mux(qk_phase, head.head_blocks, blocks)
         chunks_now = Mux(qk_phase | ~head.prune, ecfg.dense_chunks, 1)
-        advance = ~w_valid | engine.weights.ready
+        # The beats reach the engine through a two-beat queue, which keeps the engine's ready off the
+        # read-ahead below (one cycle more before the first beat, none between beats).
+        weights = Signal(engine.weights.payload.shape())  # the beat entering the queue
+        m.submodules.weight_queue = weight_queue = SyncFIFO(width=weights.shape().size, depth=2)
+        m.d.comb += [weight_queue.w_en.eq(w_valid & (qk_phase | pv_phase)), weight_queue.w_data.eq(weights),
+                     engine.weights.valid.eq(weight_queue.r_rdy), engine.weights.payload.eq(weight_queue.r_data),
+                     weight_queue.r_en.eq(engine.weights.ready)]
+        advance = ~w_valid | (weight_queue.w_en & weight_queue.w_rdy)
         for _, k_read in k_banks:
             m.d.comb += [k_read.addr.eq(Cat(w_bk[:hb_bits], w_bn[:sb_bits])), k_read.en.eq(advance)]
         m.d.comb += [p_read.addr.eq(Cat(w_bk[:sb_bits], w_bn[:sb_bits])), p_read.en.eq(advance)]
@@ -265,8 +273,6 @@ class AttentionUnit(wiring.Component):
         k_block = [k_read.data.word_select(c, 8).as_signed() for _, k_read in k_banks for c in range(k)]
         p_block = p_read.data
         p_values = [p_block.values[pos] for pos in range(k * k)]
-        weights = engine.weights.payload
-        m.d.comb += engine.weights.valid.eq(w_valid & (qk_phase | pv_phase))
         with m.Switch(w_chunk_out):
             for c, chunk in enumerate(ecfg.dense_chunk_positions()):
                 with m.Case(c):
