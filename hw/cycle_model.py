@@ -35,7 +35,7 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
   scores are taken only once tile ``t − B`` is emitted: the engine's output stage then stalls
   (:class:`_EngineTimeline`'s ``gate``). Per tile, three
   passes, each starting the cycle after its tile is ready for it and the pass of the previous tile
-  ended (a tile is ready for exp :data:`~hw.softmax_unit.INGEST_MAX_LATENCY` cycles after its last
+  ended (a tile is ready for exp :func:`~hw.softmax_unit.ingest_max_latency` cycles after its last
   score, when its rows' maxima are final): **exp** reads one word (k scores) per cycle, ``rows · ⌈L/k⌉`` reads, and each row's sum goes to
   a divider :data:`~hw.softmax_unit.BANK_READ_LATENCY` + :data:`~hw.exp_unit.EXP_LATENCY` +
   :data:`~hw.softmax_unit.RECIPROCAL_OFFER_LATENCY` after its last read, the rows one after another,
@@ -74,8 +74,8 @@ from hw.pattern_matmul import ROW_LATENCY
 from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (BANK_READ_LATENCY, INGEST_MAX_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
-                             RECIPROCAL_RETURN_LATENCY, TERMS_LATENCY, TILE_BANKS, queue_depth)
+from hw.softmax_unit import (BANK_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+                             RECIPROCAL_RETURN_LATENCY, TERMS_LATENCY, TILE_BANKS, ingest_max_latency, queue_depth)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
 #: when the stage is free): the activation read, then the MAC array.
@@ -352,7 +352,7 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
         # Exp: from the cycle after the tile is ingested and the previous exp pass ended, one word read per
         # cycle, row by row; each row's sum is offered to the divider when its last word's exponentials
         # are added. The pass ends when the last exponentials are written and every reciprocal is stored.
-        start = max(ingested[t] + INGEST_MAX_LATENCY, exped[t - 1] if t else 0) + 1
+        start = max(ingested[t] + ingest_max_latency(k), exped[t - 1] if t else 0) + 1
         last_read = start + rows * key_blocks
         sums = _Divider()
         for i in range(rows):

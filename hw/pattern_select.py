@@ -10,19 +10,23 @@ from core.pattern import PatternConfig
 from hw.config import refuse
 from hw.trees import tree, tree_levels
 
-#: Levels of a tree (additions of the masses, comparisons of the group) between two registers.
-LEVELS_PER_STAGE = 2
+#: Levels of the masses' adder trees between two registers.
+ADD_LEVELS_PER_STAGE = 2
+#: Levels of the group's comparison tree between two registers (a comparison and the wide selection
+#: behind it fill a cycle).
+COMPARE_LEVELS_PER_STAGE = 1
 
 
 def mass_stages(positions: int) -> int:
     """Registered stages of a pattern's mass: the masked ``positions``-term adder tree,
-    :data:`LEVELS_PER_STAGE` levels a stage (at least one: the masked terms)."""
-    return max(1, -(-tree_levels(positions) // LEVELS_PER_STAGE))
+    :data:`ADD_LEVELS_PER_STAGE` levels a stage (at least one: the masked terms)."""
+    return max(1, -(-tree_levels(positions) // ADD_LEVELS_PER_STAGE))
 
 
 def compare_stages(patterns_per_cycle: int) -> int:
-    """Registered stages of the comparison tree over one group's masses."""
-    return -(-tree_levels(patterns_per_cycle) // LEVELS_PER_STAGE)
+    """Registered stages of the comparison tree over one group's masses, :data:`COMPARE_LEVELS_PER_STAGE`
+    levels a stage."""
+    return -(-tree_levels(patterns_per_cycle) // COMPARE_LEVELS_PER_STAGE)
 
 
 def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
@@ -47,8 +51,8 @@ class PatternSelect(wiring.Component):
     adder tree, :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties
     go to the lower id, :func:`compare_stages` stages), then against the best so far, which only a
     strictly larger mass replaces (a block's first group replaces it). Groups come in id order, so every
-    tie goes to the lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. A tree
-    has at most :data:`LEVELS_PER_STAGE` levels between registers. The next block is taken in the cycle
+    tie goes to the lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The
+    next block is taken in the cycle
     its predecessor's last group is issued, so blocks pass at one per :func:`select_interval` cycles; the
     whole pipeline holds while a choice is offered and not taken.
 
@@ -125,19 +129,19 @@ class PatternSelect(wiring.Component):
         with m.If(self.blocks.valid & self.blocks.ready):
             m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1)]
 
-        # Masses: the masked terms, then the adder tree, LEVELS_PER_STAGE levels a stage.
+        # Masses: the masked terms, then the adder tree, ADD_LEVELS_PER_STAGE levels a stage.
         flight = stage("issued", Cat(busy, index == 0, last_group), control)
         carried, partials = [], []
         for g in range(group):
             pattern_id = index * group + g
             mask = Array(masks[i * group + g] for i in range(groups))[index]
             terms = [Mux(mask[pos], values[pos], 0) for pos in range(positions)]
-            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(tree(terms, operator.add, LEVELS_PER_STAGE))])
+            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(tree(terms, operator.add, ADD_LEVELS_PER_STAGE))])
             carried.append(stage(f"pattern_{g}_0", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
                                  data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
         for s in range(1, mass_stages(positions)):
             flight = stage(f"mass_flight_{s}", flight, control)
-            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(tree(p, operator.add, LEVELS_PER_STAGE))]
+            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(tree(p, operator.add, ADD_LEVELS_PER_STAGE))]
                         for g, p in enumerate(partials)]
             carried = [stage(f"pattern_{g}_{s}", c, c.shape()) for g, c in enumerate(carried)]
         contenders = []
@@ -146,14 +150,14 @@ class PatternSelect(wiring.Component):
             m.d.comb += [formed.mass.eq(p[0]), formed.id.eq(c.id), formed.valid.eq(c.valid), formed.mask.eq(c.mask)]
             contenders.append(formed)
 
-        # The group's largest (ties to the left, the lower id), LEVELS_PER_STAGE comparisons a stage.
+        # The group's largest (ties to the left, the lower id), COMPARE_LEVELS_PER_STAGE comparisons a stage.
         def larger(left, right):
             takes_right = right.valid & (~left.valid | (right.mass > left.mass))
             return entry(Mux(takes_right, right.as_value(), left.as_value()))
 
         for s in range(compare_stages(group)):
             flight = stage(f"compare_flight_{s}", flight, control)
-            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(tree(contenders, larger, LEVELS_PER_STAGE))]
+            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(tree(contenders, larger, COMPARE_LEVELS_PER_STAGE))]
         winner, = contenders
 
         # Against the best so far; a block's last group makes its choice.

@@ -16,7 +16,7 @@ from hw.exp_unit import EXP_LATENCY, IntegerExp
 from hw.pattern_select import PatternSelect, choice_latency
 from hw.reciprocal_scale import SCALE_LATENCY, ReciprocalScale
 from hw.row_reciprocal import RowReciprocal
-from hw.trees import tree, tree_sum
+from hw.trees import tree, tree_levels, tree_sum
 
 #: Bits of an exponential (``e ≤ 2^EXP_OUT_BITS``).
 E_BITS = EXP_OUT_BITS + 1
@@ -26,9 +26,6 @@ E_BITS = EXP_OUT_BITS + 1
 TILE_BANKS = 3
 #: Cycles from a tile bank's read address to its word (a synchronous read port).
 BANK_READ_LATENCY = 1
-#: Cycles from a tile's last score beat to its rows' maxima being final (the tile counts as ingested):
-#: the beat's counted scores, their maximum, the running maximum.
-INGEST_MAX_LATENCY = 2
 #: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
 #: (``SyncFIFOBuffered``: its memory, then its output register).
 QUEUE_LATENCY = 2
@@ -42,6 +39,13 @@ RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 2
 #: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
 #: reciprocal being counted as stored.
 RECIPROCAL_RETURN_LATENCY = 1
+
+
+def ingest_max_latency(block_size: int) -> int:
+    """Cycles from a tile's last score beat to its rows' maxima being final (the tile counts as ingested):
+    the beat's counted scores, their maximum by a tree of one comparison a stage (at least one stage),
+    then the running maximum."""
+    return 1 + max(1, tree_levels(block_size))
 
 
 def queue_depth(pattern: PatternConfig, patterns_per_cycle: int) -> int:
@@ -282,24 +286,31 @@ class SoftmaxUnit(wiring.Component):
                             m.next = "IDLE"
         last_score = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
                       & (ikb == ingest_tile.key_blocks - 1))
-        # Each row's maximum, in INGEST_MAX_LATENCY stages behind the scores: the beat's counted scores
-        # (others as ACC_MIN), their maximum, then the row's running maximum. A tile counts as ingested
-        # once its last beat has passed them.
+        # Each row's maximum, ingest_max_latency(k) stages behind the scores: the beat's counted scores
+        # (others as ACC_MIN), their maximum by a tree of one comparison a stage, then the row's running
+        # maximum. A tile counts as ingested once its last beat has passed them.
         place = {"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes)}
         counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(signed(golden.ACC_BITS), k)}))
-        peak = Signal(data.StructLayout({**place, "value": signed(golden.ACC_BITS)}))
         m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.bank.eq(ingest_bank),
                      counted.row.eq(irow)]
         for i in range(k):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, self.scores.payload.values[i], golden.ACC_MIN))
-        m.d.sync += [peak.valid.eq(counted.valid), peak.last.eq(counted.valid & counted.last), peak.bank.eq(counted.bank),
-                     peak.row.eq(counted.row), peak.value.eq(tree([counted.values[i] for i in range(k)], lambda a, b: Mux(b > a, b, a))[0])]
+        peak, values, max_stages = counted, [counted.values[i] for i in range(k)], [counted]
+        for stage in range(ingest_max_latency(k) - 1):
+            values = tree(values, lambda a, b: Mux(b > a, b, a), 1)
+            reduced = Signal(data.StructLayout({**place, "values": data.ArrayLayout(signed(golden.ACC_BITS), len(values))}),
+                             name=f"peak_{stage}")
+            m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.bank.eq(peak.bank),
+                         reduced.row.eq(peak.row)] + [reduced.values[i].eq(v) for i, v in enumerate(values)]
+            peak, values = reduced, [reduced.values[i] for i in range(len(values))]
+            max_stages.append(reduced)
+        peak_value, = values
         with m.If(peak.valid):
             for b in range(nbanks):
                 with m.If(peak.bank == b):
                     running = maxima[b][peak.row]
-                    m.d.sync += running.eq(Mux(peak.value > running, peak.value, running))
+                    m.d.sync += running.eq(Mux(peak_value > running, peak_value, running))
         tile_ingested = peak.valid & peak.last
         ingested_bank = peak.bank
 
@@ -522,6 +533,6 @@ class SoftmaxUnit(wiring.Component):
                 for i in range(k):
                     m.d.comb += write.data[i].eq(e_out[i])
 
-        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | counted.valid | peak.valid | ~exp_fsm.ongoing("IDLE")
+        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | Cat(*(stage.valid for stage in max_stages)).any() | ~exp_fsm.ongoing("IDLE")
                                  | ~norm.ongoing("IDLE") | full.any())
         return m
