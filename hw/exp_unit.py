@@ -10,8 +10,8 @@ from core.encoder import EXP_FRACTION_BITS, EXP_OUT_BITS, exp_table
 from hw.requantizer import REQUANTIZER_LATENCY, Requantizer
 
 #: Cycles from ``delta`` to ``e`` while ``en`` stays high: the input register, the exponent rescale,
-#: the table read, the shift.
-EXP_LATENCY = 1 + REQUANTIZER_LATENCY + 2
+#: the table read, the entry registered, the shift.
+EXP_LATENCY = 1 + REQUANTIZER_LATENCY + 3
 #: Width of a score difference ``max_row(S) − S`` of int32 scores.
 DELTA_BITS = 32
 
@@ -42,7 +42,7 @@ class IntegerExp(wiring.Component):
     multiplier : In(unsigned(16)), shift : In(unsigned(6))
         The layer's ``exp_multiplier`` and ``exp_shift``.
     e : Out(unsigned(out_bits + 1))
-        ``EXP_LATENCY`` (8) enabled cycles after ``delta``.
+        ``EXP_LATENCY`` (9) enabled cycles after ``delta``.
     table_write : In(1), table_addr : In(F), table_data : In(out_bits + 1)
         Write one table entry (takes effect for later reads).
     """
@@ -79,7 +79,10 @@ class IntegerExp(wiring.Component):
         read = memory.read_port()
         m.d.comb += [write.en.eq(self.table_write), write.addr.eq(self.table_addr), write.data.eq(self.table_data),
                      read.en.eq(self.en), read.addr.eq(exponent.result[:fraction])]
-        whole = Signal(self._whole_bits)
+        # the entry is registered before its shift: the memory's output meets no logic
+        whole, whole_late = Signal(self._whole_bits), Signal(self._whole_bits)
+        entry = Signal.like(read.data)
         with m.If(self.en):
-            m.d.sync += [whole.eq(exponent.result[fraction:]), self.e.eq(read.data >> whole)]
+            m.d.sync += [whole.eq(exponent.result[fraction:]), whole_late.eq(whole), entry.eq(read.data),
+                         self.e.eq(entry >> whole_late)]
         return m
