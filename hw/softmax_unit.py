@@ -207,7 +207,8 @@ class SoftmaxUnit(wiring.Component):
         exped = Signal(nbanks)  # the bank's exponentials and row reciprocals are ready
         ingest_bank, exp_bank, norm_bank = (Signal(range(nbanks), name=n) for n in ("ingest_bank", "exp_bank", "norm_bank"))
         tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(nbanks)]
-        maxima = [Array(Signal(signed(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
+        # the rows' maxima, offset by 2^31 (a score's sign bit flipped): their comparisons are unsigned
+        maxima = [Array(Signal(unsigned(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
         sums = [Array(Signal(self._total_bits, name=f"sum_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
         recips = [Array(Signal(r_shape, name=f"r_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
         ells = [Array(Signal(ell_shape, name=f"ell_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
@@ -271,7 +272,7 @@ class SoftmaxUnit(wiring.Component):
                     for b in range(nbanks):
                         with m.If(ingest_bank == b):
                             m.d.sync += tiles[b].eq(self.tile.payload)
-                            m.d.sync += [maxima[b][i].eq(golden.ACC_MIN) for i in range(lanes)]
+                            m.d.sync += [maxima[b][i].eq(0) for i in range(lanes)]  # ACC_MIN, offset
                     m.d.sync += [irow.eq(0), ikb.eq(0)]
                     m.next = "SCORES"
             with m.State("SCORES"):
@@ -287,19 +288,19 @@ class SoftmaxUnit(wiring.Component):
         last_score = (ingest.ongoing("SCORES") & self.scores.valid & (irow == ingest_tile.rows - 1)
                       & (ikb == ingest_tile.key_blocks - 1))
         # Each row's maximum, ingest_max_latency(k) stages behind the scores: the beat's counted scores
-        # (others as ACC_MIN), their maximum by a tree of one comparison a stage, then the row's running
-        # maximum. A tile counts as ingested once its last beat has passed them.
+        # (others as ACC_MIN), offset by 2^31, their maximum by a tree of one comparison a stage, then the
+        # row's running maximum. A tile counts as ingested once its last beat has passed them.
         place = {"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes)}
-        counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(signed(golden.ACC_BITS), k)}))
+        counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), k)}))
         m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.bank.eq(ingest_bank),
                      counted.row.eq(irow)]
         for i in range(k):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
-            m.d.sync += counted.values[i].eq(Mux(counts, self.scores.payload.values[i], golden.ACC_MIN))
+            m.d.sync += counted.values[i].eq(Mux(counts, _offset(self.scores.payload.values[i]), 0))
         peak, values, max_stages = counted, [counted.values[i] for i in range(k)], [counted]
         for stage in range(ingest_max_latency(k) - 1):
             values = tree(values, lambda a, b: Mux(b > a, b, a), 1)
-            reduced = Signal(data.StructLayout({**place, "values": data.ArrayLayout(signed(golden.ACC_BITS), len(values))}),
+            reduced = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))}),
                              name=f"peak_{stage}")
             m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.bank.eq(peak.bank),
                          reduced.row.eq(peak.row)] + [reduced.values[i].eq(v) for i, v in enumerate(values)]
@@ -329,7 +330,8 @@ class SoftmaxUnit(wiring.Component):
             m.d.sync += exp_line[0].keep[i].eq(exp_tile.row_valid.bit_select(row, 1) & ((kb * k + i) < exp_tile.valid_keys))
         m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
         for i, exp in enumerate(self._exps):
-            m.d.comb += [exp.delta.eq(pick(exp_bank, [mx[exp_line[0].row] for mx in maxima]) - exp_data[i]),
+            # max − S, the same bits from both offset by 2^31
+            m.d.comb += [exp.delta.eq(pick(exp_bank, [mx[exp_line[0].row] for mx in maxima]) - _offset(exp_data[i])),
                          exp.multiplier.eq(exp_tile.exp_multiplier), exp.shift.eq(exp_tile.exp_shift)]
         done_exp = exp_line[-1]
         e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
@@ -536,3 +538,8 @@ class SoftmaxUnit(wiring.Component):
         m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | Cat(*(stage.valid for stage in max_stages)).any() | ~exp_fsm.ongoing("IDLE")
                                  | ~norm.ongoing("IDLE") | full.any())
         return m
+
+
+def _offset(score):
+    """A signed score plus 2^31, as unsigned: its sign bit flipped (order kept, compared unsigned)."""
+    return Cat(score[:-1], ~score[-1])
