@@ -330,18 +330,19 @@ class AttentionUnit(wiring.Component):
 
         # --- softmax tiles and engine outputs --------------------------------------------------------------
         s_base = Signal(range(cfg.max_seq + lanes + 1))
+        rows_left = Signal.like(head.length)  # length − s_base, registered (0 once every tile is sent)
         with m.If(qk_start):
-            m.d.sync += s_base.eq(0)
-        m.d.comb += softmax.tile.valid.eq(qk_phase & (s_base < head.length))
+            m.d.sync += [s_base.eq(0), rows_left.eq(head.length)]
+        m.d.comb += softmax.tile.valid.eq(qk_phase & rows_left.any())
         tile = softmax.tile.payload
         m.d.comb += [
-            tile.rows.eq(Mux(head.length - s_base > lanes, lanes, head.length - s_base)),
+            tile.rows.eq(Mux(rows_left > lanes, lanes, rows_left)),
             tile.row_valid.eq(Cat(*((s_base + i) < head.valid_length for i in range(lanes)))),
             tile.key_blocks.eq(blocks), tile.valid_keys.eq(head.valid_length), tile.prune.eq(head.prune),
             tile.exp_multiplier.eq(head.exp_multiplier), tile.exp_shift.eq(head.exp_shift),
         ]
         with m.If(softmax.tile.valid & softmax.tile.ready):
-            m.d.sync += s_base.eq(s_base + lanes)
+            m.d.sync += [s_base.eq(s_base + lanes), rows_left.eq(Mux(rows_left > lanes, rows_left - lanes, 0))]
         with m.If(qk_phase):
             m.d.comb += [softmax.scores.valid.eq(engine.outputs.valid), softmax.scores.payload.values.eq(engine.outputs.payload.values),
                          engine.outputs.ready.eq(softmax.scores.ready)]
