@@ -52,9 +52,8 @@ class PatternSelect(wiring.Component):
     go to the lower id, :func:`compare_stages` stages), then against the best so far, which only a
     strictly larger mass replaces (a block's first group replaces it). Groups come in id order, so every
     tie goes to the lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The
-    next block is taken in the cycle
-    its predecessor's last group is issued, so blocks pass at one per :func:`select_interval` cycles; the
-    whole pipeline holds while a choice is offered and not taken.
+    next block is taken in the cycle its predecessor's last group is issued, so blocks pass at one per
+    :func:`select_interval` cycles; the whole pipeline holds while a choice is offered and not taken.
 
     Parameters
     ----------
@@ -105,7 +104,7 @@ class PatternSelect(wiring.Component):
         entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1, "mask": positions})
         control = data.StructLayout({"valid": 1, "first": 1, "last": 1})  # a group in flight
 
-        # Every pipeline register moves only while the choice register can take a block's last group.
+        # Every pipeline register moves only while the choice register is empty or being taken.
         advance = Signal()
         m.d.comb += advance.eq(~self.choice.valid | self.choice.ready)
 
@@ -136,12 +135,14 @@ class PatternSelect(wiring.Component):
             pattern_id = index * group + g
             mask = Array(masks[i * group + g] for i in range(groups))[index]
             terms = [Mux(mask[pos], values[pos], 0) for pos in range(positions)]
-            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape) for j, t in enumerate(tree(terms, operator.add, ADD_LEVELS_PER_STAGE))])
+            partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape)
+                             for j, t in enumerate(tree(terms, operator.add, ADD_LEVELS_PER_STAGE))])
             carried.append(stage(f"pattern_{g}_0", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
                                  data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
         for s in range(1, mass_stages(positions)):
             flight = stage(f"mass_flight_{s}", flight, control)
-            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape) for j, t in enumerate(tree(p, operator.add, ADD_LEVELS_PER_STAGE))]
+            partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape)
+                         for j, t in enumerate(tree(p, operator.add, ADD_LEVELS_PER_STAGE))]
                         for g, p in enumerate(partials)]
             carried = [stage(f"pattern_{g}_{s}", c, c.shape()) for g, c in enumerate(carried)]
         contenders = []
@@ -157,7 +158,8 @@ class PatternSelect(wiring.Component):
 
         for s in range(compare_stages(group)):
             flight = stage(f"compare_flight_{s}", flight, control)
-            contenders = [stage(f"contender_{s}_{j}", c, entry) for j, c in enumerate(tree(contenders, larger, COMPARE_LEVELS_PER_STAGE))]
+            contenders = [stage(f"contender_{s}_{j}", c, entry)
+                          for j, c in enumerate(tree(contenders, larger, COMPARE_LEVELS_PER_STAGE))]
         winner, = contenders
 
         # Against the best so far; a block's last group makes its choice.

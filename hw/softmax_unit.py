@@ -300,8 +300,8 @@ class SoftmaxUnit(wiring.Component):
         peak, values, max_stages = counted, [counted.values[i] for i in range(k)], [counted]
         for stage in range(ingest_max_latency(k) - 1):
             values = tree(values, lambda a, b: Mux(b > a, b, a), 1)
-            reduced = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))}),
-                             name=f"peak_{stage}")
+            stage_layout = data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))})
+            reduced = Signal(stage_layout, name=f"peak_{stage}")
             m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.bank.eq(peak.bank),
                          reduced.row.eq(peak.row)] + [reduced.values[i].eq(v) for i, v in enumerate(values)]
             peak, values = reduced, [reduced.values[i] for i in range(len(values))]
@@ -448,8 +448,10 @@ class SoftmaxUnit(wiring.Component):
         kept_terms = Signal(data.StructLayout({"valid": 1, "last": 1, "qb": range(block_rows),
                                                "values": data.ArrayLayout(self._total_bits, k)}))
         mask = select.choice.payload.mask
-        m.d.sync += [kept_terms.valid.eq(chosen), kept_terms.last.eq(side.kb == tile.key_blocks - 1), kept_terms.qb.eq(side.qb)]
-        m.d.sync += [kept_terms.values[r].eq(tree_sum([Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)])) for r in range(k)]
+        m.d.sync += [kept_terms.valid.eq(chosen), kept_terms.last.eq(side.kb == tile.key_blocks - 1),
+                     kept_terms.qb.eq(side.qb)]
+        m.d.sync += [kept_terms.values[r].eq(tree_sum([Mux(mask[r * k + c], side.e[r][c], 0) for c in range(k)]))
+                     for r in range(k)]
         with m.If(chosen):
             m.d.comb += [choice_write.addr.eq(Cat(side.kb[:kb_bits], side.qb)), choice_write.data.eq(select.choice.payload),
                          choice_write.en.eq(1)]
@@ -535,7 +537,8 @@ class SoftmaxUnit(wiring.Component):
                 for i in range(k):
                     m.d.comb += write.data[i].eq(e_out[i])
 
-        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | Cat(*(stage.valid for stage in max_stages)).any() | ~exp_fsm.ongoing("IDLE")
+        ingesting = Cat(*(stage.valid for stage in max_stages)).any()
+        m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | ingesting | ~exp_fsm.ongoing("IDLE")
                                  | ~norm.ongoing("IDLE") | full.any())
         return m
 
