@@ -2,7 +2,7 @@
 
 from functools import reduce
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -39,8 +39,8 @@ def exp_table_layout() -> data.StructLayout:
     return data.StructLayout({"addr": 8, "data": 16})
 
 
-#: Cycles from a probability block leaving the softmax to its write into the probability buffer: its
-#: positions' ranks among the kept ones are registered, then it is written (compacted with pruning).
+#: Cycles from a probability block leaving the softmax to its write into the probability buffer: it is
+#: registered with its pattern's kept positions, then written (compacted with pruning).
 PROBABILITY_WRITE_LATENCY = 1
 
 
@@ -212,15 +212,20 @@ class AttentionUnit(wiring.Component):
         with m.If(start):
             m.d.sync += [p_qb.eq(0), p_kb.eq(0)]
         # With pruning a block is stored as the engine takes it: its kept values compacted, in position
-        # order, into the first n slots (the rest 0). The positions' ranks are registered first
-        # (PROBABILITY_WRITE_LATENCY).
+        # order, into the first n slots (the rest 0). The block and its pattern's kept positions (a table
+        # written with the pool) are registered first (PROBABILITY_WRITE_LATENCY).
+        m.submodules.kept_positions = kept_table = Memory(shape=data.ArrayLayout(range(k * k), n),
+                                                          depth=ecfg.pattern.pool_size, init=[])
+        kept_write = kept_table.write_port()
+        kept_read = kept_table.read_port(domain="comb")
         ranked = Signal(data.StructLayout({"valid": 1, "block": probability_block_layout(ecfg),
-                                           "ranks": data.ArrayLayout(range(k * k), k * k)}))
-        m.d.sync += [ranked.valid.eq(softmax.blocks.valid), ranked.block.eq(softmax.blocks.payload)]
-        m.d.sync += [ranked.ranks[pos].eq(rank) for pos, rank in enumerate(ranks_of(softmax.blocks.payload.mask))]
+                                           "kept": data.ArrayLayout(range(k * k), n)}))
+        m.d.comb += kept_read.addr.eq(softmax.blocks.payload.pattern)
+        m.d.sync += [ranked.valid.eq(softmax.blocks.valid), ranked.block.eq(softmax.blocks.payload),
+                     ranked.kept.eq(kept_read.data)]
         block = ranked.block
         block_values = [block.values[pos] for pos in range(k * k)]
-        kept_values = compact(block.mask, block_values, n, [ranked.ranks[pos] for pos in range(k * k)]) + [0] * (k * k - n)
+        kept_values = [Array(block_values)[ranked.kept[j]] for j in range(n)] + [0] * (k * k - n)
         m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
                      p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(ranked.valid)]
         m.d.comb += [p_write.data.values[pos].eq(Mux(head.prune, kept, value))
@@ -371,25 +376,37 @@ class AttentionUnit(wiring.Component):
         def become_current(new):
             m.d.comb += start.eq(1)
             m.d.sync += [head.eq(new), blocks.eq((new.length + k - 1) // k), channels.eq(new.head_blocks * k)]
-        pool_positions = compact(self.pool.payload.mask,
-                                 [Const.cast(pattern_layout(ecfg).elem_shape.const({"row": p // k, "col": p % k})) for p in range(k * k)], n)
+        # A pool entry is taken into a register with its positions' ranks among the kept ones, then loaded
+        # from there: the selection's mask, the engine's pattern table and the unit's kept positions.
+        pool_entry = Signal(data.StructLayout({"valid": 1, "id": unsigned(ecfg.id_bits), "mask": k * k,
+                                               "ranks": data.ArrayLayout(range(k * k), k * k)}))
+        pool_ranks = [pool_entry.ranks[p] for p in range(k * k)]
+        element = pattern_layout(ecfg).elem_shape
+        pool_positions = compact(pool_entry.mask, [Const.cast(element.const({"row": p // k, "col": p % k}))
+                                                   for p in range(k * k)], n, pool_ranks)
+        pool_loaded = Signal()  # the registered entry is loaded this cycle
+        m.d.comb += [kept_write.addr.eq(pool_entry.id), kept_write.en.eq(pool_loaded)]
+        m.d.comb += [kept_write.data[j].eq(p)
+                     for j, p in enumerate(compact(pool_entry.mask, [Const(p, range(k * k)) for p in range(k * k)], n, pool_ranks))]
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.cmd.ready.eq(~self.pool.valid), self.exp_table.ready.eq(1),
+                m.d.comb += [self.cmd.ready.eq(~self.pool.valid & ~pool_entry.valid), self.exp_table.ready.eq(1),
                              softmax.exp_write.eq(self.exp_table.valid), softmax.exp_addr.eq(self.exp_table.payload.addr),
                              softmax.exp_data.eq(self.exp_table.payload.data)]
-                # A pool entry: the selection's mask and the engine's pattern table, in one beat.
-                m.d.comb += [engine.cmd.valid.eq(self.pool.valid), self.pool.ready.eq(engine.cmd.ready),
-                             engine.cmd.payload.op.eq(Opcode.LOAD_PATTERN), engine.cmd.payload.pattern_id.eq(self.pool.payload.id),
-                             softmax.mask_write.eq(self.pool.valid & engine.cmd.ready),
-                             softmax.mask_id.eq(self.pool.payload.id), softmax.mask.eq(self.pool.payload.mask)]
+                m.d.comb += [pool_loaded.eq(pool_entry.valid & engine.cmd.ready),
+                             self.pool.ready.eq(~pool_entry.valid | engine.cmd.ready)]
+                with m.If(self.pool.ready):
+                    m.d.sync += [pool_entry.valid.eq(self.pool.valid), pool_entry.id.eq(self.pool.payload.id),
+                                 pool_entry.mask.eq(self.pool.payload.mask)]
+                    m.d.sync += [pool_entry.ranks[p].eq(rank) for p, rank in enumerate(ranks_of(self.pool.payload.mask))]
+                m.d.comb += [engine.cmd.valid.eq(pool_entry.valid), engine.cmd.payload.op.eq(Opcode.LOAD_PATTERN),
+                             engine.cmd.payload.pattern_id.eq(pool_entry.id),
+                             softmax.mask_write.eq(pool_loaded), softmax.mask_id.eq(pool_entry.id), softmax.mask.eq(pool_entry.mask)]
                 for j, position in enumerate(pool_positions):
                     m.d.comb += engine.cmd.payload.positions[j].eq(position)
-                with m.If(self.pool.valid & engine.cmd.ready):
-                    ones = reduce(lambda a, b: a + b, [self.pool.payload.mask[p] for p in range(k * k)])
-                    with m.If(ones != n):
-                        m.d.sync += self.error.eq(1)
-                with m.If(self.cmd.valid & ~self.pool.valid):
+                with m.If(pool_loaded & (tree_sum([pool_entry.mask[p] for p in range(k * k)]) != n)):
+                    m.d.sync += self.error.eq(1)
+                with m.If(self.cmd.valid & self.cmd.ready):
                     with m.If(refused):
                         m.d.sync += self.error.eq(1)
                     with m.Else():
