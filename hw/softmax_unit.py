@@ -272,7 +272,6 @@ class SoftmaxUnit(wiring.Component):
                     for b in range(nbanks):
                         with m.If(ingest_bank == b):
                             m.d.sync += tiles[b].eq(self.tile.payload)
-                            m.d.sync += [maxima[b][i].eq(0) for i in range(lanes)]  # ACC_MIN, offset
                     m.d.sync += [irow.eq(0), ikb.eq(0)]
                     m.next = "SCORES"
             with m.State("SCORES"):
@@ -289,11 +288,13 @@ class SoftmaxUnit(wiring.Component):
                       & (ikb == ingest_tile.key_blocks - 1))
         # Each row's maximum, ingest_max_latency(k) stages behind the scores: the beat's counted scores
         # (others as ACC_MIN), offset by 2^31, their maximum by a tree of one comparison a stage, then the
-        # row's running maximum. A tile counts as ingested once its last beat has passed them.
-        place = {"valid": 1, "last": 1, "bank": range(nbanks), "row": range(lanes)}
+        # row's running maximum, one comparator a row on the tile being ingested (its first key block
+        # starts it afresh), copied to the tile's bank with the last beat. A tile counts as ingested once
+        # its last beat has passed them.
+        place = {"valid": 1, "last": 1, "first": 1, "bank": range(nbanks), "row": range(lanes)}
         counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), k)}))
-        m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.bank.eq(ingest_bank),
-                     counted.row.eq(irow)]
+        m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.first.eq(ikb == 0),
+                     counted.bank.eq(ingest_bank), counted.row.eq(irow)]
         for i in range(k):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, _offset(self.scores.payload.values[i]), 0))
@@ -302,17 +303,21 @@ class SoftmaxUnit(wiring.Component):
             values = tree(values, lambda a, b: Mux(b > a, b, a), 1)
             stage_layout = data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))})
             reduced = Signal(stage_layout, name=f"peak_{stage}")
-            m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.bank.eq(peak.bank),
-                         reduced.row.eq(peak.row)] + [reduced.values[i].eq(v) for i, v in enumerate(values)]
+            m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.first.eq(peak.first),
+                         reduced.bank.eq(peak.bank), reduced.row.eq(peak.row)]
+            m.d.sync += [reduced.values[i].eq(v) for i, v in enumerate(values)]
             peak, values = reduced, [reduced.values[i] for i in range(len(values))]
             max_stages.append(reduced)
         peak_value, = values
-        with m.If(peak.valid):
-            for b in range(nbanks):
-                with m.If(peak.bank == b):
-                    running = maxima[b][peak.row]
-                    m.d.sync += running.eq(Mux(peak_value > running, peak_value, running))
         tile_ingested = peak.valid & peak.last
+        for i in range(lanes):
+            running = Signal(unsigned(golden.ACC_BITS), name=f"ingest_max_{i}")
+            hit = peak.valid & (peak.row == i)
+            updated = Mux(hit & (peak.first | (peak_value > running)), peak_value, running)
+            m.d.sync += running.eq(updated)
+            for b in range(nbanks):
+                with m.If(tile_ingested & (peak.bank == b)):
+                    m.d.sync += maxima[b][i].eq(updated)
         ingested_bank = peak.bank
 
         # --- exp: e = IntegerExp(max − S) written back and summed per row; row reciprocals beside ----------
@@ -324,6 +329,8 @@ class SoftmaxUnit(wiring.Component):
         exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(BANK_READ_LATENCY + EXP_LATENCY)]
         issue_exp = Signal()
         m.d.comb += [exp_addr.eq(Cat(kb[:kb_bits], row)), exp_reading.eq(issue_exp)]
+        row_max = Signal(unsigned(golden.ACC_BITS))  # the read row's maximum, registered beside the bank's read
+        m.d.sync += row_max.eq(pick(exp_bank, [mx[row] for mx in maxima]))
         m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
                      exp_line[0].last.eq(last_kb)]
         for i in range(k):
@@ -331,7 +338,7 @@ class SoftmaxUnit(wiring.Component):
         m.d.sync += [b.eq(a) for a, b in zip(exp_line, exp_line[1:])]
         for i, exp in enumerate(self._exps):
             # max − S, the same bits from both offset by 2^31
-            m.d.comb += [exp.delta.eq(pick(exp_bank, [mx[exp_line[0].row] for mx in maxima]) - _offset(exp_data[i])),
+            m.d.comb += [exp.delta.eq(row_max - _offset(exp_data[i])),
                          exp.multiplier.eq(exp_tile.exp_multiplier), exp.shift.eq(exp_tile.exp_shift)]
         done_exp = exp_line[-1]
         e_out = [Mux(done_exp.keep[i], exp.e, 0) for i, exp in enumerate(self._exps)]
