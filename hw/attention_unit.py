@@ -218,19 +218,19 @@ class AttentionUnit(wiring.Component):
                                                           depth=ecfg.pattern.pool_size, init=[])
         kept_write = kept_table.write_port()
         kept_read = kept_table.read_port(domain="comb")
-        ranked = Signal(data.StructLayout({"valid": 1, "block": probability_block_layout(ecfg),
+        arrived = Signal(data.StructLayout({"valid": 1, "block": probability_block_layout(ecfg),
                                            "kept": data.ArrayLayout(range(k * k), n)}))
         m.d.comb += kept_read.addr.eq(softmax.blocks.payload.pattern)
-        m.d.sync += [ranked.valid.eq(softmax.blocks.valid), ranked.block.eq(softmax.blocks.payload),
-                     ranked.kept.eq(kept_read.data)]
-        block = ranked.block
+        m.d.sync += [arrived.valid.eq(softmax.blocks.valid), arrived.block.eq(softmax.blocks.payload),
+                     arrived.kept.eq(kept_read.data)]
+        block = arrived.block
         block_values = [block.values[pos] for pos in range(k * k)]
-        kept_values = [Array(block_values)[ranked.kept[j]] for j in range(n)] + [0] * (k * k - n)
+        kept_values = [Array(block_values)[arrived.kept[j]] for j in range(n)] + [0] * (k * k - n)
         m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
-                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(ranked.valid)]
+                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(arrived.valid)]
         m.d.comb += [p_write.data.values[pos].eq(Mux(head.prune, kept, value))
                      for pos, (kept, value) in enumerate(zip(kept_values, block_values))]
-        with m.If(ranked.valid):
+        with m.If(arrived.valid):
             m.d.sync += p_kb.eq(Mux(p_kb == blocks - 1, 0, p_kb + 1))
             with m.If(p_kb == blocks - 1):
                 m.d.sync += p_qb.eq(p_qb + 1)
