@@ -142,7 +142,11 @@ class AttentionUnit(wiring.Component):
         blocks = Signal(range(seq_blocks + 1))  # ⌈L/k⌉
         channels = Signal(range(cfg.max_head_dim + 1))  # d
         start = Signal()  # a head becomes the current one
-        k_start = Signal()  # a head's command was taken: its keys may arrive (during the previous head's context)
+        # A command is taken into ``pending`` (with its checks' result) and acted on from there: the cycle
+        # after, its keys may arrive (during the previous head's context); it becomes the current head
+        # once the previous one's context is done.
+        pending = Signal(data.StructLayout({"valid": 1, "fresh": 1, "refused": 1, "head": head_layout(cfg)}))
+        k_start = Signal()  # a head's keys may arrive
         qk_start, pv_start = Signal(), Signal()
         qk_phase, pv_phase = Signal(), Signal()
 
@@ -171,7 +175,7 @@ class AttentionUnit(wiring.Component):
         k_blocks = Signal.like(head.head_blocks)
         with m.If(k_start):
             m.d.sync += [k_row.eq(0), k_tb.eq(0), k_cb.eq(0), k_token.eq(0), k_active.eq(1),
-                         k_length.eq(self.cmd.payload.length), k_blocks.eq(self.cmd.payload.head_blocks)]
+                         k_length.eq(pending.head.length), k_blocks.eq(pending.head.head_blocks)]
         with m.If(start):
             m.d.sync += [v_row.eq(0), v_tb.eq(0), v_cb.eq(0), v_token.eq(0), v_active.eq(1)]
         # all of a head's keys (values) are in: registered as the last beat is taken
@@ -370,12 +374,21 @@ class AttentionUnit(wiring.Component):
         cmd = self.cmd.payload
         refused = ((cmd.length == 0) | (cmd.length > cfg.max_seq) | (cmd.valid_length > cmd.length)
                    | (cmd.head_blocks == 0) | (cmd.head_blocks > head_blocks_max))
-        next_head = Signal.like(head)
-        next_pending = Signal()
+        taking = Signal()  # the unit is in a state that takes a command (between heads, or during a context)
+        m.d.comb += self.cmd.ready.eq(taking & ~pending.valid)
+        m.d.sync += pending.fresh.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [pending.valid.eq(1), pending.fresh.eq(1), pending.refused.eq(refused), pending.head.eq(cmd)]
+        # a refused command raises the error the cycle after it is taken, and is dropped
+        with m.If(pending.fresh & pending.refused):
+            m.d.sync += [self.error.eq(1), pending.valid.eq(0)]
+        m.d.comb += k_start.eq(pending.fresh & ~pending.refused)
+        accepted = pending.valid & ~pending.refused
 
-        def become_current(new):
+        def become_current():
             m.d.comb += start.eq(1)
-            m.d.sync += [head.eq(new), blocks.eq((new.length + k - 1) // k), channels.eq(new.head_blocks * k)]
+            m.d.sync += [head.eq(pending.head), pending.valid.eq(0),
+                         blocks.eq((pending.head.length + k - 1) // k), channels.eq(pending.head.head_blocks * k)]
         # A pool entry is taken into a register with its positions' ranks among the kept ones, then loaded
         # from there: the selection's mask, the engine's pattern table and the unit's kept positions.
         pool_entry = Signal(data.StructLayout({"valid": 1, "id": unsigned(ecfg.id_bits), "mask": k * k,
@@ -390,7 +403,7 @@ class AttentionUnit(wiring.Component):
                      for j, p in enumerate(compact(pool_entry.mask, [Const(p, range(k * k)) for p in range(k * k)], n, pool_ranks))]
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.cmd.ready.eq(~self.pool.valid & ~pool_entry.valid), self.exp_table.ready.eq(1),
+                m.d.comb += [taking.eq(1), self.exp_table.ready.eq(1),
                              softmax.exp_write.eq(self.exp_table.valid), softmax.exp_addr.eq(self.exp_table.payload.addr),
                              softmax.exp_data.eq(self.exp_table.payload.data)]
                 m.d.comb += [pool_loaded.eq(pool_entry.valid & engine.cmd.ready),
@@ -406,13 +419,10 @@ class AttentionUnit(wiring.Component):
                     m.d.comb += engine.cmd.payload.positions[j].eq(position)
                 with m.If(pool_loaded & (tree_sum([pool_entry.mask[p] for p in range(k * k)]) != n)):
                     m.d.sync += self.error.eq(1)
-                with m.If(self.cmd.valid & self.cmd.ready):
-                    with m.If(refused):
-                        m.d.sync += self.error.eq(1)
-                    with m.Else():
-                        m.d.comb += k_start.eq(1)
-                        become_current(cmd)
-                        m.next = "SCORES_RUN"
+                # the pool and the exponential's table are written before a head starts
+                with m.If(accepted & ~self.pool.valid & ~pool_entry.valid):
+                    become_current()
+                    m.next = "SCORES_RUN"
             with m.State("SCORES_RUN"):
                 with m.If(k_done):
                     m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(1),
@@ -436,21 +446,14 @@ class AttentionUnit(wiring.Component):
                     m.next = "CONTEXT"
             with m.State("CONTEXT"):
                 # The next head's command and keys are taken while this head's context runs.
-                m.d.comb += self.cmd.ready.eq(~next_pending & ~context_done)
-                with m.If(self.cmd.valid & self.cmd.ready):
-                    with m.If(refused):
-                        m.d.sync += self.error.eq(1)
-                    with m.Else():
-                        m.d.comb += k_start.eq(1)
-                        m.d.sync += [next_head.eq(cmd), next_pending.eq(1)]
+                m.d.comb += taking.eq(1)
                 with m.If(context_done):
                     m.d.sync += pv_phase.eq(0)
-                    with m.If(next_pending):
-                        become_current(next_head)
-                        m.d.sync += next_pending.eq(0)
+                    with m.If(accepted):
+                        become_current()
                         m.next = "SCORES_RUN"
                     with m.Else():
                         m.next = "IDLE"
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | engine.busy | softmax.busy),
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | pending.valid | engine.busy | softmax.busy),
                      self.stage.eq(Mux(pv_phase, 2, Mux(qk_phase, 1, 0)))]
         return m

@@ -25,10 +25,11 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
 **The attention unit** (:func:`attention_cycles`) runs heads one after another. Per head, in cycles as
 ``sim/hdl/tb_attention.sv`` counts them:
 
-* *other*: the first head's command, its ``L·d/k`` key beats and its Q·Kᵀ RUN command; a later head's
-  command and keys are taken from the first cycle of the previous head's context, so it waits only for
-  its RUN command — or, when that context is shorter than ``L·d/k + 1``, for its keys; and one cycle
-  for the P·V RUN command;
+* *other*: the first head's command (its transfer, then a cycle in the unit's command register), its
+  ``L·d/k`` key beats and its Q·Kᵀ RUN command; a later head's command is taken from the first cycle of
+  the previous head's context and its keys from the cycle after, so it waits only for its RUN command —
+  or, when that context is shorter than ``L·d/k + 2``, for its keys; and one cycle for the P·V RUN
+  command;
 * *scores* (:func:`attention_scores_cycles`): the Q·Kᵀ RUN (dense, raw) on the engine, whose tile ``t``
   of ``lanes`` queries is the softmax's tile ``t``. The softmax holds a tile in one of ``B =``
   :data:`~hw.softmax_unit.TILE_BANKS` banks from its ingest to the end of its emission, so tile ``t``'s
@@ -414,14 +415,16 @@ def attention_cycles(config: AttentionConfig, heads, *, pruned: bool) -> Attenti
                              f"max_seq={config.max_seq}, max_head_dim={config.max_head_dim} (a multiple of {k})")
         beats = length * dim // k  # keys, and values, one beat per cycle
         if previous_context_end is None:
-            # cycle 0: the command; its keys load from cycle 1, the Q·Kᵀ RUN goes in the cycle they are done
-            run = beats + 1
-            values_done = beats + 1
+            # cycle 0: the command's transfer; cycle 1: it is the current head, its keys and values load from
+            # cycle 2, the Q·Kᵀ RUN goes in the cycle they are done
+            run = beats + 2
+            values_done = beats + 2
             other = run + 1
         else:
-            # the command and the keys are taken while the previous head's context runs (from the cycle after
-            # its RUN); the Q·Kᵀ RUN goes in the cycle after that context ends, or once the keys are in
-            run = max(previous_context_end + 1, previous_scores_end + 3 + beats)
+            # the command is taken while the previous head's context runs (from the cycle after its RUN), its
+            # keys from the cycle after; the Q·Kᵀ RUN goes in the cycle after that context ends, or once the
+            # keys are in
+            run = max(previous_context_end + 1, previous_scores_end + 4 + beats)
             values_done = previous_context_end + 1 + beats
             other = run - previous_context_end
         scores = attention_scores_cycles(config, head, pruned=pruned)

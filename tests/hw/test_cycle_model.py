@@ -138,12 +138,14 @@ def test_keys_load_before_the_first_head_and_during_each_context():
     first, after_long = attention_cycles(ATTENTION, [long, long], pruned=True).heads
     one, after_short = attention_cycles(ATTENTION, [short, long], pruned=True).heads
     keys = 128 * 64 // ATTENTION.engine.pattern.block_size  # one beat per cycle
-    # the command's cycle, the keys, the Q·Kᵀ RUN command, the P·V RUN command
-    assert first.other == 1 + keys + 1 + 1
+    # the command's transfer, its cycle in the command register, the keys, the Q·Kᵀ RUN command, the P·V
+    # RUN command
+    assert first.other == 1 + 1 + keys + 1 + 1
     # a long context hides the next head's keys: only the two RUN commands remain
     assert after_long.other == 2
-    # a one-token head's context does not: the keys come from the cycle after its P·V RUN command
-    assert after_short.other == keys + 3 - one.context
+    # a one-token head's context does not: the command is taken in the cycle after its P·V RUN command and
+    # the keys come from the cycle after that
+    assert after_short.other == keys + 4 - one.context
 
 
 def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tiles_softmax():
