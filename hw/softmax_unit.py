@@ -172,7 +172,6 @@ class SoftmaxUnit(wiring.Component):
         m.submodules.sum_reciprocal = sum_reciprocal = RowReciprocal(total_bits=self._total_bits)
         m.submodules.kept_reciprocal = kept_reciprocal = RowReciprocal(total_bits=self._total_bits)
         ell_shape = sum_reciprocal.reciprocal.payload.ell.shape()
-        r_shape = sum_reciprocal.reciprocal.payload.r.shape()
         for i, exp in enumerate(self._exps):
             m.submodules[f"exp_{i}"] = exp
         densities = [ReciprocalScale(x_bits=E_BITS, ell_bits=ell_shape.width, fraction_bits=SELECTION_BITS)
@@ -208,13 +207,20 @@ class SoftmaxUnit(wiring.Component):
         ingest_bank, exp_bank, norm_bank = (Signal(range(nbanks), name=n) for n in ("ingest_bank", "exp_bank", "norm_bank"))
         tiles = [Signal(tile_layout(cfg), name=f"tile_{b}") for b in range(nbanks)]
         # the rows' maxima, offset by 2^31 (a score's sign bit flipped): their comparisons are unsigned
-        maxima = [Array(Signal(unsigned(golden.ACC_BITS), name=f"max_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
-        sums = [Array(Signal(self._total_bits, name=f"sum_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
-        recips = [Array(Signal(r_shape, name=f"r_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
-        ells = [Array(Signal(ell_shape, name=f"ell_{b}_{i}") for i in range(lanes)) for b in range(nbanks)]
-        kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))
-        kept_r = Array(Signal(r_shape, name=f"kept_r_{i}") for i in range(lanes))
-        kept_ell = Array(Signal(ell_shape, name=f"kept_ell_{i}") for i in range(lanes))
+        # Per bank and row, in memories addressed by (bank, row): the rows' maxima, offset by 2^31 (a
+        # score's sign bit flipped: their comparisons are unsigned), written as each row's maximum becomes
+        # final and read by the exp pass; the rows' reciprocals, written by the exp pass's divider and read
+        # by the select and emit passes. The kept sums' reciprocals (one tile at a time) likewise, by row.
+        row_bits = max(1, (lanes - 1).bit_length())
+        scale_layout = sum_reciprocal.reciprocal.payload.shape()
+        m.submodules.maxima = maxima = Memory(shape=unsigned(golden.ACC_BITS), depth=nbanks << row_bits, init=[])
+        m.submodules.row_scales = row_scales = Memory(shape=scale_layout, depth=nbanks << row_bits, init=[])
+        m.submodules.kept_scales = kept_scales = Memory(shape=scale_layout, depth=lanes, init=[])
+        max_write, max_read = maxima.write_port(), maxima.read_port()
+        scale_write, scale_read = row_scales.write_port(), row_scales.read_port()
+        kept_write, kept_read = kept_scales.write_port(), kept_scales.read_port()
+        sums = Array(Signal(self._total_bits, name=f"sum_{i}") for i in range(lanes))  # the exp pass's tile
+        kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))  # the select pass's
 
         def pick(bank, items):
             """``items[bank]``, one per bank."""
@@ -236,10 +242,11 @@ class SoftmaxUnit(wiring.Component):
         for b, (_, read) in enumerate(banks):
             m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
 
-        def reciprocal_engine(unit, totals, results_r, results_ell, finished, stored=None):
+        def reciprocal_engine(unit, totals, write, address, finished, stored=None):
             """Row reciprocals on ``unit``: a row is sent once its bit rises in ``finished`` (the cycle
-            its total is final), and its bit in ``stored`` rises with its result; returns a signal that
-            is high when none is pending or computing."""
+            its total is final), its result is written through ``write`` at ``address(row)``, and its bit
+            in ``stored`` rises with the write; returns a signal that is high when none is pending or
+            computing."""
             pending = Signal(lanes)
             sending = Signal(range(lanes))
             asked = Signal()
@@ -254,9 +261,10 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += [sending.eq(next_row), asked.eq(1)]
                 m.d.comb += cleared.eq(1 << next_row)
             m.d.sync += pending.eq((pending & ~cleared) | finished)
+            m.d.comb += [write.addr.eq(address(sending)), write.data.eq(unit.reciprocal.payload),
+                         write.en.eq(unit.reciprocal.valid)]
             with m.If(unit.reciprocal.valid):
-                m.d.sync += [asked.eq(0), results_r[sending].eq(unit.reciprocal.payload.r),
-                             results_ell[sending].eq(unit.reciprocal.payload.ell)]
+                m.d.sync += asked.eq(0)
                 if stored is not None:
                     m.d.sync += stored.eq(stored | (1 << sending))
             return ~pending.any() & ~asked & ~finished.any()
@@ -291,10 +299,10 @@ class SoftmaxUnit(wiring.Component):
         # row's running maximum, one comparator a row on the tile being ingested (its first key block
         # starts it afresh), copied to the tile's bank with the last beat. A tile counts as ingested once
         # its last beat has passed them.
-        place = {"valid": 1, "last": 1, "first": 1, "bank": range(nbanks), "row": range(lanes)}
+        place = {"valid": 1, "last": 1, "first": 1, "final": 1, "bank": range(nbanks), "row": range(lanes)}
         counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), k)}))
         m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.first.eq(ikb == 0),
-                     counted.bank.eq(ingest_bank), counted.row.eq(irow)]
+                     counted.final.eq(ikb == ingest_tile.key_blocks - 1), counted.bank.eq(ingest_bank), counted.row.eq(irow)]
         for i in range(k):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, _offset(self.scores.payload.values[i]), 0))
@@ -304,20 +312,22 @@ class SoftmaxUnit(wiring.Component):
             stage_layout = data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))})
             reduced = Signal(stage_layout, name=f"peak_{stage}")
             m.d.sync += [reduced.valid.eq(peak.valid), reduced.last.eq(peak.valid & peak.last), reduced.first.eq(peak.first),
-                         reduced.bank.eq(peak.bank), reduced.row.eq(peak.row)]
+                         reduced.final.eq(peak.final), reduced.bank.eq(peak.bank), reduced.row.eq(peak.row)]
             m.d.sync += [reduced.values[i].eq(v) for i, v in enumerate(values)]
             peak, values = reduced, [reduced.values[i] for i in range(len(values))]
             max_stages.append(reduced)
         peak_value, = values
         tile_ingested = peak.valid & peak.last
+        running = Array(Signal(unsigned(golden.ACC_BITS), name=f"ingest_max_{i}") for i in range(lanes))
         for i in range(lanes):
-            running = Signal(unsigned(golden.ACC_BITS), name=f"ingest_max_{i}")
             hit = peak.valid & (peak.row == i)
-            updated = Mux(hit & (peak.first | (peak_value > running)), peak_value, running)
-            m.d.sync += running.eq(updated)
-            for b in range(nbanks):
-                with m.If(tile_ingested & (peak.bank == b)):
-                    m.d.sync += maxima[b][i].eq(updated)
+            with m.If(hit & (peak.first | (peak_value > running[i]))):
+                m.d.sync += running[i].eq(peak_value)
+        # a row's maximum is final after its beat of the last key block: written to its bank the cycle after
+        finished = Signal(data.StructLayout({"valid": 1, "bank": range(nbanks), "row": range(lanes)}))
+        m.d.sync += [finished.valid.eq(peak.valid & peak.final), finished.bank.eq(peak.bank), finished.row.eq(peak.row)]
+        m.d.comb += [max_write.addr.eq(Cat(finished.row[:row_bits], finished.bank)), max_write.data.eq(running[finished.row]),
+                     max_write.en.eq(finished.valid)]
         ingested_bank = peak.bank
 
         # --- exp: e = IntegerExp(max − S) written back and summed per row; row reciprocals beside ----------
@@ -329,8 +339,8 @@ class SoftmaxUnit(wiring.Component):
         exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(BANK_READ_LATENCY + EXP_LATENCY)]
         issue_exp = Signal()
         m.d.comb += [exp_addr.eq(Cat(kb[:kb_bits], row)), exp_reading.eq(issue_exp)]
-        row_max = Signal(unsigned(golden.ACC_BITS))  # the read row's maximum, registered beside the bank's read
-        m.d.sync += row_max.eq(pick(exp_bank, [mx[row] for mx in maxima]))
+        row_max = max_read.data  # the read row's maximum, read beside the bank's word
+        m.d.comb += max_read.addr.eq(Cat(row[:row_bits], exp_bank))
         m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
                      exp_line[0].last.eq(last_kb)]
         for i in range(k):
@@ -349,23 +359,13 @@ class SoftmaxUnit(wiring.Component):
         exp_busy = Cat(*(line.valid for line in exp_line), terms.valid).any()
         sum_final = Signal(lanes)  # a row's sum is final the cycle after its last word's exponentials are added
         m.d.sync += sum_final.eq(Mux(terms.valid & terms.last, 1 << terms.row, 0))
-        exp_sums = Array(Signal(self._total_bits, name=f"exp_sum_{i}") for i in range(lanes))
-        exp_r = Array(Signal(r_shape, name=f"exp_r_{i}") for i in range(lanes))
-        exp_ell = Array(Signal(ell_shape, name=f"exp_ell_{i}") for i in range(lanes))
-        for i in range(lanes):
-            m.d.comb += exp_sums[i].eq(pick(exp_bank, [sums[b][i] for b in range(nbanks)]))
-        sums_done = reciprocal_engine(sum_reciprocal, exp_sums, exp_r, exp_ell, sum_final)
+        sums_done = reciprocal_engine(sum_reciprocal, sums, scale_write, lambda i: Cat(i[:row_bits], exp_bank), sum_final)
         with m.If(terms.valid):
-            for b in range(nbanks):
-                with m.If(exp_bank == b):
-                    m.d.sync += sums[b][terms.row].eq(sums[b][terms.row] + terms.value)
+            m.d.sync += sums[terms.row].eq(sums[terms.row] + terms.value)
         with m.FSM() as exp_fsm:
             with m.State("IDLE"):
                 with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
-                    m.d.sync += [row.eq(0), kb.eq(0)]
-                    for b in range(nbanks):
-                        with m.If(exp_bank == b):
-                            m.d.sync += [sums[b][i].eq(0) for i in range(lanes)]
+                    m.d.sync += [row.eq(0), kb.eq(0)] + [sums[i].eq(0) for i in range(lanes)]
                     m.next = "EXP"
             with m.State("EXP"):
                 m.d.comb += issue_exp.eq(1)
@@ -377,10 +377,6 @@ class SoftmaxUnit(wiring.Component):
                         m.next = "WAIT"
             with m.State("WAIT"):  # the last exponentials, then every row's reciprocal
                 with m.If(~exp_busy & sums_done):
-                    for b in range(nbanks):
-                        with m.If(exp_bank == b):
-                            m.d.sync += [recips[b][i].eq(exp_r[i]) for i in range(lanes)]
-                            m.d.sync += [ells[b][i].eq(exp_ell[i]) for i in range(lanes)]
                     m.d.sync += exp_bank.eq(following(exp_bank))
                     m.next = "IDLE"
         tile_exped = exp_fsm.ongoing("WAIT") & ~exp_busy & sums_done
@@ -405,17 +401,16 @@ class SoftmaxUnit(wiring.Component):
         m.d.sync += [b.eq(a) for a, b in zip(block_line[1:], block_line[2:])]
         for field in ("valid", "i", "exists", "qb", "kb"):
             m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
-        data_row = Signal(range(lanes))  # the row whose word the read port shows
-        m.d.comb += data_row.eq(block_line[0].qb * k + block_line[0].i)
-        row_r = pick(norm_bank, [recips[b][data_row] for b in range(nbanks)])
-        row_ell = pick(norm_bank, [ells[b][data_row] for b in range(nbanks)])
+        # the row's reciprocals, read beside the bank's word
+        m.d.comb += [scale_read.addr.eq(Cat(block_row[:row_bits], norm_bank)), kept_read.addr.eq(block_row)]
+        row_r, row_ell = scale_read.data.r, scale_read.data.ell
         for i in range(k):
             x = Mux(block_line[0].exists, norm_data[i][:E_BITS], 0)
             m.d.sync += block_line[1].e[i].eq(x)
             m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x), densities[i].r.eq(row_r), densities[i].ell.eq(row_ell),
                          probabilities[i].en.eq(1), probabilities[i].x.eq(x),
-                         probabilities[i].r.eq(Mux(tile.prune, kept_r[data_row], row_r)),
-                         probabilities[i].ell.eq(Mux(tile.prune, kept_ell[data_row], row_ell))]
+                         probabilities[i].r.eq(Mux(tile.prune, kept_read.data.r, row_r)),
+                         probabilities[i].ell.eq(Mux(tile.prune, kept_read.data.ell, row_ell))]
         scaled = block_line[-1]
         dense_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(SELECTION_BITS + 1), k), k - 1))
         prob_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(8), k), k - 1))
@@ -470,7 +465,7 @@ class SoftmaxUnit(wiring.Component):
             with m.If(kept_terms.last):
                 m.d.sync += kept_final.eq(Cat(*(((kept_terms.qb * k + r) < tile.rows) for r in range(k))) << (kept_terms.qb * k))
         kept_ready = Signal(lanes)  # rows whose kept sum's reciprocal is stored
-        reciprocal_engine(kept_reciprocal, kept_sum, kept_r, kept_ell, kept_final, kept_ready)
+        reciprocal_engine(kept_reciprocal, kept_sum, kept_write, lambda i: i, kept_final, kept_ready)
         # a block row may be emitted once its rows' kept reciprocals are stored (rows past the tile's end
         # have none), while later block rows' are still computed
         row_ready = Signal()
