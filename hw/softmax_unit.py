@@ -34,8 +34,8 @@ QUEUE_LATENCY = 2
 TERMS_LATENCY = 1
 #: Cycles from a row's last exponentials (or its block row's last choice) to its total's offer to the
 #: row's :class:`RowReciprocal`: the terms' sum, the addition with the flag that the total is final,
-#: then the pending row.
-RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 2
+#: the pending row, then the offer register.
+RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 3
 #: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
 #: reciprocal being counted as stored.
 RECIPROCAL_RETURN_LATENCY = 1
@@ -243,23 +243,31 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
 
         def reciprocal_engine(unit, totals, write, address, finished, stored=None):
-            """Row reciprocals on ``unit``: a row is sent once its bit rises in ``finished`` (the cycle
-            its total is final), its result is written through ``write`` at ``address(row)``, and its bit
-            in ``stored`` rises with the write; returns a signal that is high when none is pending or
-            computing."""
+            """Row reciprocals on ``unit``: a row's total is taken into an offer register once its bit
+            rises in ``finished`` (the cycle its total is final), the lowest such row first, and offered
+            from there; its result is written through ``write`` at ``address(row)``, and its bit in
+            ``stored`` rises with the write. Returns a signal that is high when none is pending, offered
+            or computing."""
             pending = Signal(lanes)
+            offer = Signal(data.StructLayout({"valid": 1, "row": range(lanes), "total": self._total_bits}))
             sending = Signal(range(lanes))
             asked = Signal()
             next_row = Signal(range(lanes))
             for i in reversed(range(lanes)):  # the lowest pending row
                 with m.If(pending[i]):
                     m.d.comb += next_row.eq(i)
-            m.d.comb += [unit.total.valid.eq(pending.any() & ~asked), unit.total.payload.eq(totals[next_row]),
+            taken = unit.total.valid & unit.total.ready
+            load = pending.any() & (~offer.valid | taken)
+            m.d.comb += [unit.total.valid.eq(offer.valid & ~asked), unit.total.payload.eq(offer.total),
                          unit.reciprocal.ready.eq(1)]
             cleared = Signal(lanes)
-            with m.If(unit.total.valid & unit.total.ready):
-                m.d.sync += [sending.eq(next_row), asked.eq(1)]
+            with m.If(load):
+                m.d.sync += [offer.valid.eq(1), offer.row.eq(next_row), offer.total.eq(totals[next_row])]
                 m.d.comb += cleared.eq(1 << next_row)
+            with m.Elif(taken):
+                m.d.sync += offer.valid.eq(0)
+            with m.If(taken):
+                m.d.sync += [sending.eq(offer.row), asked.eq(1)]
             m.d.sync += pending.eq((pending & ~cleared) | finished)
             m.d.comb += [write.addr.eq(address(sending)), write.data.eq(unit.reciprocal.payload),
                          write.en.eq(unit.reciprocal.valid)]
@@ -267,7 +275,7 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += asked.eq(0)
                 if stored is not None:
                     m.d.sync += stored.eq(stored | (1 << sending))
-            return ~pending.any() & ~asked & ~finished.any()
+            return ~pending.any() & ~offer.valid & ~asked & ~finished.any()
 
         # --- ingest: the engine's scores into the free bank, each row's maximum ---------------------------
         irow = Signal(range(lanes))
