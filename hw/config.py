@@ -169,9 +169,9 @@ class AttentionConfig(_JsonConfig):
         Largest head dimension, a multiple of the block size.
     patterns_per_cycle : int
         Pattern masses formed per cycle by the selection (:class:`hw.pattern_select.PatternSelect`), at
-        most the pool's size; by default 16, or the whole pool when it is smaller. At 16 of a pool of
-        32 a block is chosen every 3 cycles, faster than its ``k`` = 4 reads, so the select pass is
-        paced by the reads.
+        most the pool's size; by default the fewest that choose a block in no more cycles than its
+        ``k`` reads, ``⌈pool_size / k⌉`` (8 of a pool of 32 with k = 4), so the select pass is paced by
+        the reads and no mass adders sit idle.
     """
 
     engine: EngineConfig = EngineConfig(weight_bits=9)
@@ -184,7 +184,8 @@ class AttentionConfig(_JsonConfig):
         if isinstance(self.engine, dict):  # from JSON
             object.__setattr__(self, "engine", EngineConfig.from_dict(self.engine))
         if self.patterns_per_cycle is None:
-            object.__setattr__(self, "patterns_per_cycle", min(16, self.engine.pattern.pool_size))
+            pattern = self.engine.pattern
+            object.__setattr__(self, "patterns_per_cycle", -(-pattern.pool_size // pattern.block_size))
         _require_positive(self, ("max_seq", "max_head_dim", "patterns_per_cycle"))
         k = self.engine.pattern.block_size
         if self.engine.lanes % k:

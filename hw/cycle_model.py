@@ -38,7 +38,7 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
   passes, each starting the cycle after its tile is ready for it and the pass of the previous tile
   ended (a tile is ready for exp :func:`~hw.softmax_unit.ingest_max_latency` cycles after its last
   score, when its rows' maxima are final): **exp** reads one word (k scores) per cycle, ``rows · ⌈L/k⌉`` reads, and each row's sum goes to
-  a divider :data:`~hw.softmax_unit.BANK_READ_LATENCY` + :data:`~hw.exp_unit.EXP_LATENCY` +
+  a divider :data:`~hw.softmax_unit.EXP_READ_LATENCY` + :data:`~hw.exp_unit.EXP_LATENCY` +
   :data:`~hw.softmax_unit.RECIPROCAL_OFFER_LATENCY` after its last read, the rows one after another,
   each :func:`~hw.row_reciprocal.reciprocal_cycles` + :data:`~hw.softmax_unit.RECIPROCAL_RETURN_LATENCY`;
   **select** (pruned only) reads each k×k block in ``k`` cycles, offers it to
@@ -75,7 +75,7 @@ from hw.pattern_matmul import ROW_LATENCY
 from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (BANK_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+from hw.softmax_unit import (BANK_READ_LATENCY, EXP_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
                              RECIPROCAL_RETURN_LATENCY, TERMS_LATENCY, TILE_BANKS, ingest_max_latency, queue_depth)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
@@ -357,9 +357,9 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
         last_read = start + rows * key_blocks
         sums = _Divider()
         for i in range(rows):
-            added = start + (i + 1) * key_blocks + BANK_READ_LATENCY + EXP_LATENCY
+            added = start + (i + 1) * key_blocks + EXP_READ_LATENCY + EXP_LATENCY
             sums.divide(added + RECIPROCAL_OFFER_LATENCY, zero=base + i >= real)
-        exped.append(max(last_read + BANK_READ_LATENCY + EXP_LATENCY + TERMS_LATENCY + 1, sums.free))
+        exped.append(max(last_read + EXP_READ_LATENCY + EXP_LATENCY + TERMS_LATENCY + 1, sums.free))
         # Select and emit: from the cycle after the exp pass and the previous emit pass end; per block, k
         # reads back to back (a block's first read waits for a credit), scaled, queued.
         begin = max(exped[t], emitted[t - 1] if t else 0) + 1

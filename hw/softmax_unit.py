@@ -1,6 +1,9 @@
 """The attention softmax of one tile of query rows: integer exponential, attention-map pattern selection
 and normalization over the kept entries (``core.integer.attention_probabilities``)."""
 
+import operator
+from functools import reduce
+
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -26,6 +29,9 @@ E_BITS = EXP_OUT_BITS + 1
 TILE_BANKS = 3
 #: Cycles from a tile bank's read address to its word (a synchronous read port).
 BANK_READ_LATENCY = 1
+#: Cycles from the exp pass's read address to the word, selected among the banks, at the exponentials'
+#: inputs: the bank's read, then the selected word registered (the banks sit apart on the die).
+EXP_READ_LATENCY = BANK_READ_LATENCY + 1
 #: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
 #: (``SyncFIFOBuffered``: its memory, then its output register).
 QUEUE_LATENCY = 2
@@ -235,8 +241,18 @@ class SoftmaxUnit(wiring.Component):
 
         ingest_tile, exp_tile, tile = (Signal(tile_layout(cfg), name=n) for n in ("ingest_tile", "exp_tile", "norm_tile"))
         m.d.comb += [ingest_tile.eq(pick(ingest_bank, tiles)), exp_tile.eq(pick(exp_bank, tiles)), tile.eq(pick(norm_bank, tiles))]
+        # The read words are selected by one-hot registers of the exp and norm passes' banks (no decoding
+        # between a register and the wide multiplexers); the exp pass's word is registered after it.
+        exp_select = Signal(nbanks, init=1)
+        norm_select = Signal(nbanks, init=1)
+
+        def selected(select):
+            """The read word of the bank whose bit is set in the one-hot ``select``."""
+            return [reduce(operator.or_, (Mux(select[b], read.data[i], 0) for b, (_, read) in enumerate(banks)))
+                    for i in range(k)]
         exp_data, norm_data = Signal(word), Signal(word)
-        m.d.comb += [exp_data.eq(pick(exp_bank, [r.data for _, r in banks])), norm_data.eq(pick(norm_bank, [r.data for _, r in banks]))]
+        m.d.sync += [exp_data[i].eq(v) for i, v in enumerate(selected(exp_select))]
+        m.d.comb += [norm_data[i].eq(v) for i, v in enumerate(selected(norm_select))]
         exp_addr, norm_addr = Signal.like(banks[0][1].addr), Signal.like(banks[0][1].addr)
         exp_reading = Signal()  # the exp pass reads its bank; otherwise the reads are select's and emit's
         for b, (_, read) in enumerate(banks):
@@ -344,10 +360,11 @@ class SoftmaxUnit(wiring.Component):
         last_row = row == exp_tile.rows - 1
         last_kb = kb == exp_tile.key_blocks - 1
         meta = data.StructLayout({"valid": 1, "row": range(lanes), "kb": COUNT_BITS, "keep": k, "last": 1})
-        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(BANK_READ_LATENCY + EXP_LATENCY)]
+        exp_line = [Signal(meta, name=f"exp_meta_{i}") for i in range(EXP_READ_LATENCY + EXP_LATENCY)]
         issue_exp = Signal()
         m.d.comb += [exp_addr.eq(Cat(kb[:kb_bits], row)), exp_reading.eq(issue_exp)]
-        row_max = max_read.data  # the read row's maximum, read beside the bank's word
+        row_max = Signal.like(max_read.data)  # the read row's maximum, read and registered beside the word
+        m.d.sync += row_max.eq(max_read.data)
         m.d.comb += max_read.addr.eq(Cat(row[:row_bits], exp_bank))
         m.d.sync += [exp_line[0].valid.eq(issue_exp), exp_line[0].row.eq(row), exp_line[0].kb.eq(kb),
                      exp_line[0].last.eq(last_kb)]
@@ -385,7 +402,7 @@ class SoftmaxUnit(wiring.Component):
                         m.next = "WAIT"
             with m.State("WAIT"):  # the last exponentials, then every row's reciprocal
                 with m.If(~exp_busy & sums_done):
-                    m.d.sync += exp_bank.eq(following(exp_bank))
+                    m.d.sync += [exp_bank.eq(following(exp_bank)), exp_select.eq(exp_select.rotate_left(1))]
                     m.next = "IDLE"
         tile_exped = exp_fsm.ongoing("WAIT") & ~exp_busy & sums_done
 
@@ -526,7 +543,7 @@ class SoftmaxUnit(wiring.Component):
                     m.next = "EMIT"
             with m.State("EMIT"):
                 with m.If(pass_done):
-                    m.d.sync += [emitting.eq(0), norm_bank.eq(following(norm_bank))]
+                    m.d.sync += [emitting.eq(0), norm_bank.eq(following(norm_bank)), norm_select.eq(norm_select.rotate_left(1))]
                     m.next = "IDLE"
         tile_emitted = norm.ongoing("EMIT") & pass_done
 

@@ -15,7 +15,7 @@ from hw.attention_unit import PROBABILITY_WRITE_LATENCY
 from hw.pattern_select import PatternSelect, choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (BANK_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+from hw.softmax_unit import (BANK_READ_LATENCY, EXP_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
                              RECIPROCAL_RETURN_LATENCY, ingest_max_latency, queue_depth)
 
 CONFIG = EngineConfig()
@@ -157,7 +157,7 @@ def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tile
     k, lanes, length, dim = e.pattern.block_size, e.lanes, 128, 64
     key_blocks = length // k
     last_score = matmul_cycles(e, length, dim, length, dense=True).cycles - 2  # the harness's done: 2 later
-    exped = (last_score + ingest_max_latency(k) + 1 + lanes * key_blocks + BANK_READ_LATENCY + EXP_LATENCY + RECIPROCAL_OFFER_LATENCY
+    exped = (last_score + ingest_max_latency(k) + 1 + lanes * key_blocks + EXP_READ_LATENCY + EXP_LATENCY + RECIPROCAL_OFFER_LATENCY
              + reciprocal_cycles(1) + RECIPROCAL_RETURN_LATENCY)
     blocks = lanes // k * key_blocks
     last_read = exped + 2 + (blocks - 1) * k

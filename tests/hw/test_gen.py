@@ -6,6 +6,7 @@ import pytest
 from core.pattern import PatternConfig
 from hw.config import AcceleratorConfig, AttentionConfig, EngineConfig
 from hw.gen import generate
+from hw.pattern_select import select_interval
 from sim.toolchain import LINT_WAIVERS, configure_verilator
 
 
@@ -65,7 +66,10 @@ def test_chunks_are_a_power_of_two_and_patterns_per_cycle_fit_the_pool():
     with pytest.raises(ValueError, match="chunk_rows=12 must be a power of two"):
         AcceleratorConfig(chunk_rows=12)
     small_pool = EngineConfig(pattern=PatternConfig(pool_size=8), weight_bits=9)
-    assert AttentionConfig().patterns_per_cycle == 16 and AttentionConfig(engine=small_pool).patterns_per_cycle == 8
+    for config in (AttentionConfig(), AttentionConfig(engine=small_pool)):
+        # the default: the fewest masses a cycle that choose a block within its k reads
+        k, pool, group = config.engine.pattern.block_size, config.engine.pattern.pool_size, config.patterns_per_cycle
+        assert select_interval(pool, group) <= k < select_interval(pool, group - 1)
     with pytest.raises(ValueError, match="patterns_per_cycle=16 exceeds pool_size=8"):
         AttentionConfig(engine=small_pool, patterns_per_cycle=16)
 
