@@ -251,8 +251,11 @@ class AttentionUnit(wiring.Component):
         w_valid = Signal()
         w_more = Signal()  # beats left to read
         run_tokens = Signal(range(max(cfg.max_seq, cfg.max_head_dim) + 1))
-        w_in_blocks = Mux(qk_phase, head.head_blocks, blocks)
-        chunks_now = Mux(qk_phase | ~head.prune, ecfg.dense_chunks, 1)
+        # the RUN's last chunk, last key block and whether the tile being read is its last, registered
+        w_last_chunk = Signal.like(w_chunk)
+        w_last_bk = Signal.like(w_bk)
+        w_last_bn = Signal.like(w_bn)
+        w_final_tile = Signal()
         # The beats reach the engine through a two-beat queue, which keeps the engine's ready off the
         # read-ahead below (one cycle more before the first beat, none between beats).
         weights = Signal(engine.weights.payload.shape())  # the beat entering the queue
@@ -264,20 +267,27 @@ class AttentionUnit(wiring.Component):
         for _, k_read in k_banks:
             m.d.comb += [k_read.addr.eq(Cat(w_bk[:hb_bits], w_bn[:sb_bits])), k_read.en.eq(advance)]
         m.d.comb += [p_read.addr.eq(Cat(w_bk[:sb_bits], w_bn[:sb_bits])), p_read.en.eq(advance)]
+        with m.If(qk_start):
+            m.d.sync += [w_last_chunk.eq(ecfg.dense_chunks - 1), w_last_bk.eq(head.head_blocks - 1),
+                         w_final_tile.eq(head.length <= lanes)]
+        with m.If(pv_start):
+            m.d.sync += [w_last_chunk.eq(Mux(head.prune, 0, ecfg.dense_chunks - 1)), w_last_bk.eq(blocks - 1),
+                         w_final_tile.eq(channels <= lanes)]
         with m.If(qk_start | pv_start):
-            m.d.sync += [w_tile.eq(0), w_bn.eq(0), w_bk.eq(0), w_chunk.eq(0), w_more.eq(1)]
+            m.d.sync += [w_tile.eq(0), w_bn.eq(0), w_bk.eq(0), w_chunk.eq(0), w_more.eq(1), w_last_bn.eq(blocks - 1)]
         with m.Elif(advance):
             m.d.sync += [w_valid.eq(w_more), w_chunk_out.eq(w_chunk)]
             with m.If(w_more):
-                last_chunk = w_chunk == chunks_now - 1
+                last_chunk = w_chunk == w_last_chunk
                 m.d.sync += w_chunk.eq(Mux(last_chunk, 0, w_chunk + 1))
                 with m.If(last_chunk):
                     m.d.sync += w_bk.eq(w_bk + 1)
-                    with m.If(w_bk == w_in_blocks - 1):
+                    with m.If(w_bk == w_last_bk):
                         m.d.sync += [w_bk.eq(0), w_bn.eq(w_bn + 1)]
-                        with m.If(w_bn == blocks - 1):
-                            m.d.sync += [w_bn.eq(0), w_tile.eq(w_tile + lanes)]
-                            with m.If(w_tile + lanes >= run_tokens):
+                        with m.If(w_bn == w_last_bn):
+                            m.d.sync += [w_bn.eq(0), w_tile.eq(w_tile + lanes),
+                                         w_final_tile.eq(w_tile + 2 * lanes >= run_tokens)]
+                            with m.If(w_final_tile):
                                 m.d.sync += w_more.eq(0)
         k_block = [k_read.data.word_select(c, 8).as_signed() for _, k_read in k_banks for c in range(k)]
         p_block = p_read.data
