@@ -10,6 +10,9 @@ from core.pattern import PatternConfig
 from hw.config import refuse
 from hw.trees import tree, tree_levels
 
+#: Cycles from a group's issue to its masses' first adder stage: the group's masks, picked from the
+#: pool's registers, and the block's values are registered together first.
+ISSUE_LATENCY = 1
 #: Levels of the masses' adder trees between two registers.
 ADD_LEVELS_PER_STAGE = 2
 #: Levels of the group's comparison tree between two registers (a comparison and the wide selection
@@ -37,8 +40,9 @@ def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
 
 def choice_latency(pattern: PatternConfig, patterns_per_cycle: int) -> int:
     """Cycles from a block's transfer to its choice's ``valid``: its groups issued one a cycle, the last
-    group's mass and comparison stages, then the registered comparison against the best so far."""
-    return (select_interval(pattern.pool_size, patterns_per_cycle) + mass_stages(pattern.positions)
+    group's issue register, mass and comparison stages, then the registered comparison against the best
+    so far."""
+    return (select_interval(pattern.pool_size, patterns_per_cycle) + ISSUE_LATENCY + mass_stages(pattern.positions)
             + compare_stages(patterns_per_cycle) + 1)
 
 
@@ -47,13 +51,15 @@ class PatternSelect(wiring.Component):
 
     The pool's masks (``k²`` bits each, bit ``row · k + col``) sit in registers, written through
     ``mask_write``. A block's ``k²`` values are taken, then its patterns are issued in groups of
-    ``patterns_per_cycle``, one group a cycle, in id order, into a pipeline: each pattern's mass (a masked
-    adder tree, :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties
-    go to the lower id, :func:`compare_stages` stages), then against the best so far, which only a
-    strictly larger mass replaces (a block's first group replaces it). Groups come in id order, so every
-    tie goes to the lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The
-    next block is taken in the cycle its predecessor's last group is issued, so blocks pass at one per
-    :func:`select_interval` cycles; the whole pipeline holds while a choice is offered and not taken.
+    ``patterns_per_cycle``, one group a cycle, in id order, into a pipeline: the group's masks and the
+    block's values registered (:data:`ISSUE_LATENCY`), each pattern's mass (a masked adder tree,
+    :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties go to the
+    lower id, :func:`compare_stages` stages), then against the best so far, which only a strictly larger
+    mass replaces (a block's first group replaces it). Groups come in id order, so every tie goes to the
+    lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The next block is taken
+    in the cycle its predecessor's last group is issued, so blocks pass at one per :func:`select_interval`
+    cycles. The pipeline never holds: a choice is valid for one cycle and its consumer takes it then
+    (``choice`` is always ready), so no stall signal reaches the pipeline's registers.
 
     Parameters
     ----------
@@ -69,7 +75,7 @@ class PatternSelect(wiring.Component):
     --------------------
     blocks : In(stream.Signature(ArrayLayout(unsigned(value_bits), k²)))
         One block of the map, row-major.
-    choice : Out(stream.Signature(StructLayout({"id": unsigned(id_bits), "mask": k²})))
+    choice : Out(stream.Signature(StructLayout({"id": unsigned(id_bits), "mask": k²}), always_ready=True))
         Its pattern id and that pattern's mask (id 0 and mask 0's bits when ``patterns`` is 0).
     patterns : In(range(P + 1))
         Patterns in the loaded pool (held).
@@ -84,7 +90,8 @@ class PatternSelect(wiring.Component):
         id_bits = max(1, (pattern.pool_size - 1).bit_length())
         super().__init__({
             "blocks": In(stream.Signature(data.ArrayLayout(unsigned(value_bits), pattern.positions))),
-            "choice": Out(stream.Signature(data.StructLayout({"id": unsigned(id_bits), "mask": pattern.positions}))),
+            "choice": Out(stream.Signature(data.StructLayout({"id": unsigned(id_bits), "mask": pattern.positions}),
+                                           always_ready=True)),
             "patterns": In(range(pattern.pool_size + 1)),
             "mask_write": In(1),
             "mask_id": In(id_bits),
@@ -104,14 +111,9 @@ class PatternSelect(wiring.Component):
         entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1, "mask": positions})
         control = data.StructLayout({"valid": 1, "first": 1, "last": 1})  # a group in flight
 
-        # Every pipeline register moves only while the choice register is empty or being taken.
-        advance = Signal()
-        m.d.comb += advance.eq(~self.choice.valid | self.choice.ready)
-
         def stage(name, value, shape):
             register = Signal(shape, name=name)
-            with m.If(advance):
-                m.d.sync += register.eq(value)
+            m.d.sync += register.eq(value)
             return register
 
         # Issue: the block's groups, one a cycle; the next block is taken with the last group.
@@ -119,8 +121,8 @@ class PatternSelect(wiring.Component):
         index = Signal(range(groups))  # group issued this cycle
         busy = Signal()
         last_group = index == groups - 1
-        issuing = busy & advance
-        m.d.comb += self.blocks.ready.eq(~busy | (issuing & last_group))
+        issuing = busy
+        m.d.comb += self.blocks.ready.eq(~busy | last_group)
         with m.If(issuing):
             m.d.sync += index.eq(index + 1)
             with m.If(last_group):
@@ -128,17 +130,23 @@ class PatternSelect(wiring.Component):
         with m.If(self.blocks.valid & self.blocks.ready):
             m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1)]
 
-        # Masses: the masked terms, then the adder tree, ADD_LEVELS_PER_STAGE levels a stage.
+        # The group's masks and the block's values, registered at issue (ISSUE_LATENCY).
         flight = stage("issued", Cat(busy, index == 0, last_group), control)
-        carried, partials = [], []
+        issued_values = stage("issued_values", values, values.shape())
+        carried = []
         for g in range(group):
             pattern_id = index * group + g
             mask = Array(masks[i * group + g] for i in range(groups))[index]
-            terms = [Mux(mask[pos], values[pos], 0) for pos in range(positions)]
+            carried.append(stage(f"pattern_{g}_issued", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
+                                 data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
+        # Masses: the masked terms, then the adder tree, ADD_LEVELS_PER_STAGE levels a stage.
+        flight = stage("mass_flight_0", flight, control)
+        partials = []
+        for g, c in enumerate(carried):
+            terms = [Mux(c.mask[pos], issued_values[pos], 0) for pos in range(positions)]
             partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape)
                              for j, t in enumerate(tree(terms, operator.add, ADD_LEVELS_PER_STAGE))])
-            carried.append(stage(f"pattern_{g}_0", Cat(pattern_id[:id_bits], pattern_id < self.patterns, mask),
-                                 data.StructLayout({"id": unsigned(id_bits), "valid": 1, "mask": positions})))
+        carried = [stage(f"pattern_{g}_0", c, c.shape()) for g, c in enumerate(carried)]
         for s in range(1, mass_stages(positions)):
             flight = stage(f"mass_flight_{s}", flight, control)
             partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape)
@@ -166,9 +174,8 @@ class PatternSelect(wiring.Component):
         best = Signal(entry)
         better = winner.valid & (~best.valid | (winner.mass > best.mass))
         final = entry(Mux(flight.first | better, winner.as_value(), best.as_value()))
-        with m.If(self.choice.valid & self.choice.ready):
-            m.d.sync += self.choice.valid.eq(0)
-        with m.If(advance & flight.valid):
+        m.d.sync += self.choice.valid.eq(0)
+        with m.If(flight.valid):
             m.d.sync += best.eq(final)
             with m.If(flight.last):
                 m.d.sync += [self.choice.valid.eq(1), self.choice.payload.id.eq(Mux(final.valid, final.id, 0)),

@@ -469,8 +469,9 @@ class SoftmaxUnit(wiring.Component):
                      beside.w_data.eq(side_in), beside.w_en.eq(block_done & selecting)]
         side = data.View(side_layout, beside.r_data)
         chosen = Signal()
-        m.d.comb += [select.choice.ready.eq(beside.r_rdy), beside.r_en.eq(select.choice.valid),
-                     chosen.eq(select.choice.valid & beside.r_rdy)]
+        # A choice is taken the cycle it is valid (the selection has no back-pressure): its block's side
+        # entry was queued with the block, before the block could reach the selection.
+        m.d.comb += [beside.r_en.eq(select.choice.valid), chosen.eq(select.choice.valid)]
         # each chosen block's kept exponentials summed per row (TERMS_LATENCY), then added into the kept sums
         kept_terms = Signal(data.StructLayout({"valid": 1, "last": 1, "qb": range(block_rows),
                                                "values": data.ArrayLayout(self._total_bits, k)}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from amaranth import Value
+from amaranth import Const, Value
 from amaranth.sim import Simulator
 
 from firmware_gen.program import MatmulProgram
@@ -26,12 +26,16 @@ def stream_source(stream, beats: list[int], rng: random.Random, stall_probabilit
 
 
 def stream_sink(stream, count: int, rng: random.Random, stall_probability: float, received: list, intervals: list | None = None):
-    """A testbench that takes ``count`` beats from ``stream`` (random ready stalls) into ``received``, as
-    values of its payload layout, and the cycles since the previous transfer into ``intervals``."""
+    """A testbench that takes ``count`` beats from ``stream`` (random ready stalls, unless the stream is
+    always ready) into ``received``, as values of its payload layout, and the cycles since the previous
+    transfer into ``intervals``."""
+    always_ready = isinstance(stream.ready, Const)
+
     async def take(ctx):
         waited = 0
         while len(received) < count:
-            ctx.set(stream.ready, int(rng.random() >= stall_probability))
+            if not always_ready:
+                ctx.set(stream.ready, int(rng.random() >= stall_probability))
             _, _, valid, ready, payload = await ctx.tick().sample(stream.valid, stream.ready, stream.payload)
             waited += 1
             if valid and ready:

@@ -98,7 +98,6 @@ def test_choice_latency_is_pattern_selects(pool, group):
 
     def start(ctx):
         ctx.set(dut.patterns, pool)
-        ctx.set(dut.choice.ready, 1)
         ctx.set(dut.blocks.valid, 1)
 
     assert _cycles_until(dut, start, dut.blocks.ready, dut.choice.valid) == choice_latency(pattern, group)
