@@ -239,8 +239,8 @@ class SoftmaxUnit(wiring.Component):
             """The bank after ``bank``, in turn."""
             return Mux(bank == nbanks - 1, 0, bank + 1)
 
+        # each pass's tile, registered as the pass starts on it
         ingest_tile, exp_tile, tile = (Signal(tile_layout(cfg), name=n) for n in ("ingest_tile", "exp_tile", "norm_tile"))
-        m.d.comb += [ingest_tile.eq(pick(ingest_bank, tiles)), exp_tile.eq(pick(exp_bank, tiles)), tile.eq(pick(norm_bank, tiles))]
         # The read words are selected by one-hot registers of the exp and norm passes' banks (no decoding
         # between a register and the wide multiplexers); the exp pass's word is registered after it.
         exp_select = Signal(nbanks, init=1)
@@ -301,6 +301,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.tile.ready.eq(~full.bit_select(ingest_bank, 1))
                 with m.If(self.tile.valid & self.tile.ready):
+                    m.d.sync += ingest_tile.eq(self.tile.payload)
                     for b in range(nbanks):
                         with m.If(ingest_bank == b):
                             m.d.sync += tiles[b].eq(self.tile.payload)
@@ -390,7 +391,7 @@ class SoftmaxUnit(wiring.Component):
         with m.FSM() as exp_fsm:
             with m.State("IDLE"):
                 with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
-                    m.d.sync += [row.eq(0), kb.eq(0)] + [sums[i].eq(0) for i in range(lanes)]
+                    m.d.sync += [row.eq(0), kb.eq(0), exp_tile.eq(pick(exp_bank, tiles))] + [sums[i].eq(0) for i in range(lanes)]
                     m.next = "EXP"
             with m.State("EXP"):
                 m.d.comb += issue_exp.eq(1)
@@ -530,9 +531,10 @@ class SoftmaxUnit(wiring.Component):
         with m.FSM() as norm:
             with m.State("IDLE"):
                 with m.If(exped.bit_select(norm_bank, 1)):
-                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0)]
+                    starting = tile_layout(cfg)(pick(norm_bank, tiles))
+                    m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), tile.eq(starting)]
                     m.d.sync += [kept_sum[i].eq(0) for i in range(lanes)] + [kept_ready.eq(0)]
-                    with m.If(tile.prune):
+                    with m.If(starting.prune):
                         m.d.sync += selecting.eq(1)
                         m.next = "SELECT"
                     with m.Else():
