@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from core import golden
 from hw.config import AttentionConfig
-from hw.layouts import Opcode, activation_layout, output_layout, pattern_layout
+from hw.layouts import Opcode, activation_layout, command_layout, output_layout, pattern_layout
 from hw.pattern_matmul import PatternMatmulEngine
 from hw.softmax_unit import SoftmaxUnit, probability_block_layout, scores_layout
 from hw.trees import tree_sum
@@ -39,6 +39,9 @@ def exp_table_layout() -> data.StructLayout:
     return data.StructLayout({"addr": 8, "data": 16})
 
 
+#: Cycles from the unit's decision to send the engine a command to the engine's taking it (when idle):
+#: the command passes a register.
+COMMAND_LATENCY = 1
 #: Cycles from a probability block leaving the softmax to its write into the probability buffer: it is
 #: registered with its pattern's kept positions, then written (compacted with pruning).
 PROBABILITY_WRITE_LATENCY = 1
@@ -381,6 +384,25 @@ class AttentionUnit(wiring.Component):
             m.d.sync += [contexts.eq(0), context_done.eq(0)]
 
         # --- control -------------------------------------------------------------------------------------
+        # The engine's commands pass a register (COMMAND_LATENCY): ``send`` writes it when it is empty or
+        # being taken; a RUN's phase starts as the engine takes it.
+        issue = Signal(data.StructLayout({"valid": 1, "qk": 1, "pv": 1, "cmd": command_layout(ecfg)}))
+        free = ~issue.valid | engine.cmd.ready
+        m.d.comb += [engine.cmd.valid.eq(issue.valid), engine.cmd.payload.eq(issue.cmd)]
+        with m.If(engine.cmd.ready):
+            m.d.sync += issue.valid.eq(0)
+        taken = issue.valid & engine.cmd.ready
+        m.d.comb += [qk_start.eq(taken & issue.qk), pv_start.eq(taken & issue.pv)]
+        with m.If(qk_start):
+            m.d.sync += [qk_phase.eq(1), run_tokens.eq(head.length)]
+        with m.If(pv_start):
+            m.d.sync += [pv_phase.eq(1), run_tokens.eq(channels)]
+
+        def send(qk=0, pv=0, **fields):
+            m.d.sync += [issue.valid.eq(1), issue.qk.eq(qk), issue.pv.eq(pv), issue.cmd.eq(0)]
+            m.d.sync += [getattr(issue.cmd, name).eq(value) for name, value in fields.items() if name != "positions"]
+            m.d.sync += [issue.cmd.positions[j].eq(p) for j, p in enumerate(fields.get("positions", []))]
+
         cmd = self.cmd.payload
         refused = ((cmd.length == 0) | (cmd.length > cfg.max_seq) | (cmd.valid_length > cmd.length)
                    | (cmd.head_blocks == 0) | (cmd.head_blocks > head_blocks_max))
@@ -416,17 +438,14 @@ class AttentionUnit(wiring.Component):
                 m.d.comb += [taking.eq(1), self.exp_table.ready.eq(1),
                              softmax.exp_write.eq(self.exp_table.valid), softmax.exp_addr.eq(self.exp_table.payload.addr),
                              softmax.exp_data.eq(self.exp_table.payload.data)]
-                m.d.comb += [pool_loaded.eq(pool_entry.valid & engine.cmd.ready),
-                             self.pool.ready.eq(~pool_entry.valid | engine.cmd.ready)]
+                m.d.comb += [pool_loaded.eq(pool_entry.valid & free), self.pool.ready.eq(~pool_entry.valid | free)]
                 with m.If(self.pool.ready):
                     m.d.sync += [pool_entry.valid.eq(self.pool.valid), pool_entry.id.eq(self.pool.payload.id),
                                  pool_entry.mask.eq(self.pool.payload.mask)]
                     m.d.sync += [pool_entry.ranks[p].eq(rank) for p, rank in enumerate(ranks_of(self.pool.payload.mask))]
-                m.d.comb += [engine.cmd.valid.eq(pool_entry.valid), engine.cmd.payload.op.eq(Opcode.LOAD_PATTERN),
-                             engine.cmd.payload.pattern_id.eq(pool_entry.id),
-                             softmax.mask_write.eq(pool_loaded), softmax.mask_id.eq(pool_entry.id), softmax.mask.eq(pool_entry.mask)]
-                for j, position in enumerate(pool_positions):
-                    m.d.comb += engine.cmd.payload.positions[j].eq(position)
+                m.d.comb += [softmax.mask_write.eq(pool_loaded), softmax.mask_id.eq(pool_entry.id), softmax.mask.eq(pool_entry.mask)]
+                with m.If(pool_loaded):
+                    send(op=Opcode.LOAD_PATTERN, pattern_id=pool_entry.id, positions=pool_positions)
                 with m.If(pool_loaded & (tree_sum([pool_entry.mask[p] for p in range(k * k)]) != n)):
                     m.d.sync += self.error.eq(1)
                 # the pool and the exponential's table are written before a head starts
@@ -434,25 +453,18 @@ class AttentionUnit(wiring.Component):
                     become_current()
                     m.next = "SCORES_RUN"
             with m.State("SCORES_RUN"):
-                with m.If(k_done):
-                    m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(1),
-                                 engine.cmd.payload.raw.eq(1), engine.cmd.payload.wide.eq(0), engine.cmd.payload.tokens.eq(head.length),
-                                 engine.cmd.payload.in_blocks.eq(head.head_blocks), engine.cmd.payload.out_blocks.eq(blocks)]
-                    with m.If(engine.cmd.ready):
-                        m.d.comb += qk_start.eq(1)
-                        m.d.sync += [qk_phase.eq(1), run_tokens.eq(head.length)]
-                        m.next = "SCORES"
+                with m.If(k_done & free):
+                    send(qk=1, op=Opcode.RUN, dense=1, raw=1, wide=0, tokens=head.length, in_blocks=head.head_blocks,
+                         out_blocks=blocks)
+                    m.next = "SCORES"
             with m.State("SCORES"):
                 with m.If(probabilities_done & v_done & ~engine.busy):
                     m.d.sync += [qk_phase.eq(0), v_active.eq(0)]
                     m.next = "CONTEXT_RUN"
             with m.State("CONTEXT_RUN"):
-                m.d.comb += [engine.cmd.valid.eq(1), engine.cmd.payload.op.eq(Opcode.RUN), engine.cmd.payload.dense.eq(~head.prune),
-                             engine.cmd.payload.raw.eq(0), engine.cmd.payload.wide.eq(0), engine.cmd.payload.tokens.eq(channels),
-                             engine.cmd.payload.in_blocks.eq(blocks), engine.cmd.payload.out_blocks.eq(blocks)]
-                with m.If(engine.cmd.ready):
-                    m.d.comb += pv_start.eq(1)
-                    m.d.sync += [pv_phase.eq(1), run_tokens.eq(channels)]
+                with m.If(free):
+                    send(pv=1, op=Opcode.RUN, dense=~head.prune, raw=0, wide=0, tokens=channels, in_blocks=blocks,
+                         out_blocks=blocks)
                     m.next = "CONTEXT"
             with m.State("CONTEXT"):
                 # The next head's command and keys are taken while this head's context runs.
@@ -464,6 +476,6 @@ class AttentionUnit(wiring.Component):
                         m.next = "SCORES_RUN"
                     with m.Else():
                         m.next = "IDLE"
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | pending.valid | engine.busy | softmax.busy),
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | pending.valid | issue.valid | engine.busy | softmax.busy),
                      self.stage.eq(Mux(pv_phase, 2, Mux(qk_phase, 1, 0)))]
         return m

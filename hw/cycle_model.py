@@ -66,7 +66,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from hw.activation_buffer import READ_LATENCY
-from hw.attention_unit import PROBABILITY_WRITE_LATENCY
+from hw.attention_unit import COMMAND_LATENCY, PROBABILITY_WRITE_LATENCY
 from hw.config import AttentionConfig, EngineConfig
 from hw.exp_unit import EXP_LATENCY
 from hw.mac_array import ARRAY_LATENCY
@@ -416,23 +416,24 @@ def attention_cycles(config: AttentionConfig, heads, *, pruned: bool) -> Attenti
         beats = length * dim // k  # keys, and values, one beat per cycle
         if previous_context_end is None:
             # cycle 0: the command's transfer; cycle 1: it is the current head, its keys and values load from
-            # cycle 2, the Q·Kᵀ RUN goes in the cycle they are done
-            run = beats + 2
+            # cycle 2; the Q·Kᵀ RUN is sent in the cycle they are done, the engine takes it COMMAND_LATENCY later
+            run = beats + 2 + COMMAND_LATENCY
             values_done = beats + 2
             other = run + 1
         else:
             # the command is taken while the previous head's context runs (from the cycle after its RUN), its
             # keys from the cycle after; the Q·Kᵀ RUN goes in the cycle after that context ends, or once the
             # keys are in
-            run = max(previous_context_end + 1, previous_scores_end + 4 + beats)
+            run = max(previous_context_end + 1, previous_scores_end + 4 + beats) + COMMAND_LATENCY
             values_done = previous_context_end + 1 + beats
             other = run - previous_context_end
         scores = attention_scores_cycles(config, head, pruned=pruned)
         scores_end = max(run + scores, values_done)
         context = matmul_cycles(engine_cfg, dim, length, length, dense=not pruned).cycles
-        # the context RUN command takes the cycle after the scores stage; the context stage follows
-        context_end = scores_end + 1 + context
-        rows.append(AttentionHeadCycles(length, dim, pruned, other + 1, scores_end - run, context,
+        # the context RUN is sent the cycle after the scores stage and taken COMMAND_LATENCY later; the
+        # context stage follows
+        context_end = scores_end + 1 + COMMAND_LATENCY + context
+        rows.append(AttentionHeadCycles(length, dim, pruned, other + 1 + COMMAND_LATENCY, scores_end - run, context,
                                         matmul_cycles(engine_cfg, length, dim, length, dense=True).cycles))
         previous_scores_end, previous_context_end = scores_end, context_end
         useful += length * length * dim + length * length * dim * (n if pruned else k * k) // (k * k)

@@ -11,7 +11,7 @@ from hw.config import AttentionConfig, EngineConfig
 from hw.cycle_model import (BERT_BASE, MINILM_L6, RUN_TAIL_CYCLES, AttentionHeadShape, attention_cycles,
                             attention_scores_cycles, encoder_cycles, matmul_cycles)
 from hw.exp_unit import EXP_LATENCY
-from hw.attention_unit import PROBABILITY_WRITE_LATENCY
+from hw.attention_unit import COMMAND_LATENCY, PROBABILITY_WRITE_LATENCY
 from hw.pattern_select import PatternSelect, choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
@@ -137,14 +137,14 @@ def test_keys_load_before_the_first_head_and_during_each_context():
     first, after_long = attention_cycles(ATTENTION, [long, long], pruned=True).heads
     one, after_short = attention_cycles(ATTENTION, [short, long], pruned=True).heads
     keys = 128 * 64 // ATTENTION.engine.pattern.block_size  # one beat per cycle
-    # the command's transfer, its cycle in the command register, the keys, the Q·Kᵀ RUN command, the P·V
-    # RUN command
-    assert first.other == 1 + 1 + keys + 1 + 1
+    run = 1 + COMMAND_LATENCY  # a RUN command's cycle, then its register
+    # the command's transfer, its cycle in the command register, the keys, the Q·Kᵀ and P·V RUN commands
+    assert first.other == 1 + 1 + keys + 2 * run
     # a long context hides the next head's keys: only the two RUN commands remain
-    assert after_long.other == 2
-    # a one-token head's context does not: the command is taken in the cycle after its P·V RUN command and
-    # the keys come from the cycle after that
-    assert after_short.other == keys + 4 - one.context
+    assert after_long.other == 2 * run
+    # a one-token head's context does not: the command is taken in the cycle the engine takes its P·V RUN
+    # and the keys come from the cycle after that
+    assert after_short.other == keys + 3 + run - one.context
 
 
 def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tiles_softmax():
