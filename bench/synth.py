@@ -52,6 +52,8 @@ TOP = "synth_top"
 DOC = Path("docs/results/performance.md")
 ATTENTION_MARKERS = ("<!-- bench:attention-synth -->", "<!-- /bench:attention-synth -->")
 LANES = (2, 4, 8)
+#: The clock the docs measure the designs against: endpoints whose arrival exceeds its period are listed.
+FMAX_GOAL_MHZ = 90
 MAX_IN_FEATURES = 4096  # the engine's default; fits the 85k part's DP16KD even double-buffered at 16 lanes
 
 ECP5 = {"device": "LFE5U-85F", "nextpnr_flag": "--85k", "package": "CABGA381", "speed": 6,
@@ -121,11 +123,13 @@ def ecp5_resources(cells: dict[str, int]) -> dict[str, int]:
 
 
 def parse_nextpnr_report(report: str | dict) -> dict:
-    """Fmax, utilization and the critical path from a nextpnr ``--report`` JSON (text or parsed).
+    """Fmax, utilization, the critical path and the slow endpoints from a nextpnr ``--report`` JSON (text
+    or parsed).
 
     Returns ``{"fmax_mhz", "clocks": {name: {"achieved_mhz", "constraint_mhz"}}, "utilization":
-    {bel type: {"used", "available"}}, "critical_path": {...} or None}``. ``fmax_mhz`` is the lowest
-    achieved clock (``None`` without clocks); the critical path is the worst clock-to-clock path.
+    {bel type: {"used", "available"}}, "critical_path": {...} or None, "slow_endpoints": ...}``.
+    ``fmax_mhz`` is the lowest achieved clock (``None`` without clocks); the critical path is the worst
+    clock-to-clock path; ``slow_endpoints`` is :func:`slow_endpoints` at :data:`FMAX_GOAL_MHZ`.
     """
     data = json.loads(report) if isinstance(report, str) else report
     clocks = {name: {"achieved_mhz": float(v["achieved"]), "constraint_mhz": float(v["constraint"])}
@@ -140,7 +144,36 @@ def parse_nextpnr_report(report: str | dict) -> dict:
         if critical is None or summary["delay_ns"] > critical["delay_ns"]:
             critical = summary
     return {"fmax_mhz": min((c["achieved_mhz"] for c in clocks.values()), default=None), "clocks": clocks,
-            "utilization": utilization, "critical_path": critical}
+            "utilization": utilization, "critical_path": critical,
+            "slow_endpoints": slow_endpoints(data, 1e3 / FMAX_GOAL_MHZ)}
+
+
+def slow_endpoints(report: dict, period_ns: float, top: int = 12) -> dict | None:
+    """The clocked endpoints (register, memory and multiplier inputs; resets left out) whose arrival
+    time, setup not included, exceeds ``period_ns``, from a report's ``detailed_net_timings`` (nextpnr
+    ``--detailed-timing-report``), grouped by register: a name's bit indices and the packer's suffixes
+    are dropped. Returns ``{"period_ns", "count", "groups": [{"register", "endpoints", "worst_ns"}]}``
+    with the ``top`` groups of latest arrival first, or ``None`` when the report has no net timings."""
+    nets = report.get("detailed_net_timings")
+    if nets is None:
+        return None
+    arrival: dict[tuple[str, str], float] = {}
+    for net in nets:
+        if net.get("event") == "<async>":
+            continue
+        for end in net["endpoints"]:
+            if end["port"] == "LSR" or end.get("event") == "<async>":
+                continue
+            key = (end["cell"], end["port"])
+            arrival[key] = max(arrival.get(key, 0.0), float(end["delay"][-1]))
+    groups: dict[str, list[float]] = {}
+    for (cell, _), late in arrival.items():
+        if late > period_ns:
+            register = re.sub(r"_TRELLIS_FF_Q.*$|\$DPRAM_COMB\d$", "", cell)
+            groups.setdefault(re.sub(r"\[\d+\]", "[]", register), []).append(late)
+    ranked = sorted(groups.items(), key=lambda item: -max(item[1]))
+    return {"period_ns": period_ns, "count": sum(len(v) for v in groups.values()),
+            "groups": [{"register": name, "endpoints": len(v), "worst_ns": round(max(v), 2)} for name, v in ranked[:top]]}
 
 
 def _summarize_path(entry: dict) -> dict:
@@ -491,6 +524,12 @@ def attention_markdown(report: dict) -> str:
         c = r["pnr"]["critical_path"]
         out += ["", f"Critical path at {r['lanes']} lanes: {c['delay_ns']:.2f} ns ({c['logic_ns']:.2f} logic, "
                     f"{c['routing_ns']:.2f} routing), `{c['start']}` → `{c['end']}`."]
+        slow = r["pnr"].get("slow_endpoints")
+        if slow:
+            out += ["", f"Endpoints that arrive later than {slow['period_ns']:.2f} ns ({FMAX_GOAL_MHZ} MHz, setup not "
+                        f"included): {slow['count']:,}. The registers with the latest:",
+                    "", "| register | endpoints | latest arrival (ns) |", "|---|---:|---:|"]
+            out += [f"| `{g['register']}` | {g['endpoints']} | {g['worst_ns']:.2f} |" for g in slow["groups"]]
     seconds = ", ".join(f"{r['lanes']} lanes: " + ", ".join(f"{k} {v} s" for k, v in r["seconds"].items()) for r in rows)
     out += ["", f"Tool run times: {seconds}. Tools: " + ", ".join(f"{k} {v}" for k, v in report["tools"].items()) + "."]
     return "\n".join(out)

@@ -154,6 +154,28 @@ def test_several_placer_seeds_report_the_median_run():
         bench.median_run([])
 
 
+def test_slow_endpoints_group_late_register_inputs_and_leave_out_resets():
+    bench = _load_bench_synth()
+    clock = "posedge clk"
+
+    def net(driver_event, *ends):
+        return {"net": "n", "driver": "d", "port": "F", "event": driver_event,
+                "endpoints": [{"cell": cell, "port": port, "event": clock, "delay": [0.5, late]} for cell, port, late in ends]}
+    report = {"detailed_net_timings": [
+        net(clock, ("u.count[0]_TRELLIS_FF_Q", "DI", 12.5), ("u.count[1]_TRELLIS_FF_Q", "CE", 11.5),
+            ("u.count[2]_TRELLIS_FF_Q", "DI", 9.0), ("u.flag_TRELLIS_FF_Q", "LSR", 20.0)),
+        net(clock, ("u.count[0]_TRELLIS_FF_Q", "DI", 13.0), ("u.mem$DPRAM_COMB1", "WD", 11.2)),
+        net("<async>", ("u.other_TRELLIS_FF_Q", "DI", 30.0)),
+    ]}
+    slow = bench.slow_endpoints(report, 11.0)
+    # count[0] is one endpoint (its latest arrival counts), count[2] is in time, the reset and the
+    # unclocked driver are left out
+    assert slow["count"] == 3
+    assert slow["groups"] == [{"register": "u.count[]", "endpoints": 2, "worst_ns": 13.0},
+                              {"register": "u.mem", "endpoints": 1, "worst_ns": 11.2}]
+    assert bench.slow_endpoints({}, 11.0) is None
+
+
 def test_parse_yosys_stat_sums_modules_without_design_totals():
     bench = _load_bench_synth()
     stat = {"modules": {"\\a": {"num_cells_by_type": {"LUT4": 3, "TRELLIS_FF": 2}},
