@@ -80,7 +80,8 @@ class PatternSelect(wiring.Component):
     patterns : In(range(P + 1))
         Patterns in the loaded pool (held).
     mask_write : In(1), mask_id : In(id_bits), mask : In(k²)
-        Write one pool mask (while no block is in the pipeline).
+        Write one pool mask (while no block is in the pipeline); the write is registered, so the mask
+        holds from the second cycle after.
     """
 
     def __init__(self, pattern: PatternConfig, *, value_bits: int, patterns_per_cycle: int):
@@ -103,8 +104,10 @@ class PatternSelect(wiring.Component):
         positions, pool, group = self._pattern.positions, self._pattern.pool_size, self._group
         groups = select_interval(pool, group)
         masks = [Signal(positions, name=f"mask_{i}") for i in range(groups * group)]  # padded to whole groups
-        with m.If(self.mask_write):
-            m.d.sync += Array(masks)[self.mask_id].eq(self.mask)
+        written = Signal(data.StructLayout({"en": 1, "id": len(self.mask_id), "mask": positions}))
+        m.d.sync += [written.en.eq(self.mask_write), written.id.eq(self.mask_id), written.mask.eq(self.mask)]
+        with m.If(written.en):
+            m.d.sync += Array(masks)[written.id].eq(written.mask)
 
         mass_shape = unsigned(self._value_bits + (positions - 1).bit_length())
         id_bits = len(self.choice.payload.id)

@@ -40,8 +40,8 @@ QUEUE_LATENCY = 2
 TERMS_LATENCY = 1
 #: Cycles from a row's last exponentials (or its block row's last choice) to its total's offer to the
 #: row's :class:`RowReciprocal`: the terms' sum, the addition with the flag that the total is final,
-#: the pending row, then the offer register.
-RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 3
+#: the pending row, the registered choice of the lowest pending row, then the offer register.
+RECIPROCAL_OFFER_LATENCY = TERMS_LATENCY + 4
 #: Cycles from a row's reciprocal at the divider's output to the next row's offer, and to the row's
 #: reciprocal being counted as stored.
 RECIPROCAL_RETURN_LATENCY = 1
@@ -259,12 +259,13 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
 
         def reciprocal_engine(unit, totals, write, address, finished, stored=None):
-            """Row reciprocals on ``unit``: a row's total is taken into an offer register once its bit
-            rises in ``finished`` (the cycle its total is final), the lowest such row first, and offered
-            from there; its result is written through ``write`` at ``address(row)``, and its bit in
-            ``stored`` rises with the write. Returns a signal that is high when none is pending, offered
-            or computing."""
+            """Row reciprocals on ``unit``: once a row's bit rises in ``finished`` (the cycle its total is
+            final) it is pending; the lowest pending row is taken into a registered choice, its total then
+            into an offer register, and offered from there. Its result is written through ``write`` at
+            ``address(row)``, and its bit in ``stored`` rises with the write. Returns a signal that is high
+            when none is pending, chosen, offered or computing."""
             pending = Signal(lanes)
+            chosen = Signal(data.StructLayout({"valid": 1, "row": range(lanes)}))
             offer = Signal(data.StructLayout({"valid": 1, "row": range(lanes), "total": self._total_bits}))
             sending = Signal(range(lanes))
             asked = Signal()
@@ -273,13 +274,18 @@ class SoftmaxUnit(wiring.Component):
                 with m.If(pending[i]):
                     m.d.comb += next_row.eq(i)
             taken = unit.total.valid & unit.total.ready
-            load = pending.any() & (~offer.valid | taken)
+            load = chosen.valid & (~offer.valid | taken)
+            choose = pending.any() & (~chosen.valid | load)
             m.d.comb += [unit.total.valid.eq(offer.valid & ~asked), unit.total.payload.eq(offer.total),
                          unit.reciprocal.ready.eq(1)]
             cleared = Signal(lanes)
-            with m.If(load):
-                m.d.sync += [offer.valid.eq(1), offer.row.eq(next_row), offer.total.eq(totals[next_row])]
+            with m.If(choose):
+                m.d.sync += [chosen.valid.eq(1), chosen.row.eq(next_row)]
                 m.d.comb += cleared.eq(1 << next_row)
+            with m.Elif(load):
+                m.d.sync += chosen.valid.eq(0)
+            with m.If(load):
+                m.d.sync += [offer.valid.eq(1), offer.row.eq(chosen.row), offer.total.eq(totals[chosen.row])]
             with m.Elif(taken):
                 m.d.sync += offer.valid.eq(0)
             with m.If(taken):
@@ -291,7 +297,7 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += asked.eq(0)
                 if stored is not None:
                     m.d.sync += stored.eq(stored | (1 << sending))
-            return ~pending.any() & ~offer.valid & ~asked & ~finished.any()
+            return ~pending.any() & ~chosen.valid & ~offer.valid & ~asked & ~finished.any()
 
         # --- ingest: the engine's scores into the free bank, each row's maximum ---------------------------
         irow = Signal(range(lanes))
