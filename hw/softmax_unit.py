@@ -50,8 +50,8 @@ RECIPROCAL_RETURN_LATENCY = 1
 def ingest_max_latency(block_size: int) -> int:
     """Cycles from a tile's last score beat to its rows' maxima being final (the tile counts as ingested):
     the beat's counted scores, their maximum by a tree of one comparison a stage (at least one stage),
-    then the running maximum."""
-    return 1 + max(1, tree_levels(block_size))
+    the row's candidate register, then the running maximum."""
+    return 2 + max(1, tree_levels(block_size))
 
 
 def queue_depth(pattern: PatternConfig, patterns_per_cycle: int) -> int:
@@ -327,9 +327,11 @@ class SoftmaxUnit(wiring.Component):
                       & (ikb == ingest_tile.key_blocks - 1))
         # Each row's maximum, ingest_max_latency(k) stages behind the scores: the beat's counted scores
         # (others as ACC_MIN), offset by 2^31, their maximum by a tree of one comparison a stage, then the
-        # row's running maximum, one comparator a row on the tile being ingested (its first key block
-        # starts it afresh), copied to the tile's bank with the last beat. A tile counts as ingested once
-        # its last beat has passed them.
+        # beat's maximum in a candidate register of its row (one a row, beside the row's comparator, so the
+        # tree's fan-out to the rows is not on the comparison's path), then the row's running maximum, one
+        # comparator a row on the tile being ingested (its first key block starts it afresh), written to
+        # the tile's bank after the row's last beat. A tile counts as ingested once its last beat has
+        # passed them.
         place = {"valid": 1, "last": 1, "first": 1, "final": 1, "bank": range(nbanks), "row": range(lanes)}
         counted = Signal(data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), k)}))
         m.d.sync += [counted.valid.eq(ingest_write), counted.last.eq(last_score), counted.first.eq(ikb == 0),
@@ -338,7 +340,7 @@ class SoftmaxUnit(wiring.Component):
             counts = ingest_tile.row_valid.bit_select(irow, 1) & ((ikb * k + i) < ingest_tile.valid_keys)
             m.d.sync += counted.values[i].eq(Mux(counts, _offset(self.scores.payload.values[i]), 0))
         peak, values, max_stages = counted, [counted.values[i] for i in range(k)], [counted]
-        for stage in range(ingest_max_latency(k) - 1):
+        for stage in range(max(1, tree_levels(k))):
             values = tree(values, lambda a, b: Mux(b > a, b, a), 1)
             stage_layout = data.StructLayout({**place, "values": data.ArrayLayout(unsigned(golden.ACC_BITS), len(values))})
             reduced = Signal(stage_layout, name=f"peak_{stage}")
@@ -348,18 +350,27 @@ class SoftmaxUnit(wiring.Component):
             peak, values = reduced, [reduced.values[i] for i in range(len(values))]
             max_stages.append(reduced)
         peak_value, = values
-        tile_ingested = peak.valid & peak.last
+        late = Signal(data.StructLayout(place), name="peak_late")  # the beat's place, beside the candidates
+        m.d.sync += [late.valid.eq(peak.valid), late.last.eq(peak.valid & peak.last), late.first.eq(peak.first),
+                     late.final.eq(peak.final), late.bank.eq(peak.bank), late.row.eq(peak.row)]
+        max_stages.append(late)
+        tile_ingested = late.valid & late.last
         running = Array(Signal(unsigned(golden.ACC_BITS), name=f"ingest_max_{i}") for i in range(lanes))
         for i in range(lanes):
+            candidate = Signal(unsigned(golden.ACC_BITS), name=f"candidate_{i}")
+            candidate_hit, candidate_first = Signal(name=f"candidate_hit_{i}"), Signal(name=f"candidate_first_{i}")
             hit = peak.valid & (peak.row == i)
-            with m.If(hit & (peak.first | (peak_value > running[i]))):
-                m.d.sync += running[i].eq(peak_value)
+            m.d.sync += candidate_hit.eq(hit)
+            with m.If(hit):
+                m.d.sync += [candidate.eq(peak_value), candidate_first.eq(peak.first)]
+            with m.If(candidate_hit & (candidate_first | (candidate > running[i]))):
+                m.d.sync += running[i].eq(candidate)
         # a row's maximum is final after its beat of the last key block: written to its bank the cycle after
         finished = Signal(data.StructLayout({"valid": 1, "bank": range(nbanks), "row": range(lanes)}))
-        m.d.sync += [finished.valid.eq(peak.valid & peak.final), finished.bank.eq(peak.bank), finished.row.eq(peak.row)]
+        m.d.sync += [finished.valid.eq(late.valid & late.final), finished.bank.eq(late.bank), finished.row.eq(late.row)]
         m.d.comb += [max_write.addr.eq(Cat(finished.row[:row_bits], finished.bank)), max_write.data.eq(running[finished.row]),
                      max_write.en.eq(finished.valid)]
-        ingested_bank = peak.bank
+        ingested_bank = late.bank
 
         # --- exp: e = IntegerExp(max − S) written back and summed per row; row reciprocals beside ----------
         row = Signal(range(lanes))
