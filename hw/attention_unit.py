@@ -259,14 +259,19 @@ class AttentionUnit(wiring.Component):
         w_last_bk = Signal.like(w_bk)
         w_last_bn = Signal.like(w_bn)
         w_final_tile = Signal()
-        # The beats reach the engine through a two-beat queue, which keeps the engine's ready off the
-        # read-ahead below (one cycle more before the first beat, none between beats).
-        weights = Signal(engine.weights.payload.shape())  # the beat entering the queue
+        # The beats reach the engine through a register and a two-beat queue: the register keeps the
+        # banks' read data and the chunk selection off the queue's storage, the queue keeps the engine's
+        # ready off the read-ahead below (two cycles more before the first beat, none between beats).
+        weights = Signal(engine.weights.payload.shape())  # the beat read from the banks
+        beat = Signal(data.StructLayout({"valid": 1, "payload": weights.shape()}))  # the beat entering the queue
         m.submodules.weight_queue = weight_queue = SyncFIFO(width=weights.shape().size, depth=2)
-        m.d.comb += [weight_queue.w_en.eq(w_valid & (qk_phase | pv_phase)), weight_queue.w_data.eq(weights),
+        m.d.comb += [weight_queue.w_en.eq(beat.valid), weight_queue.w_data.eq(beat.payload),
                      engine.weights.valid.eq(weight_queue.r_rdy), engine.weights.payload.eq(weight_queue.r_data),
                      weight_queue.r_en.eq(engine.weights.ready)]
-        advance = ~w_valid | (weight_queue.w_en & weight_queue.w_rdy)
+        beat_free = ~beat.valid | weight_queue.w_rdy
+        with m.If(beat_free):
+            m.d.sync += [beat.valid.eq(w_valid & (qk_phase | pv_phase)), beat.payload.eq(weights)]
+        advance = ~w_valid | ((qk_phase | pv_phase) & beat_free)
         for _, k_read in k_banks:
             m.d.comb += [k_read.addr.eq(Cat(w_bk[:hb_bits], w_bn[:sb_bits])), k_read.en.eq(advance)]
         m.d.comb += [p_read.addr.eq(Cat(w_bk[:sb_bits], w_bn[:sb_bits])), p_read.en.eq(advance)]
