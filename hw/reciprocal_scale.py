@@ -7,9 +7,9 @@ from amaranth.lib.wiring import In, Out
 from core.integer import RECIPROCAL_BITS
 from hw.config import refuse
 
-#: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: the input register, the multiply,
-#: the constant scale, the rounding half, the shift.
-SCALE_LATENCY = 5
+#: Cycles from ``x``/``r``/``ell`` to ``y`` while ``en`` stays high: two input registers, the multiply,
+#: the product's second register, the constant scale, the rounding half, the shift.
+SCALE_LATENCY = 7
 
 
 class ReciprocalScale(wiring.Component):
@@ -39,7 +39,7 @@ class ReciprocalScale(wiring.Component):
     r : In(unsigned(RECIPROCAL_BITS + 1)), ell : In(unsigned(ell_bits))
         The row's reciprocal.
     y : Out(unsigned(fraction_bits + scale.bit_length() + 1))
-        ``SCALE_LATENCY`` (5) enabled cycles after ``x``; at most ``scale · 2^fraction_bits`` when
+        ``SCALE_LATENCY`` (7) enabled cycles after ``x``; at most ``scale · 2^fraction_bits`` when
         ``x`` is at most the row's sum.
     """
 
@@ -62,26 +62,32 @@ class ReciprocalScale(wiring.Component):
         m = Module()
         scale = self._scale
         product = Signal(self._x_bits + RECIPROCAL_BITS + 1)
+        product_out = Signal.like(product)  # the product's second register
         scaled = Signal(len(product) + scale.bit_length())
         rounded = Signal(len(scaled) + 1)
         # s = ℓ − 1 + RECIPROCAL_BITS − fraction_bits ≥ 0 (for a zero row sum r = 0, and the shift of a
         # zero product does not matter).
         bias = RECIPROCAL_BITS - 1 - self._fraction_bits
-        shifts = [Signal(range((1 << self._ell_bits) + bias), name=f"shift_{i}") for i in range(3)]
+        shifts = [Signal(range((1 << self._ell_bits) + bias), name=f"shift_{i}") for i in range(5)]
         if scale > 1 and scale & (scale + 1) == 0:  # 2^a − 1
-            times_scale = (product << scale.bit_length()) - product
+            times_scale = (product_out << scale.bit_length()) - product_out
         else:  # 2^a
-            times_scale = product << (scale.bit_length() - 1)
-        half = (Const(1, len(rounded)) << shifts[1]) >> 1 if self._rounded else 0
-        # The inputs are registered first: they come from memories and row-indexed multiplexers, which
-        # must not meet the multiplier in the same cycle.
-        x, r, ell = Signal.like(self.x), Signal.like(self.r), Signal.like(self.ell)
+            times_scale = product_out << (scale.bit_length() - 1)
+        half = (Const(1, len(rounded)) << shifts[3]) >> 1 if self._rounded else 0
+        # The inputs are registered twice: they come from memories and row-indexed multiplexers, and
+        # the second register and the product's first feed nothing but the multiplier and the product's
+        # second, so the placer can put them beside the multiplier block; the routes to and from the
+        # logic get cycles of their own.
+        x_in, r_in, ell_in = Signal.like(self.x), Signal.like(self.r), Signal.like(self.ell)
+        x, r = Signal.like(self.x), Signal.like(self.r)
         with m.If(self.en):
             m.d.sync += [
-                x.eq(self.x), r.eq(self.r), ell.eq(self.ell),
-                product.eq(x * r), shifts[0].eq(ell + bias),
-                scaled.eq(times_scale), shifts[1].eq(shifts[0]),
-                rounded.eq(scaled + half), shifts[2].eq(shifts[1]),
-                self.y.eq(rounded >> shifts[2]),
+                x_in.eq(self.x), r_in.eq(self.r), ell_in.eq(self.ell),
+                x.eq(x_in), r.eq(r_in), shifts[0].eq(ell_in + bias),
+                product.eq(x * r), shifts[1].eq(shifts[0]),
+                product_out.eq(product), shifts[2].eq(shifts[1]),
+                scaled.eq(times_scale), shifts[3].eq(shifts[2]),
+                rounded.eq(scaled + half), shifts[4].eq(shifts[3]),
+                self.y.eq(rounded >> shifts[4]),
             ]
         return m
