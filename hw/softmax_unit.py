@@ -576,13 +576,22 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += exped[b].eq(1)
             with m.Elif(tile_emitted & (norm_bank == b)):
                 m.d.sync += exped[b].eq(0)
+        # A bank's write is registered (its address, word and enable), so the choice between a score beat
+        # and a word of exponentials does not meet the block RAM's data inputs in the same cycle. The
+        # write lands a cycle later; nothing reads it that soon: a tile's exp pass starts
+        # ingest_max_latency after its last score, its select pass after its last row's reciprocal.
         for b, (write, _) in enumerate(banks):
+            pending_write = Signal(data.StructLayout({"en": 1, "addr": len(write.addr), "data": word}),
+                                   name=f"bank_write_{b}")
+            m.d.comb += [write.addr.eq(pending_write.addr), write.data.eq(pending_write.data), write.en.eq(pending_write.en)]
+            m.d.sync += pending_write.en.eq(0)
             with m.If(ingest_write & (ingest_bank == b)):
-                m.d.comb += [write.addr.eq(Cat(ikb[:kb_bits], irow)), write.data.eq(self.scores.payload.values), write.en.eq(1)]
+                m.d.sync += [pending_write.addr.eq(Cat(ikb[:kb_bits], irow)), pending_write.data.eq(self.scores.payload.values),
+                             pending_write.en.eq(1)]
             with m.Elif(done_exp.valid & (exp_bank == b)):  # exponentials written back over their scores
-                m.d.comb += [write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), write.en.eq(1)]
+                m.d.sync += [pending_write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), pending_write.en.eq(1)]
                 for i in range(k):
-                    m.d.comb += write.data[i].eq(e_out[i])
+                    m.d.sync += pending_write.data[i].eq(e_out[i])
 
         ingesting = Cat(*(stage.valid for stage in max_stages)).any()
         m.d.comb += self.busy.eq(~ingest.ongoing("IDLE") | ingesting | ~exp_fsm.ongoing("IDLE")
