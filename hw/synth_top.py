@@ -42,8 +42,9 @@ class SynthTop(wiring.Component):
 
     What the harness adds to the engine (:attr:`harness_flip_flops` counts its flip-flops):
     the shift chain (:attr:`chain_width` FFs, no reset), the payload registers (as many), one valid
-    flag per input stream (4 FFs), ``out_ready`` registered once (1 FF) and the checksum register
-    (``checksum_bits`` FFs); plus a few dozen LUTs for the XOR fold and the flag logic, which the
+    flag per input stream (4 FFs), the input pins ``sdi``, ``shift``, ``load`` and ``out_ready``
+    registered once (6 + 1 FFs: the pins drive nothing directly, so no path starts at a pad) and the
+    checksum register (``checksum_bits`` FFs); plus a few dozen LUTs for the XOR fold and the flag logic, which the
     reports do not subtract.
 
     Parameters
@@ -120,8 +121,8 @@ class SynthTop(wiring.Component):
     @property
     def harness_flip_flops(self) -> int:
         """Flip-flops the harness adds around the engine: shift chain, payload registers, valid flags,
-        out_ready, checksum."""
-        return 2 * self.chain_width + len(self.input_streams) + 1 + self._checksum_bits
+        the registered input pins, checksum."""
+        return 2 * self.chain_width + 2 * len(self.input_streams) + 3 + self._checksum_bits
 
     @property
     def pins(self) -> int:
@@ -141,9 +142,12 @@ class SynthTop(wiring.Component):
         m = Module()
         m.submodules[self.design_name] = engine = self.design
 
+        # The input pins pass a register each, so every path inside starts at a flip-flop.
+        sdi, shift, load = Signal(), Signal(), Signal.like(self.load)
+        m.d.sync += [sdi.eq(self.sdi), shift.eq(self.shift), load.eq(self.load)]
         chain = Signal(self.chain_width, reset_less=True)
-        with m.If(self.shift):
-            m.d.sync += chain.eq(Cat(self.sdi, chain[:-1]))
+        with m.If(shift):
+            m.d.sync += chain.eq(Cat(sdi, chain[:-1]))
 
         valid = Signal(len(self.input_streams))
         for i, name in enumerate(self.input_streams):
@@ -155,7 +159,7 @@ class SynthTop(wiring.Component):
             m.d.comb += [stream.payload.eq(payload), stream.valid.eq(valid[i])]
             with m.If(stream.ready):
                 m.d.sync += valid[i].eq(0)
-            with m.If(self.load[i]):
+            with m.If(load[i]):
                 m.d.sync += [valid[i].eq(1), payload.eq(chain[offset:offset + width])]
 
         out_ready = Signal()
