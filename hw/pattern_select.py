@@ -15,9 +15,12 @@ from hw.trees import tree, tree_levels
 ISSUE_LATENCY = 1
 #: Levels of the masses' adder trees between two registers.
 ADD_LEVELS_PER_STAGE = 2
-#: Levels of the group's comparison tree between two registers (a comparison and the wide selection
+#: Levels of the group's comparison tree between two registers (a comparison and the selection
 #: behind it fill a cycle).
 COMPARE_LEVELS_PER_STAGE = 1
+#: Cycles from a block's choice of id to its ``choice``: the chosen pattern's mask is read from the pool's
+#: registers by id (the masks do not travel with the masses and comparisons).
+MASK_LATENCY = 1
 
 
 def mass_stages(positions: int) -> int:
@@ -40,10 +43,10 @@ def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
 
 def choice_latency(pattern: PatternConfig, patterns_per_cycle: int) -> int:
     """Cycles from a block's transfer to its choice's ``valid``: its groups issued one a cycle, the last
-    group's issue register, mass and comparison stages, then the registered comparison against the best
-    so far."""
+    group's issue register, mass and comparison stages, the registered comparison against the best so
+    far, then the chosen mask (:data:`MASK_LATENCY`)."""
     return (select_interval(pattern.pool_size, patterns_per_cycle) + ISSUE_LATENCY + mass_stages(pattern.positions)
-            + compare_stages(patterns_per_cycle) + 1)
+            + compare_stages(patterns_per_cycle) + 1 + MASK_LATENCY)
 
 
 class PatternSelect(wiring.Component):
@@ -55,7 +58,8 @@ class PatternSelect(wiring.Component):
     block's values registered (:data:`ISSUE_LATENCY`), each pattern's mass (a masked adder tree,
     :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties go to the
     lower id, :func:`compare_stages` stages), then against the best so far, which only a strictly larger
-    mass replaces (a block's first group replaces it). Groups come in id order, so every tie goes to the
+    mass replaces (a block's first group replaces it), then the chosen id's mask, read from the
+    registers (:data:`MASK_LATENCY`). Groups come in id order, so every tie goes to the
     lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The next block is taken
     in the cycle its predecessor's last group is issued, so blocks pass at one per :func:`select_interval`
     cycles. The pipeline never holds: a choice is valid for one cycle and its consumer takes it then
@@ -111,7 +115,8 @@ class PatternSelect(wiring.Component):
 
         mass_shape = unsigned(self._value_bits + (positions - 1).bit_length())
         id_bits = len(self.choice.payload.id)
-        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1, "mask": positions})
+        entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1})
+        carry = data.StructLayout({"id": unsigned(id_bits), "valid": 1})  # a pattern beside its mass
         control = data.StructLayout({"valid": 1, "first": 1, "last": 1})  # a group in flight
 
         def stage(name, value, shape):
@@ -149,7 +154,7 @@ class PatternSelect(wiring.Component):
             terms = [Mux(c.mask[pos], issued_values[pos], 0) for pos in range(positions)]
             partials.append([stage(f"mass_{g}_0_{j}", t, mass_shape)
                              for j, t in enumerate(tree(terms, operator.add, ADD_LEVELS_PER_STAGE))])
-        carried = [stage(f"pattern_{g}_0", c, c.shape()) for g, c in enumerate(carried)]
+        carried = [stage(f"pattern_{g}_0", Cat(c.id, c.valid), carry) for g, c in enumerate(carried)]
         for s in range(1, mass_stages(positions)):
             flight = stage(f"mass_flight_{s}", flight, control)
             partials = [[stage(f"mass_{g}_{s}_{j}", t, mass_shape)
@@ -159,7 +164,7 @@ class PatternSelect(wiring.Component):
         contenders = []
         for g, (p, c) in enumerate(zip(partials, carried)):
             formed = Signal(entry, name=f"formed_{g}")
-            m.d.comb += [formed.mass.eq(p[0]), formed.id.eq(c.id), formed.valid.eq(c.valid), formed.mask.eq(c.mask)]
+            m.d.comb += [formed.mass.eq(p[0]), formed.id.eq(c.id), formed.valid.eq(c.valid)]
             contenders.append(formed)
 
         # The group's largest (ties to the left, the lower id), COMPARE_LEVELS_PER_STAGE comparisons a stage.
@@ -177,10 +182,12 @@ class PatternSelect(wiring.Component):
         best = Signal(entry)
         better = winner.valid & (~best.valid | (winner.mass > best.mass))
         final = entry(Mux(flight.first | better, winner.as_value(), best.as_value()))
-        m.d.sync += self.choice.valid.eq(0)
+        chosen = Signal(carry)  # the block's choice, before its mask (id 0 when no pattern is valid)
+        m.d.sync += chosen.valid.eq(0)
         with m.If(flight.valid):
             m.d.sync += best.eq(final)
             with m.If(flight.last):
-                m.d.sync += [self.choice.valid.eq(1), self.choice.payload.id.eq(Mux(final.valid, final.id, 0)),
-                             self.choice.payload.mask.eq(Mux(final.valid, final.mask, masks[0]))]
+                m.d.sync += [chosen.valid.eq(1), chosen.id.eq(Mux(final.valid, final.id, 0))]
+        m.d.sync += [self.choice.valid.eq(chosen.valid), self.choice.payload.id.eq(chosen.id),
+                     self.choice.payload.mask.eq(Array(masks)[chosen.id])]
         return m
