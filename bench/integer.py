@@ -118,8 +118,9 @@ def report(data: dict) -> str:
                 "| task | row | run | float | integer | Δ | label agreement | logits SQNR (dB) |", "|---|---|---|---:|---:|---:|---:|---:|"]
         for task, rows in data["integer_aware"].items():
             for row, runs in rows.items():
-                base = data["tasks"].get(task, {}).get(row)
-                for kind, r in ([("as trained", base)] if base else []) + sorted(runs.items()):
+                # the run the retraining started from: its own evaluation when given, else the table's
+                base = runs.get("as trained") or data["tasks"].get(task, {}).get(row)
+                for kind, r in ([("as trained", base)] if base else []) + sorted(i for i in runs.items() if i[0] != "as trained"):
                     out.append(f"| {task} | {ROWS[row]} | {kind} | {r['float_metric']:.2f} | {r['int_metric']:.2f} | "
                                f"{r['int_metric'] - r['float_metric']:+.2f} | {100 * r['label_agreement']:.2f} % | {r['sqnr_db']['logits']:.1f} |")
     missing = [f"{task} / {ROWS[row]}" for task, rows in data.get("missing", {}).items() for row in rows]
@@ -141,7 +142,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--force", action="store_true", help="measure again what integer.json already holds")
     parser.add_argument("--integer-aware", action="append", default=[], metavar="TASK:ROW:RUN:JSON",
-                        help="add a `python -m sw.evaluate --json` result of a retrained artifact (sw.integer_aware)")
+                        help="add a `python -m sw.evaluate --json` result of a retrained artifact (sw.integer_aware); "
+                             "RUN `as trained` is the artifact the retraining started from")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: add the --integer-aware results and rewrite the page from integer.json")
     args = parser.parse_args(argv)
     import torch
 
@@ -154,6 +158,13 @@ def main(argv=None) -> int:
         if row not in ROWS:
             raise SystemExit(f"--integer-aware {spec}: unknown row {row!r}; known: {', '.join(ROWS)}")
         data.setdefault("integer_aware", {}).setdefault(task, {}).setdefault(row, {})[run] = json.loads(Path(path).read_text())
+    if args.report_only:
+        if not data.get("tasks"):
+            raise SystemExit(f"--report-only: {JSON} holds no measurements to report")
+        write_atomic(JSON, json.dumps(data, indent=1) + "\n")
+        write_between_markers(DOC, *MARKERS, report(data), title="# The integer encoder on trained models")
+        print(f"wrote {DOC} and {JSON} from the recorded measurements")
+        return 0
     data.update(seed=args.seed, calibration_tasks=calibration_tasks, tasks=data.get("tasks", {}), calibration=data.get("calibration", {}))
 
     def source(task, row):
