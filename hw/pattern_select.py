@@ -43,10 +43,11 @@ def select_interval(pool_size: int, patterns_per_cycle: int) -> int:
 
 def choice_latency(pattern: PatternConfig, patterns_per_cycle: int) -> int:
     """Cycles from a block's transfer to its choice's ``valid``: its groups issued one a cycle, the last
-    group's issue register, mass and comparison stages, the registered comparison against the best so
-    far, then the chosen mask (:data:`MASK_LATENCY`)."""
-    return (select_interval(pattern.pool_size, patterns_per_cycle) + ISSUE_LATENCY + mass_stages(pattern.positions)
-            + compare_stages(patterns_per_cycle) + 1 + MASK_LATENCY)
+    group's issue register, mass and comparison stages, the comparison stages over the block's group
+    winners, the chosen id's register, then the chosen mask (:data:`MASK_LATENCY`)."""
+    groups = select_interval(pattern.pool_size, patterns_per_cycle)
+    return (groups + ISSUE_LATENCY + mass_stages(pattern.positions) + compare_stages(patterns_per_cycle)
+            + compare_stages(groups) + 1 + MASK_LATENCY)
 
 
 class PatternSelect(wiring.Component):
@@ -57,9 +58,10 @@ class PatternSelect(wiring.Component):
     ``patterns_per_cycle``, one group a cycle, in id order, into a pipeline: the group's masks and the
     block's values registered (:data:`ISSUE_LATENCY`), each pattern's mass (a masked adder tree,
     :func:`mass_stages` registered stages), the group's largest (a comparison tree whose ties go to the
-    lower id, :func:`compare_stages` stages), then against the best so far, which only a strictly larger
-    mass replaces (a block's first group replaces it), then the chosen id's mask, read from the
-    registers (:data:`MASK_LATENCY`). Groups come in id order, so every tie goes to the
+    lower id, :func:`compare_stages` stages); the block's group winners are held until its last group's
+    arrives, then compared by a second such tree (no comparison waits on its own result, so nothing
+    limits the clock to one comparison and a selection in a loop); then the chosen id's mask, read
+    from the registers (:data:`MASK_LATENCY`). Groups come in id order, so every tie goes to the
     lower id. Ids at or beyond ``patterns`` (the loaded pool's size) are skipped. The next block is taken
     in the cycle its predecessor's last group is issued, so blocks pass at one per :func:`select_interval`
     cycles. The pipeline never holds: a choice is valid for one cycle and its consumer takes it then
@@ -117,7 +119,7 @@ class PatternSelect(wiring.Component):
         id_bits = len(self.choice.payload.id)
         entry = data.StructLayout({"mass": mass_shape, "id": unsigned(id_bits), "valid": 1})
         carry = data.StructLayout({"id": unsigned(id_bits), "valid": 1})  # a pattern beside its mass
-        control = data.StructLayout({"valid": 1, "first": 1, "last": 1})  # a group in flight
+        control = data.StructLayout({"valid": 1, "last": 1})  # a group in flight
 
         def stage(name, value, shape):
             register = Signal(shape, name=name)
@@ -139,7 +141,7 @@ class PatternSelect(wiring.Component):
             m.d.sync += [values.eq(self.blocks.payload), index.eq(0), busy.eq(1)]
 
         # The group's masks and the block's values, registered at issue (ISSUE_LATENCY).
-        flight = stage("issued", Cat(busy, index == 0, last_group), control)
+        flight = stage("issued", Cat(busy, last_group), control)
         issued_values = stage("issued_values", values, values.shape())
         carried = []
         for g in range(group):
@@ -178,16 +180,20 @@ class PatternSelect(wiring.Component):
                           for j, c in enumerate(tree(contenders, larger, COMPARE_LEVELS_PER_STAGE))]
         winner, = contenders
 
-        # Against the best so far; a block's last group makes its choice.
-        best = Signal(entry)
-        better = winner.valid & (~best.valid | (winner.mass > best.mass))
-        final = entry(Mux(flight.first | better, winner.as_value(), best.as_value()))
+        # The block's group winners in id order: the earlier ones shift through registers until the last
+        # group's winner arrives, then a comparison tree over all of them (ties to the lower id again).
+        held = [Signal(entry, name=f"held_{i}") for i in range(groups - 1)]
+        if held:
+            with m.If(flight.valid):
+                m.d.sync += Cat(*held).eq(Cat(*held[1:], winner))
+        winners, done = held + [winner], flight.valid & flight.last
+        for s in range(compare_stages(groups)):
+            done = stage(f"block_flight_{s}", done, 1)
+            winners = [stage(f"block_contender_{s}_{j}", c, entry)
+                       for j, c in enumerate(tree(winners, larger, COMPARE_LEVELS_PER_STAGE))]
+        final, = winners
         chosen = Signal(carry)  # the block's choice, before its mask (id 0 when no pattern is valid)
-        m.d.sync += chosen.valid.eq(0)
-        with m.If(flight.valid):
-            m.d.sync += best.eq(final)
-            with m.If(flight.last):
-                m.d.sync += [chosen.valid.eq(1), chosen.id.eq(Mux(final.valid, final.id, 0))]
+        m.d.sync += [chosen.valid.eq(done), chosen.id.eq(Mux(final.valid, final.id, 0))]
         m.d.sync += [self.choice.valid.eq(chosen.valid), self.choice.payload.id.eq(chosen.id),
                      self.choice.payload.mask.eq(Array(masks)[chosen.id])]
         return m
