@@ -43,8 +43,8 @@ def exp_table_layout() -> data.StructLayout:
 #: the command passes a register.
 COMMAND_LATENCY = 1
 #: Cycles from a probability block leaving the softmax to its write into the probability buffer: it is
-#: registered with its pattern's kept positions, then written (compacted with pruning).
-PROBABILITY_WRITE_LATENCY = 1
+#: registered with its pattern's kept positions, then compacted (with pruning) into a write register.
+PROBABILITY_WRITE_LATENCY = 2
 
 
 def ranks_of(mask):
@@ -220,7 +220,7 @@ class AttentionUnit(wiring.Component):
             m.d.sync += [p_qb.eq(0), p_kb.eq(0)]
         # With pruning a block is stored as the engine takes it: its kept values compacted, in position
         # order, into the first n slots (the rest 0). The block and its pattern's kept positions (a table
-        # written with the pool) are registered first (PROBABILITY_WRITE_LATENCY).
+        # written with the pool) are registered first, the compacted write then (PROBABILITY_WRITE_LATENCY).
         m.submodules.kept_positions = kept_table = Memory(shape=data.ArrayLayout(range(k * k), n),
                                                           depth=ecfg.pattern.pool_size, init=[])
         kept_write = kept_table.write_port()
@@ -233,15 +233,18 @@ class AttentionUnit(wiring.Component):
         block = arrived.block
         block_values = [block.values[pos] for pos in range(k * k)]
         kept_values = [Array(block_values)[arrived.kept[j]] for j in range(n)] + [0] * (k * k - n)
-        m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
-                     p_write.data.pattern.eq(block.pattern), p_write.data.mask.eq(block.mask), p_write.en.eq(arrived.valid)]
-        m.d.comb += [p_write.data.values[pos].eq(Mux(head.prune, kept, value))
+        written = Signal(data.StructLayout({"en": 1, "addr": len(p_write.addr), "data": p_write.data.shape()}))
+        m.d.comb += [softmax.blocks.ready.eq(1), p_write.addr.eq(written.addr), p_write.data.eq(written.data),
+                     p_write.en.eq(written.en)]
+        m.d.sync += [written.en.eq(arrived.valid), written.addr.eq(Cat(p_kb[:sb_bits], p_qb[:sb_bits])),
+                     written.data.pattern.eq(block.pattern), written.data.mask.eq(block.mask)]
+        m.d.sync += [written.data.values[pos].eq(Mux(head.prune, kept, value))
                      for pos, (kept, value) in enumerate(zip(kept_values, block_values))]
         with m.If(arrived.valid):
             m.d.sync += p_kb.eq(Mux(p_kb == blocks - 1, 0, p_kb + 1))
             with m.If(p_kb == blocks - 1):
                 m.d.sync += p_qb.eq(p_qb + 1)
-        probabilities_done = p_qb == blocks
+        probabilities_done = (p_qb == blocks) & ~written.en  # the last block's write has landed
         m.d.comb += [self.block_tap.valid.eq(softmax.blocks.valid), self.block_tap.block.eq(softmax.blocks.payload)]
 
         # --- engine weights: K blocks (dense chunks) for the scores, probability blocks for the context -----
@@ -259,10 +262,14 @@ class AttentionUnit(wiring.Component):
         w_last_bk = Signal.like(w_bk)
         w_last_bn = Signal.like(w_bn)
         w_final_tile = Signal()
-        # The beats reach the engine through a register and a two-beat queue: the register keeps the
-        # banks' read data and the chunk selection off the queue's storage, the queue keeps the engine's
-        # ready off the read-ahead below (two cycles more before the first beat, none between beats).
-        weights = Signal(engine.weights.payload.shape())  # the beat read from the banks
+        # The beats reach the engine through two registers and a two-beat queue: the block read from the
+        # banks (K or probabilities, by phase), then the beat its chunk makes, so neither the banks' read
+        # data nor the chunk selection meets the queue's storage; the queue keeps the engine's ready off
+        # the read-ahead below (three cycles more before the first beat, none between beats).
+        weights = Signal(engine.weights.payload.shape())  # the beat the fetched block's chunk makes
+        fetched = Signal(data.StructLayout({"valid": 1, "chunk": len(w_chunk_out),
+                                            "values": data.ArrayLayout(weights.values[0].shape(), k * k),
+                                            "pattern": len(p_read.data.pattern)}))  # the block read from the banks
         beat = Signal(data.StructLayout({"valid": 1, "payload": weights.shape()}))  # the beat entering the queue
         m.submodules.weight_queue = weight_queue = SyncFIFO(width=weights.shape().size, depth=2)
         m.d.comb += [weight_queue.w_en.eq(beat.valid), weight_queue.w_data.eq(beat.payload),
@@ -270,8 +277,9 @@ class AttentionUnit(wiring.Component):
                      weight_queue.r_en.eq(engine.weights.ready)]
         beat_free = ~beat.valid | weight_queue.w_rdy
         with m.If(beat_free):
-            m.d.sync += [beat.valid.eq(w_valid & (qk_phase | pv_phase)), beat.payload.eq(weights)]
-        advance = ~w_valid | ((qk_phase | pv_phase) & beat_free)
+            m.d.sync += [beat.valid.eq(fetched.valid & (qk_phase | pv_phase)), beat.payload.eq(weights)]
+        fetched_free = ~fetched.valid | ((qk_phase | pv_phase) & beat_free)
+        advance = ~w_valid | fetched_free
         for _, k_read in k_banks:
             m.d.comb += [k_read.addr.eq(Cat(w_bk[:hb_bits], w_bn[:sb_bits])), k_read.en.eq(advance)]
         m.d.comb += [p_read.addr.eq(Cat(w_bk[:sb_bits], w_bn[:sb_bits])), p_read.en.eq(advance)]
@@ -299,15 +307,17 @@ class AttentionUnit(wiring.Component):
                                 m.d.sync += w_more.eq(0)
         k_block = [k_read.data.word_select(c, 8).as_signed() for _, k_read in k_banks for c in range(k)]
         p_block = p_read.data
-        p_values = [p_block.values[pos] for pos in range(k * k)]
-        with m.Switch(w_chunk_out):
+        with m.If(fetched_free):
+            m.d.sync += [fetched.valid.eq(w_valid), fetched.chunk.eq(w_chunk_out), fetched.pattern.eq(p_block.pattern)]
+            m.d.sync += [fetched.values[pos].eq(Mux(qk_phase, k_block[pos], p_block.values[pos])) for pos in range(k * k)]
+        with m.Switch(fetched.chunk):
             for c, chunk in enumerate(ecfg.dense_chunk_positions()):
                 with m.Case(c):
                     for j, pos in enumerate(chunk):
-                        m.d.comb += weights.values[j].eq(Mux(qk_phase, k_block[pos], p_values[pos]))
+                        m.d.comb += weights.values[j].eq(fetched.values[pos])
         with m.If(pv_phase & head.prune):
-            m.d.comb += [weights.values[j].eq(p_values[j]) for j in range(n)]
-            m.d.comb += weights.pattern.eq(p_block.pattern)
+            m.d.comb += [weights.values[j].eq(fetched.values[j]) for j in range(n)]
+            m.d.comb += weights.pattern.eq(fetched.pattern)
 
         # --- engine activations: Q straight through for the scores, Vᵀ for the context --------------------
         a_channel = Signal(range(cfg.max_head_dim + 1))
