@@ -4,7 +4,7 @@ and normalization over the kept entries (``core.integer.attention_probabilities`
 import operator
 from functools import reduce
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -228,12 +228,9 @@ class SoftmaxUnit(wiring.Component):
         sums = Array(Signal(self._total_bits, name=f"sum_{i}") for i in range(lanes))  # the exp pass's tile
         kept_sum = Array(Signal(self._total_bits, name=f"kept_{i}") for i in range(lanes))  # the select pass's
 
-        def pick(bank, items):
-            """``items[bank]``, one per bank."""
-            chosen = items[0]
-            for b in range(1, nbanks):
-                chosen = Mux(bank == b, items[b], chosen)
-            return chosen
+        def pick(select, items):
+            """The item of the bank whose bit is set in the one-hot ``select``, one item per bank."""
+            return reduce(operator.or_, (Mux(select[b], Value.cast(item), 0) for b, item in enumerate(items)))
 
         def following(bank):
             """The bank after ``bank``, in turn."""
@@ -241,8 +238,9 @@ class SoftmaxUnit(wiring.Component):
 
         # each pass's tile, registered as the pass starts on it
         ingest_tile, exp_tile, tile = (Signal(tile_layout(cfg), name=n) for n in ("ingest_tile", "exp_tile", "norm_tile"))
-        # The read words are selected by one-hot registers of the exp and norm passes' banks (no decoding
-        # between a register and the wide multiplexers); the exp pass's word is registered after it.
+        # The read words, the passes' tiles and their start conditions are selected by one-hot registers of
+        # the exp and norm passes' banks (no decoding between a register and the wide multiplexers); the exp
+        # pass's word is registered after it.
         exp_select = Signal(nbanks, init=1)
         norm_select = Signal(nbanks, init=1)
 
@@ -256,7 +254,7 @@ class SoftmaxUnit(wiring.Component):
         exp_addr, norm_addr = Signal.like(banks[0][1].addr), Signal.like(banks[0][1].addr)
         exp_reading = Signal()  # the exp pass reads its bank; otherwise the reads are select's and emit's
         for b, (_, read) in enumerate(banks):
-            m.d.comb += read.addr.eq(Mux(exp_reading & (exp_bank == b), exp_addr, norm_addr))
+            m.d.comb += read.addr.eq(Mux(exp_reading & exp_select[b], exp_addr, norm_addr))
 
         def reciprocal_engine(unit, totals, write, address, finished, stored=None):
             """Row reciprocals on ``unit``: once a row's bit rises in ``finished`` (the cycle its total is
@@ -407,8 +405,8 @@ class SoftmaxUnit(wiring.Component):
             m.d.sync += sums[terms.row].eq(sums[terms.row] + terms.value)
         with m.FSM() as exp_fsm:
             with m.State("IDLE"):
-                with m.If(full.bit_select(exp_bank, 1) & ~exped.bit_select(exp_bank, 1)):
-                    m.d.sync += [row.eq(0), kb.eq(0), exp_tile.eq(pick(exp_bank, tiles))] + [sums[i].eq(0) for i in range(lanes)]
+                with m.If((full & ~exped & exp_select).any()):
+                    m.d.sync += [row.eq(0), kb.eq(0), exp_tile.eq(pick(exp_select, tiles))] + [sums[i].eq(0) for i in range(lanes)]
                     m.next = "EXP"
             with m.State("EXP"):
                 m.d.comb += issue_exp.eq(1)
@@ -547,8 +545,8 @@ class SoftmaxUnit(wiring.Component):
 
         with m.FSM() as norm:
             with m.State("IDLE"):
-                with m.If(exped.bit_select(norm_bank, 1)):
-                    starting = tile_layout(cfg)(pick(norm_bank, tiles))
+                with m.If((exped & norm_select).any()):
+                    starting = tile_layout(cfg)(pick(norm_select, tiles))
                     m.d.sync += [bq.eq(0), bk.eq(0), bstep.eq(0), issued_all.eq(0), tile.eq(starting)]
                     m.d.sync += [kept_sum[i].eq(0) for i in range(lanes)] + [kept_ready.eq(0)]
                     with m.If(starting.prune):
@@ -570,11 +568,11 @@ class SoftmaxUnit(wiring.Component):
         for b in range(nbanks):
             with m.If(tile_ingested & (ingested_bank == b)):
                 m.d.sync += full[b].eq(1)
-            with m.Elif(tile_emitted & (norm_bank == b)):
+            with m.Elif(tile_emitted & norm_select[b]):
                 m.d.sync += full[b].eq(0)
-            with m.If(tile_exped & (exp_bank == b)):
+            with m.If(tile_exped & exp_select[b]):
                 m.d.sync += exped[b].eq(1)
-            with m.Elif(tile_emitted & (norm_bank == b)):
+            with m.Elif(tile_emitted & norm_select[b]):
                 m.d.sync += exped[b].eq(0)
         # A bank's write is registered (its address, word and enable), so the choice between a score beat
         # and a word of exponentials does not meet the block RAM's data inputs in the same cycle. The
@@ -588,7 +586,7 @@ class SoftmaxUnit(wiring.Component):
             with m.If(ingest_write & (ingest_bank == b)):
                 m.d.sync += [pending_write.addr.eq(Cat(ikb[:kb_bits], irow)), pending_write.data.eq(self.scores.payload.values),
                              pending_write.en.eq(1)]
-            with m.Elif(done_exp.valid & (exp_bank == b)):  # exponentials written back over their scores
+            with m.Elif(done_exp.valid & exp_select[b]):  # exponentials written back over their scores
                 m.d.sync += [pending_write.addr.eq(Cat(done_exp.kb[:kb_bits], done_exp.row)), pending_write.en.eq(1)]
                 for i in range(k):
                     m.d.sync += pending_write.data[i].eq(e_out[i])
