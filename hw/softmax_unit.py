@@ -246,8 +246,7 @@ class SoftmaxUnit(wiring.Component):
 
         def selected(select):
             """The read word of the bank whose bit is set in the one-hot ``select``."""
-            return [reduce(operator.or_, (Mux(select[b], read.data[i], 0) for b, (_, read) in enumerate(banks)))
-                    for i in range(k)]
+            return [pick(select, [read.data[i] for _, read in banks]) for i in range(k)]
         exp_data, norm_data = Signal(word), Signal(word)
         m.d.sync += [exp_data[i].eq(v) for i, v in enumerate(selected(exp_select))]
         m.d.comb += [norm_data[i].eq(v) for i, v in enumerate(selected(norm_select))]
