@@ -2,7 +2,9 @@
 
 A study config (``configs/glue_study.json``) names the model, the data, one shared schedule
 (``base``: any :class:`~sw.pipeline.TrainConfig` field), per-task overrides (``tasks``: sequence length,
-subsampling) and the rows (``rows``: overrides of the schedule and the compression, deep-merged on top).
+subsampling), the recipe every compressed row shares (``compressed``: merged into every row but dense, so the
+dense start and its fingerprint do not depend on it) and the rows (``rows``: overrides of the schedule and the
+compression, deep-merged on top).
 Every run is one (row, task, seed); its record is appended to the results JSON, keyed by a fingerprint of
 the fully merged config, so re-running a command skips what is already done and a changed schedule runs
 again::
@@ -91,6 +93,7 @@ class Study:
     seeds: list[int]
     average: str = "geometric"
     differences: list[tuple[str, str]] = field(default_factory=list)  # (row, reference): paired by seed in the report
+    compressed: dict = field(default_factory=dict)  # merged into every row but dense, under the row's own overrides
 
     @classmethod
     def load(cls, path: str | Path) -> "Study":
@@ -103,6 +106,10 @@ class Study:
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"study config {path}: missing {missing}")
+        unknown = set(data) - set(required) - {"data_dir", "work_dir", "results", "doc", "figures_dir", "seeds", "average",
+                                               "differences", "compressed"}
+        if unknown:
+            raise ValueError(f"study config {path}: unknown keys {sorted(unknown)}")
         rows = {}
         for name, spec in data["rows"].items():
             unknown = set(spec) - {"label", "overrides", "export", "figures"}
@@ -123,7 +130,7 @@ class Study:
             work_dir=Path(data.get("work_dir", "build/glue")), results=Path(data.get("results", "docs/results/glue_runs.json")),
             doc=Path(data.get("doc", "docs/results/glue.md")), figures_dir=Path(data.get("figures_dir", "docs/results/figures")),
             base=data["base"], tasks=data["tasks"], rows=rows, seeds=list(data.get("seeds", [0])),
-            average=data.get("average", "geometric"), differences=differences,
+            average=data.get("average", "geometric"), differences=differences, compressed=data.get("compressed", {}),
         )
         for row in rows:  # every merged config must be valid before anything runs
             for task in study.tasks:
@@ -143,6 +150,8 @@ class Study:
         if task not in self.tasks:
             raise ValueError(f"unknown task {task!r}; the study has {sorted(self.tasks)}")
         data = deep_merge(self.base, self.tasks[task])
+        if row != DENSE:
+            data = deep_merge(data, self.compressed)
         data = deep_merge(data, self.rows[row].overrides)
         data.update(task=task, seed=seed, data_dir=self.data_dir, output_dir=str(self.run_dir(row, task, seed)))
         if row == DENSE:  # fine-tuning only: the compression settings do not touch it (nor its fingerprint)
@@ -446,7 +455,8 @@ def schedule(study: Study) -> str:
     """The shared schedule and the per-task settings as a markdown table (from the study config)."""
     from sw.pipeline import TrainConfig
 
-    base = TrainConfig.from_dict(deep_merge(study.base, {"model": study.model}))
+    # the compressed rows' schedule (the dense row reads only the fine-tuning settings, which it shares)
+    base = TrainConfig.from_dict(deep_merge(deep_merge(study.base, study.compressed), {"model": study.model}))
     admm = base.compression.admm
     settings = [
         ("model", study.model),
@@ -475,7 +485,8 @@ def schedule(study: Study) -> str:
         lines.append(f"| {glue.get_task(task).folder} | {config.max_length} | "
                      f"{'all' if limit is None else f'first {limit} (subsampled)'} | {'all' if config.eval_limit is None else config.eval_limit} |")
     rows = [f"- **{row.label}** (`{name}`): " + json.dumps(row.overrides) for name, row in study.rows.items() if row.overrides]
-    return "\n".join(lines + ["", "Row overrides of this schedule:", ""] + rows)
+    shared = ["", "Every row but dense shares: " + json.dumps(study.compressed)] if study.compressed else []
+    return "\n".join(lines + shared + ["", "Row overrides of this schedule:", ""] + rows)
 
 
 FIGURES = ("block_sparsity.png", "submatrix_sparsity.png", "weight_distribution.png")

@@ -197,6 +197,8 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
     ({"tasks": {"nosuchtask": {}}}, "nosuchtask"),
     ({"base": {"admm_epochs": -1}}, "admm_epochs must be ≥ 0"),
     ({"differences": [["pattern_admm", "nosuchrow"]]}, "differences entry ['pattern_admm', 'nosuchrow'] must name two of the rows"),
+    ({"compresed": {}}, "unknown keys ['compresed']"),
+    ({"compressed": {"retrain_epochs": -1}}, "row 'pattern_admm', task 'mrpc': retrain_epochs must be ≥ 0"),
 ])
 def test_bad_study_configs_are_refused_with_the_reason(checkpoint, tmp_path, change, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -227,3 +229,25 @@ def test_phase_table_gives_each_phase_per_row_and_task_over_seeds(checkpoint, tm
             expected.append(f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}" if values else "—")
         residual = f"{np.mean([r['residual_mean'][-1] for r in runs]):.2f}" if name != "pattern_no_admm" else "—"
         assert cells[spec.label] == ["MRPC"] + expected + [residual, "2"]
+
+
+def test_the_compressed_recipe_reaches_every_row_but_dense(checkpoint, tmp_path):
+    """``compressed`` is merged into each compressed row under its own overrides; dense and its fingerprint ignore it."""
+    recipe = {"retrain_learning_rate": 2e-5, "compression": {"distillation": {"alpha": 0.5, "temperature": 2.0}}}
+    (tmp_path / "plain").mkdir(), (tmp_path / "shared").mkdir()
+    plain = Study.load(study_config(tmp_path / "plain", checkpoint))
+    shared = Study.load(study_config(tmp_path / "shared", checkpoint, compressed=recipe))
+    for row in shared.rows:
+        with_recipe, without = shared.config_dict(row, "mrpc", 0), plain.config_dict(row, "mrpc", 0)
+        for config in (with_recipe, without):
+            config.pop("output_dir")
+        if row == DENSE:
+            assert with_recipe == without
+            continue
+        assert with_recipe["compression"]["distillation"] == recipe["compression"]["distillation"]
+        assert with_recipe["compression"]["projection"] == without["compression"]["projection"]
+        # a row's own setting wins over the shared recipe
+        own = plain.rows[row].overrides.get("retrain_learning_rate", 2e-5)
+        assert with_recipe["retrain_learning_rate"] == own
+        assert fingerprint(with_recipe) != fingerprint(without)
+    assert "Every row but dense shares: " + json.dumps(recipe) in study_mod.schedule(shared)
