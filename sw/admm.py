@@ -2,7 +2,8 @@
 
 Per constrained weight ``W_i`` the state is ``Z_i`` (a point of ``S_i``), the scaled dual ``U_i`` and the
 penalty ``ρ_i``. Training minimizes ``f(W) + Σ_i ρ_i/2 · ‖W_i − Z_i + U_i‖²_F`` (the *squared* Frobenius
-norm: its gradient is ``ρ_i (W_i − Z_i + U_i)``); every ``update_every`` optimizer steps::
+norm: its gradient is ``ρ_i (W_i − Z_i + U_i)``); every ``update_every`` optimizer steps (or, with ``updates``
+set, ``updates`` times evenly over the phase, so that ρ ramps as far on a small task as on a large one)::
 
     Z_i ← Π_{S_i}(W_i + U_i)
     U_i ← U_i + W_i − Z_i
@@ -40,13 +41,21 @@ class ADMMSettings:
     rho_max: float = 1.0
     update_every: int = 100  # optimizer steps between Z/U updates
     pool_rebuild_every: int = 1  # Z-updates between pool rebuilds (0: never after the first)
+    updates: int = 0  # > 0: this many Z/U updates, every ⌊phase steps / updates⌋ steps (update_every unused)
+
+    def __post_init__(self):
+        if self.update_every < 1:
+            raise ValueError(f"admm.update_every must be ≥ 1, got {self.update_every}")
+        if self.updates < 0:
+            raise ValueError(f"admm.updates must be ≥ 0, got {self.updates}")
 
 
 class ADMM:
     """ADMM state for named weights: ``ADMM({name: (parameter, projection)}, settings)``.
 
     Use ``loss = task_loss + admm.penalty()`` each step and call ``admm.step()`` after each optimizer
-    step (it updates ``Z``/``U`` every ``update_every`` calls). ``residuals()`` gives ``‖W − Z‖ / ‖W‖``
+    step (it updates ``Z``/``U`` every ``update_every`` calls; call ``plan(steps)`` first when the
+    settings give ``updates`` per phase). ``residuals()`` gives ``‖W − Z‖ / ‖W‖``
     per weight, the convergence measure to log.
     """
 
@@ -61,6 +70,17 @@ class ADMM:
         self.Z = {name: self._project(name, p.detach(), rebuild=False) for name, p in self.params.items()}
         self.steps = 0
         self.updates = 0
+        self.every = settings.update_every  # steps between updates (``plan`` sets it from ``updates``)
+
+    def plan(self, phase_steps: int) -> int:
+        """Spread ``settings.updates`` Z/U updates evenly over a phase of ``phase_steps`` optimizer steps
+        (a no-op when ``updates`` is 0). Returns the steps between updates."""
+        if self.settings.updates:
+            if phase_steps < self.settings.updates:
+                raise ValueError(f"admm.updates = {self.settings.updates} Z/U updates do not fit in an ADMM phase of "
+                                 f"{phase_steps} steps")
+            self.every = phase_steps // self.settings.updates
+        return self.every
 
     def _project(self, name: str, point: torch.Tensor, rebuild: bool) -> torch.Tensor:
         projection = self.projections[name]
@@ -90,7 +110,7 @@ class ADMM:
     def step(self) -> bool:
         """Count one optimizer step; run :meth:`update` when due. Returns whether it ran."""
         self.steps += 1
-        if self.steps % self.settings.update_every == 0:
+        if self.steps % self.every == 0 and not (self.settings.updates and self.updates >= self.settings.updates):
             self.update()
             return True
         return False

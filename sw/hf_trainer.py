@@ -25,6 +25,9 @@ class ADMMCallback(TrainerCallback):
         self.admm = admm
         self.last_residual: float | None = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.admm.plan(state.max_steps)  # ``updates`` per phase, when the settings give them
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.admm.step():
             residuals = self.admm.residuals()

@@ -361,6 +361,8 @@ def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name:
         lr=log.learning_rate,
     )
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    if admm is not None:
+        admm.plan(total)
     select = select and data.heldout is not None and config.select_every > 0
     metric = data.task.metric
     best: tuple[float, int, dict] | None = None

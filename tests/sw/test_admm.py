@@ -1,5 +1,6 @@
 """ADMM mechanics on a problem with a known answer; SR-STE gradients; masks that survive a state_dict."""
 
+import pytest
 import torch
 
 from sw.admm import ADMM, ADMMSettings
@@ -83,6 +84,27 @@ def test_update_is_z_projection_and_dual_ascent_with_rho_schedule():
     z = projection(w.detach() + u1).value
     assert torch.equal(admm.Z["w"], z)
     assert torch.equal(admm.U["w"], (u1 + (w.detach() - z)) * (0.2 / 0.3))
+
+
+@pytest.mark.parametrize("phase_steps", [17, 40, 230, 536])
+def test_updates_per_phase_spread_evenly_whatever_the_phase_length(phase_steps):
+    """``updates`` Z/U updates land every ⌊steps/updates⌋ steps, so ρ ramps to the same value on any task."""
+    w = torch.nn.Parameter(torch.randn(4, 8, dtype=torch.float64))
+    admm = ADMM({"w": (w, NM(n=1, m=4))}, ADMMSettings(rho=0.01, rho_growth=1.31, rho_max=1.0, update_every=30, updates=17))
+    every = admm.plan(phase_steps)
+    ran = [step + 1 for step in range(phase_steps) if admm.step()]
+    assert every == phase_steps // 17 and ran == [every * (i + 1) for i in range(17)]
+    assert admm.rho["w"] == pytest.approx(min(0.01 * 1.31 ** 17, 1.0))
+
+
+def test_updates_that_do_not_fit_the_phase_are_refused():
+    w = torch.nn.Parameter(torch.randn(4, 8))
+    admm = ADMM({"w": (w, NM(n=1, m=4))}, ADMMSettings(updates=17))
+    with pytest.raises(ValueError, match="admm.updates = 17 Z/U updates do not fit in an ADMM phase of 16 steps"):
+        admm.plan(16)
+    with pytest.raises(ValueError, match="admm.updates must be ≥ 0"):
+        ADMMSettings(updates=-1)
+    assert ADMM({"w": (w, NM(n=1, m=4))}, ADMMSettings(update_every=30)).plan(1000) == 30  # no updates: update_every
 
 
 def test_admm_state_round_trip_keeps_pattern_pool():
