@@ -229,12 +229,16 @@ def synthesize(verilog_path: Path, top: str, family: str, folder: Path) -> tuple
     """
     if verilog_path.resolve().parent != folder.resolve():
         shutil.copyfile(verilog_path, folder / verilog_path.name)
+    # A flip-flop that drives a wire the design marks `keep` keeps its own cell: yosys merges registers with
+    # equal inputs (`opt_merge`) and honours `keep` on cells only, so copies meant to sit beside their own
+    # consumer (the multipliers' input registers of `hw.reciprocal_scale`) would become one shared register.
+    keep = f"hierarchy -top {top}\nproc\nsetattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i"
     if family == "xc7":
-        synth = f"synth_xilinx -family xc7 -flatten -top {top}"
+        synth = f"{keep}\nsynth_xilinx -family xc7 -flatten -top {top}"
     elif family == "ecp5":
         # `splitnets` first: without it, ABC9's result meets a wire name already taken (yosys issue #4349,
         # "Assert `count_id(wire->name) == 0'") on the attention unit, with every yosys from 0.55 to 0.70.
-        synth = f"hierarchy -top {top}\nproc\nsplitnets\nsynth_ecp5 -top {top} -json ecp5.json"
+        synth = f"{keep}\nsplitnets\nsynth_ecp5 -top {top} -json ecp5.json"
     else:
         raise ValueError(f"family must be 'xc7' or 'ecp5', got {family!r}")
     stat = folder / f"stat_{family}.json"

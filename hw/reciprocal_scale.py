@@ -78,8 +78,11 @@ class ReciprocalScale(wiring.Component):
         # the second register and the product's first feed nothing but the multiplier and the product's
         # second, so the placer can put them beside the multiplier block; the routes to and from the
         # logic get cycles of their own.
-        x_in, r_in, ell_in = Signal.like(self.x), Signal.like(self.r), Signal.like(self.ell)
-        x, r = Signal.like(self.x), Signal.like(self.r)
+        # ``keep``: every instance keeps its own copies, although the instances of a softmax register equal
+        # inputs (the synthesis flow keeps flip-flops that drive a ``keep`` wire; see ``bench/synth.py``).
+        own = dict(reset_less=True, attrs={"keep": 1})
+        x_in, r_in, ell_in = (Signal.like(port, name=f"{port.name}_in", **own) for port in (self.x, self.r, self.ell))
+        x, r = (Signal.like(port, name=f"{port.name}_held", **own) for port in (self.x, self.r))
         with m.If(self.en):
             m.d.sync += [
                 x_in.eq(self.x), r_in.eq(self.r), ell_in.eq(self.ell),

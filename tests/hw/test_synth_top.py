@@ -6,7 +6,7 @@ from operator import xor
 from pathlib import Path
 
 import pytest
-from amaranth import Module, Signal, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.back import verilog
 from amaranth.hdl import Fragment
 from amaranth.hdl._ast import SignalSet  # the statements' driven signals (no public API for them)
@@ -232,3 +232,40 @@ def test_a_failed_synthesis_reports_yosys_own_error_line(tmp_path):
     v.write_text("module broken(input a, output b); assign b = a &; endmodule\n")
     with pytest.raises(bench.ToolError, match=r"(?s)yosys ecp5 failed.*broken\.v:1: ERROR: syntax error"):
         bench.synthesize(v, "broken", "ecp5", tmp_path)
+
+
+class _TwoScales(wiring.Component):
+    """Two ``ReciprocalScale`` fed the same inputs, as a softmax feeds its instances the same row reciprocal."""
+
+    def __init__(self):
+        super().__init__({"x": In(17), "r": In(19), "ell": In(8), "y": Out(18)})
+
+    def elaborate(self, platform):
+        from hw.reciprocal_scale import ReciprocalScale
+
+        m = Module()
+        outputs = []
+        for i in range(2):
+            m.submodules[f"scale_{i}"] = scale = ReciprocalScale(x_bits=17, ell_bits=8, fraction_bits=0, scale=255, rounded=True)
+            m.d.comb += [scale.en.eq(1), scale.x.eq(self.x), scale.r.eq(self.r), scale.ell.eq(self.ell)]
+            outputs.append(scale.y)
+        m.d.comb += self.y.eq(Cat(*outputs))
+        return m
+
+
+@pytest.mark.parametrize("family, multiplier", [("ecp5", "MULT18X18D"), ("xc7", "DSP48E1")])
+def test_registers_marked_keep_stay_beside_their_own_multiplier(tmp_path, family, multiplier):
+    """yosys would merge the two instances' equal input registers, and with them the multipliers; the flow keeps
+    a flip-flop that drives a ``keep`` wire as its own cell. Without the marks the two become one (the check's
+    other side)."""
+    bench = _load_bench_synth()
+    marked = verilog.convert(_TwoScales(), name="two", emit_src=False)
+    assert "keep" in marked
+    counts = {}
+    for name, text in (("marked", marked), ("unmarked", marked.replace("(* keep = 32'd1 *)", ""))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "two.v").write_text(text)
+        cells, _ = bench.synthesize(folder / "two.v", "two", family, folder)
+        counts[name] = cells.get(multiplier, 0)
+    assert counts == {"marked": 2, "unmarked": 1}
