@@ -32,10 +32,13 @@ rank 0 writes records, summaries, figures and the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
+import fcntl
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -199,13 +202,26 @@ def find_record(records: list[dict], row: str, task: str, seed: int, config_key:
     return None
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` (``flock`` on the directory itself, so no lock file is left behind)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def store_record(path: Path, record: dict) -> None:
-    """Replace any record of the same (row, task, seed), append, write atomically."""
-    records = [r for r in load_results(path) if (r["row"], r["task"], r["seed"]) != (record["row"], record["task"], record["seed"])]
-    records.append(record)
-    records.sort(key=lambda r: (r["task"], r["seed"], r["row"]))
+    """Replace any record of the same (row, task, seed), append, write atomically. Study processes that
+    share one results file (say one per seed) store one at a time: none loses another's record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(records, indent=1) + "\n")
+    with _folder_lock(path.parent):
+        records = [r for r in load_results(path) if (r["row"], r["task"], r["seed"]) != (record["row"], record["task"], record["seed"])]
+        records.append(record)
+        records.sort(key=lambda r: (r["task"], r["seed"], r["row"]))
+        write_atomic(path, json.dumps(records, indent=1) + "\n")
 
 
 def _git_commit() -> str | None:

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from sw import glue, study as study_mod
-from sw.study import DENSE, Study, fingerprint, load_results, run_one, status, write_report
+from sw.study import DENSE, Study, fingerprint, load_results, run_one, status, store_record, write_report
 from tests.sw.tiny_run import GLUE
 
 PATTERN = {"kind": "pattern", "block_size": 4, "kept_per_block": 8, "pool_size": 8}
@@ -251,3 +251,25 @@ def test_the_compressed_recipe_reaches_every_row_but_dense(checkpoint, tmp_path)
         assert with_recipe["retrain_learning_rate"] == own
         assert fingerprint(with_recipe) != fingerprint(without)
     assert "Every row but dense shares: " + json.dumps(recipe) in study_mod.schedule(shared)
+
+
+def _store_many(path: str, seed: int, count: int) -> None:
+    for i in range(count):
+        store_record(Path(path), {"row": f"row{i}", "task": "mrpc", "seed": seed, "score": float(i), "padding": "x" * 20000})
+
+
+def test_processes_sharing_a_results_file_lose_no_record(tmp_path):
+    """Two study processes (one per seed) store into one results file at once: every record survives."""
+    import multiprocessing
+
+    path = tmp_path / "results.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_store_many, args=(str(path), seed, 40)) for seed in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+        assert worker.exitcode == 0
+    records = load_results(path)
+    assert sorted((r["seed"], r["row"]) for r in records) == sorted((s, f"row{i}") for s in (0, 1) for i in range(40))
+    assert not [p for p in tmp_path.iterdir() if p != path]  # no lock or temporary file left behind
