@@ -467,6 +467,10 @@ def _signed(values: list[float]) -> str:
     return f"{mean:+.1f} ± {std:.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
+def _threads(count: int | None) -> str:
+    return str(count) if count else "library default"
+
+
 def schedule(study: Study) -> str:
     """The shared schedule and the per-task settings as a markdown table (from the study config)."""
     from sw.pipeline import TrainConfig
@@ -478,7 +482,7 @@ def schedule(study: Study) -> str:
         ("model", study.model),
         ("batch size", base.batch_size),
         ("optimizer", f"AdamW, weight decay {base.weight_decay}, linear warmup ({base.warmup_ratio:.0%}) and decay per phase"),
-        ("learning rate", f"{base.learning_rate:g} (fine-tune); ADMM phase {base.admm_learning_rate or base.learning_rate:g}; "
+        ("learning rate", f"{study.base.get('learning_rate', base.learning_rate):g} (fine-tune); ADMM phase {base.admm_learning_rate or base.learning_rate:g}; "
                           f"retrain phase {base.retrain_learning_rate or base.learning_rate:g}"),
         ("epochs", f"fine-tune {base.finetune_epochs:g} (dense row), ADMM {base.admm_epochs:g}, retrain {base.retrain_epochs:g}"),
         ("ADMM ρ", f"{admm.rho:g}, ×{admm.rho_growth:g} per Z/U update (cap {admm.rho_max:g}), "
@@ -492,7 +496,8 @@ def schedule(study: Study) -> str:
         *([("knowledge distillation", "α {alpha:g}, T {temperature:g} from the dense model, in ADMM and retraining".format(
             **{"alpha": 0.5, "temperature": 2.0, **base.compression.distillation}))] if base.compression.distillation else []),
         ("seeds", ", ".join(str(s) for s in study.seeds)),
-        ("threads", base.threads or "library default"),
+        ("threads", _threads(study.base.get("threads")) if "threads" not in study.compressed else
+                    f"{_threads(study.base.get('threads'))} (dense), {_threads(study.compressed['threads'])} (the other rows)"),
     ]
     lines = ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings]
     lines += ["", "| task | max length | training rows | dev rows |", "|---|---:|---:|---:|"]
