@@ -329,12 +329,22 @@ def _scores_by_seed(study: Study, current: dict, row: str) -> dict[int, dict[str
     return {s: {t: current[(row, t, s)]["score"] for t in study.tasks if (row, t, s) in current} for s in study.seeds}
 
 
+def _averages(study: Study) -> list[str]:
+    """The kinds of average the report gives: the study's own, and the arithmetic mean beside it."""
+    return list(dict.fromkeys([study.average, "arithmetic"]))
+
+
+def _complete(study: Study, per_seed: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """The seeds that have a score for every task (the only ones an average over tasks can use)."""
+    return {seed: scores for seed, scores in per_seed.items() if len(scores) == len(study.tasks)}
+
+
 def _average_cells(study: Study, per_seed: dict[int, dict[str, float]], most_seeds: int) -> list[str]:
     """The study's averages over the seeds that have every task; the seed count is given when some
     task has more seeds than the average could use."""
-    complete = [scores for scores in per_seed.values() if len(scores) == len(study.tasks)]
+    complete = list(_complete(study, per_seed).values())
     cells = []
-    for kind in dict.fromkeys([study.average, "arithmetic"]):
+    for kind in _averages(study):
         if not complete:
             cells.append("—")
             continue
@@ -353,7 +363,7 @@ def table(study: Study, records: list[dict]) -> str:
     study asks for, paired by seed; then the minutes per run, per row and task."""
     tasks = list(study.tasks)
     current = _current(study, records)
-    averages = list(dict.fromkeys([study.average, "arithmetic"]))
+    averages = _averages(study)
     folder = {t: glue.get_task(t).folder for t in tasks}
     header = ["row"] + [f"{folder[t]} ({METRIC_NAMES.get(glue.primary_metric(t), glue.primary_metric(t))})" for t in tasks] + [f"average ({kind})" for kind in averages] + ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
@@ -381,7 +391,7 @@ def table(study: Study, records: list[dict]) -> str:
             for task in tasks:
                 paired = [a[s][task] - b[s][task] for s in study.seeds if task in a[s] and task in b[s]]
                 cells.append(f"{_signed(paired)} ({len(paired)})" if paired else "—")
-            both = [s for s in study.seeds if len(a[s]) == len(b[s]) == len(tasks)]
+            both = sorted(_complete(study, a).keys() & _complete(study, b).keys())
             for kind in averages:
                 try:
                     paired = [glue.glue_average(a[s], kind) - glue.glue_average(b[s], kind) for s in both]
@@ -456,15 +466,25 @@ def phase_lines(study: Study, current: dict) -> list[str]:
     return lines
 
 
+def interval(values: list[float]) -> dict:
+    """Mean, sample std and the 95 % Student-t interval of the mean of ``values`` (one per seed);
+    std and interval are None for a single value."""
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return {"mean": mean, "std": None, "ci95": None, "seeds": 1}
+    std = float(np.std(values, ddof=1))
+    half = float(scipy.stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "seeds": len(values)}
+
+
 def _signed(values: list[float]) -> str:
     """Mean difference; with two or more seeds also the sample std and the 95 % Student-t interval of
     the mean, so a reader sees at once whether zero is inside it."""
-    mean = float(np.mean(values))
-    if len(values) == 1:
-        return f"{mean:+.1f}"
-    std = float(np.std(values, ddof=1))
-    half = float(scipy.stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
-    return f"{mean:+.1f} ± {std:.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+    stats = interval(values)
+    if stats["std"] is None:
+        return f"{stats['mean']:+.1f}"
+    low, high = stats["ci95"]
+    return f"{stats['mean']:+.1f} ± {stats['std']:.1f} [{low:+.1f}, {high:+.1f}]"
 
 
 def _threads(count: int | None) -> str:
@@ -561,11 +581,65 @@ def plot_scores(study: Study, records: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
+def summary(study: Study, records: list[dict]) -> dict:
+    """The table's numbers for machines (``<doc>.json`` beside the doc). Per row: ``average_<kind>`` (the
+    study's average and the arithmetic one: mean over the seeds that have every task), ``seeds`` (per seed its
+    task scores and, where complete, its averages), ``tasks`` (mean, std, ci95 over seeds) and the runs flagged
+    as failed; per listed difference, paired by seed: ``mean``, ``std``, ``ci95`` (95 % Student-t interval of
+    the mean) and ``seeds`` of the study's average at the top, of each average under ``average_<kind>`` and of
+    each task under ``tasks``. An average a negative score leaves undefined (the geometric mean of a negative
+    MCC) is None."""
+    current = _current(study, records)
+
+    def averages(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[int, float] | None]:
+        out = {}
+        for kind in _averages(study):
+            try:
+                out[kind] = {seed: glue.glue_average(scores, kind) for seed, scores in _complete(study, per_seed).items()}
+            except ValueError:
+                out[kind] = None
+        return out
+
+    rows = {}
+    for name, row in study.rows.items():
+        per_seed = _scores_by_seed(study, current, name)
+        seeds = {seed: dict(scores) for seed, scores in per_seed.items() if scores}
+        entry = {"label": row.label}
+        for kind, by_seed in averages(per_seed).items():
+            entry[f"average_{kind}"] = float(np.mean(list(by_seed.values()))) if by_seed else None
+            for seed, value in (by_seed or {}).items():
+                seeds[seed][f"average_{kind}"] = value
+        entry["seeds"] = {str(seed): scores for seed, scores in seeds.items()}
+        entry["tasks"] = {task: interval(values) for task in study.tasks
+                          if (values := [scores[task] for scores in per_seed.values() if task in scores])}
+        entry["failed"] = [{"task": t, "seed": s, "reason": current[(name, t, s)]["failed"]}
+                           for s in study.seeds for t in study.tasks if current.get((name, t, s), {}).get("failed")]
+        rows[name] = entry
+
+    differences = []
+    for name, reference in study.differences:
+        a, b = _scores_by_seed(study, current, name), _scores_by_seed(study, current, reference)
+        entry = {"row": name, "reference": reference, "tasks": {}}
+        for task in study.tasks:
+            paired = [a[s][task] - b[s][task] for s in study.seeds if task in a[s] and task in b[s]]
+            if paired:
+                entry["tasks"][task] = interval(paired)
+        mine, theirs = averages(a), averages(b)
+        for kind in _averages(study):
+            both = sorted((mine[kind] or {}).keys() & (theirs[kind] or {}).keys())
+            entry[f"average_{kind}"] = interval([mine[kind][s] - theirs[kind][s] for s in both]) if both else None
+        entry.update(entry[f"average_{study.average}"] or {"mean": None, "std": None, "ci95": None, "seeds": 0})
+        differences.append(entry)
+    return {"config": str(study.path), "average": study.average, "seeds": study.seeds,
+            "metrics": {task: glue.primary_metric(task) for task in study.tasks}, "rows": rows, "differences": differences}
+
+
 def write_report(study: Study) -> Path:
     """Put the schedule and the results table between their markers in the results doc (the prose
-    around them is kept), and draw the scores (``<figures_dir>/<doc name>_scores.png``)."""
+    around them is kept), write the same numbers as JSON (:func:`summary`, ``<doc>.json``), and draw the scores (``<figures_dir>/<doc name>_scores.png``)."""
     records = load_results(study.results)
     write_between_markers(study.doc, TABLE_START, TABLE_END, table(study, records), title="# GLUE study")
+    write_atomic(study.doc.with_suffix(".json"), json.dumps(summary(study, records), indent=1) + "\n")
     plot_scores(study, records, study.figures_dir / f"{study.doc.stem}_scores.png")
     text = study.doc.read_text()
     if SCHEDULE_START in text:

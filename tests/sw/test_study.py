@@ -151,6 +151,8 @@ def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
         assert cells[3] == f"{glue.glue_average({'mrpc': record['score']}, 'arithmetic'):.1f}"
         time_cells = [c.strip() for c in next(l for l in time_lines if l.startswith(f"| {label} |")).strip("|").split("|")]
         assert time_cells[1] == f"{record['seconds'] / 60:.1f}"
+    # the same numbers as JSON beside the doc
+    assert json.loads(doc.with_suffix(".json").read_text()) == json.loads(json.dumps(study_mod.summary(done, load_results(done.results))))
     # prose around the markers survives a rewrite; a schedule region is filled from the config
     doc.write_text(text.replace(study_mod.TABLE_START, f"My reading.\n\n{study_mod.SCHEDULE_START}\n{study_mod.SCHEDULE_END}\n" + study_mod.TABLE_START))
     text = write_report(done).read_text()
@@ -189,6 +191,50 @@ def test_report_averages_seeds_and_pairs_differences_by_seed(done, checkpoint, t
     assert lines[label][:2] == [f"{np.mean(paired):+.1f} ± {np.std(paired, ddof=1):.1f} {interval} (2)", f"{rte:+.1f} (1)"]
     # the plot draws the same records, with the phase lines of the rows the differences name
     assert study_mod.plot_scores(study, records, tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_json_gives_row_averages_and_difference_intervals(done, checkpoint, tmp_path):
+    """Three seeds of two tasks (RTE missing on seed 2 for one row): row averages are means over the seeds
+    with every task of the per-seed geometric means; differences pair those by seed, with the Student-t
+    interval; a negative score leaves a geometric average undefined (None), never dropped silently."""
+    study = Study.load(study_config(tmp_path, checkpoint, seeds=[0, 1, 2], tasks={"mrpc": {"max_length": 48}, "rte": {"max_length": 48}},
+                                    differences=[["pattern_admm", "pattern_no_admm"], ["pattern_admm_int8", DENSE]]))
+    seed0 = {r["row"]: r for r in load_results(done.results)}
+    rng = np.random.default_rng(1)
+    scores, records = {}, []
+    for row, record in seed0.items():
+        for task in ("mrpc", "rte"):
+            for seed in (0, 1, 2):
+                if (row, task, seed) == ("pattern_no_admm", "rte", 2):
+                    continue
+                score = float(rng.uniform(40, 90)) if (row, task, seed) != ("pattern_admm_int8", "rte", 1) else -3.0
+                scores[(row, task, seed)] = score
+                records.append(dict(record, task=task, seed=seed, score=score, failed=None,
+                                    fingerprint=fingerprint(study.config_dict(row, task, seed))))
+    out = study_mod.summary(study, records)
+
+    def geometric(row, seed):
+        return float(scipy.stats.gmean([scores[(row, "mrpc", seed)], scores[(row, "rte", seed)]]))
+
+    complete = {row: [s for s in (0, 1, 2) if (row, "rte", s) in scores] for row in study.rows}
+    for row in (DENSE, "pattern_admm", "pattern_no_admm"):
+        entry = out["rows"][row]
+        per_seed = [geometric(row, s) for s in complete[row]]
+        assert entry["average_geometric"] == pytest.approx(np.mean(per_seed), rel=1e-12)
+        assert entry["seeds"]["0"]["mrpc"] == scores[(row, "mrpc", 0)]
+        assert entry["seeds"]["0"]["average_geometric"] == pytest.approx(per_seed[0], rel=1e-12)
+        assert entry["tasks"]["mrpc"]["mean"] == pytest.approx(np.mean([scores[(row, "mrpc", s)] for s in (0, 1, 2)]), rel=1e-12)
+    assert "average_geometric" not in out["rows"]["pattern_no_admm"]["seeds"]["2"]  # RTE missing there
+    assert out["rows"]["pattern_admm_int8"]["average_geometric"] is None  # its negative RTE score
+    assert out["rows"]["pattern_admm_int8"]["average_arithmetic"] is not None
+    first, second = out["differences"]
+    paired = [geometric("pattern_admm", s) - geometric("pattern_no_admm", s) for s in (0, 1)]
+    low, high = scipy.stats.t.interval(0.95, 1, loc=np.mean(paired), scale=scipy.stats.sem(paired))
+    assert (first["row"], first["reference"], first["seeds"]) == ("pattern_admm", "pattern_no_admm", 2)
+    assert first["mean"] == pytest.approx(np.mean(paired), rel=1e-12)
+    assert first["ci95"] == pytest.approx([low, high], rel=1e-12)
+    assert first["tasks"]["mrpc"]["seeds"] == 3 and first["tasks"]["rte"]["seeds"] == 2
+    assert second["mean"] is None and second["ci95"] is None and second["average_arithmetic"]["seeds"] == 3
 
 
 @pytest.mark.parametrize("change, message", [
