@@ -42,14 +42,14 @@ also covers short rows and slow loads; the benchmark checks it against Verilator
   :data:`~hw.softmax_unit.RECIPROCAL_OFFER_LATENCY` after its last read, the rows one after another,
   each :func:`~hw.row_reciprocal.reciprocal_cycles` + :data:`~hw.softmax_unit.RECIPROCAL_RETURN_LATENCY`;
   **select** (pruned only) reads each k×k block in ``k`` cycles, offers it to
-  :class:`~hw.pattern_select.PatternSelect` ``k − 1`` + :data:`~hw.softmax_unit.NORM_READ_LATENCY` +
+  :class:`~hw.pattern_select.PatternSelect` ``k − 1`` + ``BANK_READ_LATENCY`` +
   :data:`~hw.reciprocal_scale.SCALE_LATENCY` + :data:`~hw.softmax_unit.QUEUE_LATENCY`
   cycles after its first read, takes one block per :func:`~hw.pattern_select.select_interval` and has
   its choice :func:`~hw.pattern_select.choice_latency` later; a block's first read waits until fewer
   than :func:`~hw.softmax_unit.queue_depth` blocks are between their first read and their choice, and a
   block row's last choice sends its rows' kept sums to a second divider; **emit** reads the blocks again
   (a block row once its kept reciprocals are stored), and a block leaves for the probability buffer
-  ``k − 1 + NORM_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY`` after its first read, one per cycle at
+  ``k − 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY`` after its first read, one per cycle at
   most, with the same credits. The stage ends the cycle after the last block has left;
 * *context*: the P·V RUN, exactly :func:`matmul_cycles` of ``Vᵀ · Pᵀ`` (``d`` tokens, ``L`` in and out).
 
@@ -75,7 +75,7 @@ from hw.pattern_matmul import ROW_LATENCY
 from hw.pattern_select import choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (EXP_READ_LATENCY, NORM_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+from hw.softmax_unit import (BANK_READ_LATENCY, EXP_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
                              RECIPROCAL_RETURN_LATENCY, TERMS_LATENCY, TILE_BANKS, ingest_max_latency, queue_depth)
 
 #: Cycles from a row-ending weight beat to the row's offer to the output stage (its first lane's issue
@@ -373,7 +373,7 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
                 if j >= depth:
                     read = max(read, chosen[j - depth] + 1)
                 reads.append(read)
-                queued = read + k - 1 + NORM_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
+                queued = read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
                 selected = queued if selected is None else max(queued, selected + interval)
                 chosen.append(selected + choice)
                 if j % key_blocks == key_blocks - 1:  # a block row's last choice: its kept sums are final
@@ -391,7 +391,7 @@ def attention_scores_cycles(config: AttentionConfig, head: AttentionHeadShape, *
             if j >= depth:
                 read = max(read, offered[j - depth] + 1)
             reads.append(read)
-            queued = read + k - 1 + NORM_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
+            queued = read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY
             offered.append(queued if not offered else max(queued, offered[-1] + 1))
         emitted.append(offered[-1] + 1)
     # The attention unit writes the last block PROBABILITY_WRITE_LATENCY after it leaves the softmax, counts

@@ -32,10 +32,6 @@ BANK_READ_LATENCY = 1
 #: Cycles from the exp pass's read address to the word, selected among the banks, at the exponentials'
 #: inputs: the bank's read, then the selected word registered (the banks sit apart on the die).
 EXP_READ_LATENCY = BANK_READ_LATENCY + 1
-#: Cycles from the select and emit passes' read address to the word at the scalings' inputs: the bank's
-#: read, then the word selected among the banks registered, beside its row's reciprocals (the banks'
-#: block RAM outputs reach no further than that register).
-NORM_READ_LATENCY = BANK_READ_LATENCY + 1
 #: Cycles from a block's write into a queue to its offer at the queue's output, when the block is next
 #: (``SyncFIFOBuffered``: its memory, then its output register).
 QUEUE_LATENCY = 2
@@ -62,10 +58,10 @@ def queue_depth(pattern: PatternConfig, patterns_per_cycle: int) -> int:
     """Blocks that the queues for :class:`PatternSelect` and for ``blocks`` hold; a block's reads start
     only while fewer blocks than this are between their first read and leaving (chosen, or taken from
     ``blocks``). Enough that blocks read back to back, one per k cycles, never wait for a choice: a
-    block's first read to its choice spans its k reads, the bank read (:data:`NORM_READ_LATENCY`), the scaling, the queue and
+    block's first read to its choice spans its k reads, the bank read, the scaling, the queue and
     :func:`~hw.pattern_select.choice_latency`, and its credit returns the cycle after."""
     k = pattern.block_size
-    span = (k - 1 + NORM_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + choice_latency(pattern, patterns_per_cycle) + 1)
+    span = (k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + choice_latency(pattern, patterns_per_cycle) + 1)
     return -(-span // k)
 
 
@@ -251,10 +247,9 @@ class SoftmaxUnit(wiring.Component):
         def selected(select):
             """The read word of the bank whose bit is set in the one-hot ``select``."""
             return [pick(select, [read.data[i] for _, read in banks]) for i in range(k)]
-        exp_data = Signal(word)
-        norm_data = Signal(data.ArrayLayout(unsigned(E_BITS), k))  # exponentials: only their low bits are set
+        exp_data, norm_data = Signal(word), Signal(word)
         m.d.sync += [exp_data[i].eq(v) for i, v in enumerate(selected(exp_select))]
-        m.d.sync += [norm_data[i].eq(v[:E_BITS]) for i, v in enumerate(selected(norm_select))]
+        m.d.comb += [norm_data[i].eq(v) for i, v in enumerate(selected(norm_select))]
         exp_addr, norm_addr = Signal.like(banks[0][1].addr), Signal.like(banks[0][1].addr)
         exp_reading = Signal()  # the exp pass reads its bank; otherwise the reads are select's and emit's
         for b, (_, read) in enumerate(banks):
@@ -437,28 +432,25 @@ class SoftmaxUnit(wiring.Component):
         in_flight = Signal(range(credit_depth + 2))  # blocks whose reads started and that have not left
         block_meta = data.StructLayout({"valid": 1, "i": range(k), "exists": 1, "qb": range(block_rows),
                                         "kb": COUNT_BITS, "e": data.ArrayLayout(unsigned(E_BITS), k)})
-        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(NORM_READ_LATENCY + SCALE_LATENCY)]
+        block_line = [Signal(block_meta, name=f"block_meta_{i}") for i in range(BANK_READ_LATENCY + SCALE_LATENCY)]
         issue_block = Signal()
         block_row = bq * k + bstep
         m.d.comb += norm_addr.eq(Cat(bk[:kb_bits], block_row))
         m.d.sync += [block_line[0].valid.eq(issue_block), block_line[0].i.eq(bstep), block_line[0].qb.eq(bq),
                      block_line[0].kb.eq(bk), block_line[0].exists.eq(block_row < tile.rows)]
-        # the place travels beside the read (NORM_READ_LATENCY), then with the word through the scaling
-        at_scale = block_line[NORM_READ_LATENCY - 1]  # the place of the word now at the scalings' inputs
-        for a, b in zip(block_line[:NORM_READ_LATENCY], block_line[1:NORM_READ_LATENCY + 1]):
-            m.d.sync += [getattr(b, field).eq(getattr(a, field)) for field in ("valid", "i", "exists", "qb", "kb")]
-        m.d.sync += [b.eq(a) for a, b in zip(block_line[NORM_READ_LATENCY:], block_line[NORM_READ_LATENCY + 1:])]
-        # the row's reciprocals, read beside the bank's word and registered with it: the row sum's for the
-        # densities, the kept sum's (with pruning) for the probabilities
+        m.d.sync += [b.eq(a) for a, b in zip(block_line[1:], block_line[2:])]
+        for field in ("valid", "i", "exists", "qb", "kb"):
+            m.d.sync += getattr(block_line[1], field).eq(getattr(block_line[0], field))
+        # the row's reciprocals, read beside the bank's word
         m.d.comb += [scale_read.addr.eq(Cat(block_row[:row_bits], norm_bank)), kept_read.addr.eq(block_row)]
-        row_scale, prob_scale = Signal(scale_layout), Signal(scale_layout)
-        m.d.sync += [row_scale.eq(scale_read.data), prob_scale.eq(Mux(tile.prune, kept_read.data, scale_read.data))]
+        row_r, row_ell = scale_read.data.r, scale_read.data.ell
         for i in range(k):
-            x = Mux(at_scale.exists, norm_data[i], 0)
-            m.d.sync += block_line[NORM_READ_LATENCY].e[i].eq(x)
-            m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x), densities[i].r.eq(row_scale.r), densities[i].ell.eq(row_scale.ell),
+            x = Mux(block_line[0].exists, norm_data[i][:E_BITS], 0)
+            m.d.sync += block_line[1].e[i].eq(x)
+            m.d.comb += [densities[i].en.eq(1), densities[i].x.eq(x), densities[i].r.eq(row_r), densities[i].ell.eq(row_ell),
                          probabilities[i].en.eq(1), probabilities[i].x.eq(x),
-                         probabilities[i].r.eq(prob_scale.r), probabilities[i].ell.eq(prob_scale.ell)]
+                         probabilities[i].r.eq(Mux(tile.prune, kept_read.data.r, row_r)),
+                         probabilities[i].ell.eq(Mux(tile.prune, kept_read.data.ell, row_ell))]
         scaled = block_line[-1]
         dense_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(SELECTION_BITS + 1), k), k - 1))
         prob_rows = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(8), k), k - 1))

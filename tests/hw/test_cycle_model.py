@@ -15,7 +15,7 @@ from hw.attention_unit import COMMAND_LATENCY, PROBABILITY_WRITE_LATENCY
 from hw.pattern_select import PatternSelect, choice_latency, select_interval
 from hw.reciprocal_scale import SCALE_LATENCY
 from hw.row_reciprocal import reciprocal_cycles
-from hw.softmax_unit import (EXP_READ_LATENCY, NORM_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
+from hw.softmax_unit import (BANK_READ_LATENCY, EXP_READ_LATENCY, QUEUE_LATENCY, RECIPROCAL_OFFER_LATENCY,
                              RECIPROCAL_RETURN_LATENCY, ingest_max_latency, queue_depth)
 
 CONFIG = EngineConfig()
@@ -160,7 +160,7 @@ def test_scores_stage_when_the_softmax_keeps_up_is_the_qk_run_then_the_last_tile
              + reciprocal_cycles(1) + RECIPROCAL_RETURN_LATENCY)
     blocks = lanes // k * key_blocks
     last_read = exped + 2 + (blocks - 1) * k
-    expected = last_read + k - 1 + NORM_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + 1 + PROBABILITY_WRITE_LATENCY
+    expected = last_read + k - 1 + BANK_READ_LATENCY + SCALE_LATENCY + QUEUE_LATENCY + 1 + PROBABILITY_WRITE_LATENCY
     assert attention_scores_cycles(ATTENTION, AttentionHeadShape(length, dim), pruned=False) == expected
 
 
