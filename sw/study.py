@@ -636,7 +636,8 @@ def summary(study: Study, records: list[dict]) -> dict:
 
 def write_report(study: Study) -> Path:
     """Put the schedule and the results table between their markers in the results doc (the prose
-    around them is kept), write the same numbers as JSON (:func:`summary`, ``<doc>.json``), and draw the scores (``<figures_dir>/<doc name>_scores.png``)."""
+    around them is kept), write the same numbers as JSON (:func:`summary`, ``<doc>.json``), and draw the
+    scores (``<figures_dir>/<doc name>_scores.png``)."""
     records = load_results(study.results)
     write_between_markers(study.doc, TABLE_START, TABLE_END, table(study, records), title="# GLUE study")
     write_atomic(study.doc.with_suffix(".json"), json.dumps(summary(study, records), indent=1) + "\n")
