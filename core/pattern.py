@@ -125,32 +125,85 @@ class PatternPool:
         return torch.stack([torch.nonzero(row).flatten() for row in self.masks])
 
 
-def build_pattern_pool(weight: torch.Tensor, config: PatternConfig, refine_iterations: int = 10) -> PatternPool:
+POOL_METHODS = ("frequent", "greedy")
+POOL_CANDIDATES = 256  # distinct top-n masks the greedy seeding chooses from (most frequent first)
+
+
+def build_pattern_pool(weight: torch.Tensor, config: PatternConfig, refine_iterations: int = 10,
+                       method: str = "frequent", candidates: int = POOL_CANDIDATES) -> PatternPool:
     """Build a pool of ``P`` patterns from the weights themselves.
 
-    Clustering: every block's top-n mask (by magnitude) is a candidate; the pool starts as the ``P``
-    most frequent masks (ties → smaller mask code) and is then refined by k-means in the projection
-    objective: assign every block to the pattern keeping most of its squared magnitude, and replace
-    each pattern by the top-n positions of the summed squared magnitudes of its blocks. Both steps never
-    decrease the total kept energy; a step that would duplicate another pattern is skipped. When the
-    matrix has fewer than ``P`` distinct masks, the pool is filled with the lowest unused masks in
-    lexicographic order of kept positions.
+    Clustering: every block's top-n mask (by magnitude) is a candidate. The pool is seeded by ``method``:
+
+    * ``"frequent"``: the ``P`` most frequent masks (ties → smaller mask code);
+    * ``"greedy"``: greedy maximization of the projection objective itself (the total squared magnitude
+      kept, ``Σ_blocks max_{pattern} kept energy``, a facility-location objective: monotone submodular,
+      so greedy is within 1 − 1/e of the best pool drawn from the candidates). The candidates are the
+      ``candidates`` most frequent distinct masks; each step adds the one that adds the most kept energy
+      (ties → the more frequent candidate).
+
+    The seed is then refined by k-means in the projection objective: assign every block to the pattern
+    keeping most of its squared magnitude, and replace each pattern by the top-n positions of the summed
+    squared magnitudes of its blocks. Both steps never decrease the total kept energy; a step that would
+    duplicate another pattern is skipped. When the matrix has fewer than ``P`` distinct masks, the pool
+    is filled with the lowest unused masks in lexicographic order of kept positions.
     """
     k = config.block_size
     energy = to_blocks(pad_to_blocks(weight.detach().to(torch.float64), k), k).reshape(-1, k * k) ** 2
-    return build_pool_from_energy(energy, config, refine_iterations)
+    return build_pool_from_energy(energy, config, refine_iterations, method, candidates)
 
 
-def build_pool_from_energy(energy: torch.Tensor, config: PatternConfig, refine_iterations: int = 10) -> PatternPool:
+def _greedy_seed(energy: torch.Tensor, masks: torch.Tensor, p: int, batch: int = 16) -> list[int]:
+    """Indices of ``p`` rows of ``masks`` chosen greedily for ``Σ_b max_chosen energy_b · mask``.
+
+    Lazy greedy (Minoux): a candidate's gain never grows as the pool grows (submodularity), so its last
+    computed gain bounds its gain now. Each step recomputes the gains of the ``batch`` candidates with
+    the highest bounds and takes the best of them once it is at least every other bound; the result is
+    the plain greedy pool (ties → the lower candidate index) at a fraction of the work.
+    """
+    kept = (masks.to(torch.float64) @ energy.T).contiguous()  # [C, B]: a candidate's kept energy per block
+    best = torch.zeros(kept.shape[1], dtype=torch.float64)
+    bound = kept.sum(1)  # exact gains of the first step
+    taken = torch.zeros(kept.shape[0], dtype=torch.bool)
+    chosen: list[int] = []
+    for _ in range(min(p, kept.shape[0])):
+        fresh = torch.zeros_like(taken)
+        while True:
+            stale = torch.nonzero(~taken & ~fresh).flatten()
+            if stale.numel():
+                top = stale[torch.sort(-bound[stale], stable=True).indices[:batch]]
+                bound[top] = (kept[top] - best).clamp_min(0).sum(1)
+                fresh[top] = True
+            open_ = torch.nonzero(~taken).flatten()
+            leader = open_[torch.sort(-bound[open_], stable=True).indices[0]]
+            if fresh[leader]:
+                break
+        chosen.append(int(leader))
+        taken[leader] = True
+        best = torch.maximum(best, kept[leader])
+    return chosen
+
+
+def build_pool_from_energy(energy: torch.Tensor, config: PatternConfig, refine_iterations: int = 10,
+                           method: str = "frequent", candidates: int = POOL_CANDIDATES) -> PatternPool:
     """The clustering of :func:`build_pattern_pool` on per-block energies ``energy[B, k²]`` (non-negative).
 
     Weight pools use squared magnitudes; attention-map pools use attention probabilities.
     """
+    if method not in POOL_METHODS:
+        raise ValueError(f"pool method must be one of {', '.join(POOL_METHODS)}, got {method!r}")
+    if candidates < 1:
+        raise ValueError(f"pool candidates must be >= 1, got {candidates}")
     k, n, p = config.block_size, config.kept_per_block, config.pool_size
     energy = energy.detach().to(torch.float64).reshape(-1, k * k)
     codes, counts = torch.unique(_mask_codes(top_n_masks(energy, n)), return_counts=True)  # codes ascending
     order = torch.sort(-counts, stable=True).indices  # most frequent first, ties keep ascending code
-    chosen = codes[order][:p].tolist()
+    if method == "greedy":
+        pool_candidates = codes[order][: max(candidates, p)]
+        picks = _greedy_seed(energy, _codes_to_masks(pool_candidates, k * k), p)
+        chosen = pool_candidates[picks].tolist()
+    else:
+        chosen = codes[order][:p].tolist()
     if len(chosen) < p:
         present = set(chosen)
         for combo in itertools.combinations(range(k * k), n):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from core.quantize import level_max, row_scales
-from core.pattern import PatternConfig, PatternPool, build_pattern_pool, from_blocks, pad_to_blocks, to_blocks
+from core.pattern import POOL_METHODS, PatternConfig, PatternPool, build_pattern_pool, from_blocks, pad_to_blocks, to_blocks
 
 
 def kept_count(total: int, density: float) -> int:
@@ -254,7 +254,8 @@ class GroupWise(Projection):
 class Pattern(Projection):
     """Pattern sparsity (``core.pattern``): every k×k block keeps one of the ``pool_size`` patterns.
 
-    The pool is built from the matrix it first projects (clustering of per-block top-n masks). Pool
+    The pool is built from the matrix it first projects (clustering of per-block top-n masks, seeded by
+    ``pool_method``: ``"frequent"`` or ``"greedy"``, see :func:`core.pattern.build_pattern_pool`). Pool
     rebuilding during ADMM is the caller's choice (``ADMM`` rebuilds it from ``W + U`` every
     ``pool_rebuild_every`` Z-updates and freezes it at hard pruning): given a pool, the projection is
     exact. ``pool`` and ``pattern_ids`` of the last projection are kept for export.
@@ -263,18 +264,24 @@ class Pattern(Projection):
     block_size: int = PatternConfig.block_size
     kept_per_block: int = PatternConfig.kept_per_block
     pool_size: int = PatternConfig.pool_size
+    pool_method: str = "frequent"
     pool: PatternPool | None = field(default=None, repr=False, compare=False)
     pattern_ids: torch.Tensor | None = field(default=None, repr=False, compare=False)
     kind = "pattern"
 
     def __post_init__(self):
         self.config = PatternConfig(self.block_size, self.kept_per_block, self.pool_size)
+        if self.pool_method not in POOL_METHODS:
+            raise ValueError(f"pattern pool_method must be one of {', '.join(POOL_METHODS)}, got {self.pool_method!r}")
 
     def to_dict(self):
-        return {"kind": self.kind, "block_size": self.block_size, "kept_per_block": self.kept_per_block, "pool_size": self.pool_size}
+        spec = {"kind": self.kind, "block_size": self.block_size, "kept_per_block": self.kept_per_block, "pool_size": self.pool_size}
+        if self.pool_method != "frequent":  # the default stays out, so specs (and study fingerprints) written before it are unchanged
+            spec["pool_method"] = self.pool_method
+        return spec
 
     def rebuild_pool(self, weight: torch.Tensor) -> None:
-        self.pool = build_pattern_pool(weight, self.config)
+        self.pool = build_pattern_pool(weight, self.config, method=self.pool_method)
 
     def _choose(self, blocks: torch.Tensor) -> torch.Tensor:
         """Pattern id per block: the pattern keeping the most squared magnitude."""

@@ -3,8 +3,9 @@ import itertools
 import pytest
 import torch
 
-from core.pattern import (PatternConfig, PatternPool, build_pattern_pool, from_blocks, pack_pattern_blocks, pad_to_blocks,
-                        project_onto_pool, to_blocks, top_n_masks, unpack_pattern_blocks)
+from core.pattern import (POOL_METHODS, PatternConfig, PatternPool, build_pattern_pool, from_blocks, pack_pattern_blocks, pad_to_blocks,
+                        _greedy_seed, build_pool_from_energy, project_onto_pool, to_blocks, top_n_masks,
+                        unpack_pattern_blocks)
 from core.quantize import quantize_rows
 
 
@@ -100,6 +101,58 @@ def test_refinement_never_loses_kept_energy():
         projection = project_onto_pool(w, build_pattern_pool(w, PatternConfig(), refine_iterations=iterations))
         kept[iterations] = float((projection.weight ** 2).sum())
     assert kept[10] >= kept[0]
+
+
+def _kept_energy(w, pool):
+    return float((project_onto_pool(w, pool).weight.to(torch.float64) ** 2).sum())
+
+
+def test_lazy_greedy_seed_is_plain_greedy():
+    # Plain greedy over the facility-location objective, written out: at every step the candidate adding
+    # the most kept energy (ties -> lower index). Integer energies keep every sum exact.
+    g = torch.Generator().manual_seed(11)
+    energy = torch.randint(0, 50, (300, 16), generator=g).to(torch.float64)
+    masks = torch.stack([torch.randperm(16, generator=g)[:8] for _ in range(60)])
+    masks = torch.zeros(60, 16, dtype=torch.bool).scatter_(1, masks, True)
+    kept = energy @ masks.to(torch.float64).T
+    best, expected = torch.zeros(300, dtype=torch.float64), []
+    for _ in range(12):
+        gains = [float((kept[:, c] - best).clamp_min(0).sum()) if c not in expected else -1.0 for c in range(60)]
+        pick = max(range(60), key=lambda c: (gains[c], -c))
+        expected.append(pick)
+        best = torch.maximum(best, kept[:, pick])
+    assert _greedy_seed(energy, masks, 12) == expected
+
+
+def test_greedy_pool_recovers_planted_patterns():
+    # Every block follows one of 32 planted patterns exactly: the greedy pool must keep all the energy.
+    g = torch.Generator().manual_seed(12)
+    config = PatternConfig()
+    planted = build_pool_from_energy(torch.rand(4096, 16, generator=g, dtype=torch.float64), config).masks
+    which = torch.randint(0, 32, (32, 32), generator=g)
+    blocks = torch.randn(32, 32, 16, generator=g, dtype=torch.float64) * planted[which]
+    w = from_blocks(blocks, 4)
+    pool = build_pattern_pool(w, config, method="greedy", refine_iterations=0)
+    assert sorted(pool.masks.to(torch.int64).mul(2 ** torch.arange(16)).sum(1).tolist()) == \
+        sorted(planted.to(torch.int64).mul(2 ** torch.arange(16)).sum(1).tolist())
+    assert _kept_energy(w, pool) == float((w ** 2).sum())
+
+
+def test_greedy_pool_keeps_more_than_the_frequent_seed():
+    # Gaussian weights have no dominant masks, so seeding by frequency is close to arbitrary; the greedy
+    # seed chooses for the projection objective itself (measured on all-MiniLM-L6-v2: 81.5 % -> 82.8 %).
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(13))
+    kept = {m: _kept_energy(w, build_pattern_pool(w, PatternConfig(), method=m)) for m in POOL_METHODS}
+    assert kept["greedy"] > kept["frequent"]
+    again = build_pattern_pool(w.clone(), PatternConfig(), method="greedy")
+    assert torch.equal(again.masks, build_pattern_pool(w, PatternConfig(), method="greedy").masks)
+
+
+def test_pool_builder_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="pool method must be one of frequent, greedy, got 'best'"):
+        build_pattern_pool(torch.randn(8, 8), PatternConfig(), method="best")
+    with pytest.raises(ValueError, match="pool candidates must be >= 1, got 0"):
+        build_pattern_pool(torch.randn(8, 8), PatternConfig(), method="greedy", candidates=0)
 
 
 def test_weight_quantization_is_symmetric_per_channel():

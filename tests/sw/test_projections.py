@@ -183,9 +183,17 @@ def test_bad_input_is_refused_with_a_clear_message():
         projection_from_dict({"kind": "nm", "q": 3})
 
 
+def test_pattern_spec_names_the_pool_method_only_when_not_the_default():
+    assert "pool_method" not in Pattern(4, 8, 32).to_dict()  # specs written before the option keep their form
+    assert Pattern(4, 8, 32, pool_method="greedy").to_dict()["pool_method"] == "greedy"
+    with pytest.raises(ValueError, match="pool_method must be one of frequent, greedy, got 'kmeans'"):
+        Pattern(4, 8, 32, pool_method="kmeans")
+
+
 def test_round_trip_through_dict():
     for projection in [Unstructured(0.3), NM(n=1, m=4), VectorWise(8, 3, 0), Rows(0.25), Channels(0.5), Columns(0.5),
-                       BlockWise(2, 8, 0.4), GroupWise(32, 0.5), Pattern(4, 6, 16), Quantize(4), PatternQuantize(4, 8, 32, bits=8)]:
+                       BlockWise(2, 8, 0.4), GroupWise(32, 0.5), Pattern(4, 6, 16), Pattern(4, 8, 32, pool_method="greedy"),
+                       Quantize(4), PatternQuantize(4, 8, 32, bits=8), PatternQuantize(4, 8, 32, pool_method="greedy", bits=8)]:
         again = projection_from_dict(projection.to_dict())
         assert type(again) is type(projection) and again.to_dict() == projection.to_dict()
         weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
