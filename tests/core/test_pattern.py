@@ -90,8 +90,9 @@ def test_pool_is_deterministic_distinct_and_filled():
     a, b = build_pattern_pool(w, PatternConfig()), build_pattern_pool(w.clone(), PatternConfig())
     assert torch.equal(a.masks, b.masks)
     # A matrix with a single block has one distinct mask: the rest of the pool is filled deterministically.
-    tiny = build_pattern_pool(torch.randn(4, 4), PatternConfig())
-    assert tiny.masks.shape == (32, 16) and bool((tiny.masks.sum(1) == 8).all())
+    for method in POOL_METHODS:
+        tiny = build_pattern_pool(torch.randn(4, 4), PatternConfig(), method=method)
+        assert tiny.masks.shape == (32, 16) and bool((tiny.masks.sum(1) == 8).all())
 
 
 def test_refinement_never_loses_kept_energy():
