@@ -13,6 +13,17 @@ set, ``updates`` times evenly over the phase, so that ρ ramps as far on a small
 multiplier itself unchanged (Boyd et al., "Distributed optimization … ADMM", §3.4.1). Without that the
 dual pull grows with ρ on top of its own accumulation and the supports oscillate.
 
+With ``proximal`` = η > 0 the penalty leaves the loss: the optimizer sees the task loss alone, and after
+every optimizer step each target takes the exact proximal step of ``η·ρ/2 · ‖W − Z + U‖²``::
+
+    W ← (W + ηρ (Z − U)) / (1 + ηρ)
+
+which moves W a fraction ηρ/(1 + ηρ) of the way to ``Z − U``. Adam-type optimizers move every weight by
+about one learning rate per step whatever the size of its gradient, so through the loss the penalty can
+only pull the pruned weights to zero at a high learning rate; the decoupled step (as AdamW decouples
+weight decay) pulls in proportion to the distance at any learning rate, and leaves the optimizer's
+moments to the task gradient.
+
 ``Z`` starts at ``Π(W)`` and ``U`` at zero. A pattern projection without a pool builds one from ``W``
 at the start; then its pool is rebuilt from ``W + U`` every ``pool_rebuild_every`` Z-updates (0: keep
 it, e.g. a pool the user gave), so the pool follows the weights while ADMM reshapes them. The pool is
@@ -42,20 +53,29 @@ class ADMMSettings:
     update_every: int = 100  # optimizer steps between Z/U updates
     pool_rebuild_every: int = 1  # Z-updates between pool rebuilds (0: never after the first)
     updates: int = 0  # > 0: this many Z/U updates, every ⌊phase steps / updates⌋ steps (update_every unused)
+    proximal: float = 0.0  # η > 0: the penalty leaves the loss; a proximal step of η·penalty after each optimizer step
 
     def __post_init__(self):
         if self.update_every < 1:
             raise ValueError(f"admm.update_every must be ≥ 1, got {self.update_every}")
         if self.updates < 0:
             raise ValueError(f"admm.updates must be ≥ 0, got {self.updates}")
+        if not self.proximal >= 0:
+            raise ValueError(f"admm.proximal must be ≥ 0, got {self.proximal}")
+
+    @property
+    def penalty_in_loss(self) -> bool:
+        """Whether the training loss carries the penalty (otherwise :meth:`ADMM.step` applies it)."""
+        return self.proximal == 0
 
 
 class ADMM:
     """ADMM state for named weights: ``ADMM({name: (parameter, projection)}, settings)``.
 
-    Use ``loss = task_loss + admm.penalty()`` each step and call ``admm.step()`` after each optimizer
-    step (it updates ``Z``/``U`` every ``update_every`` calls; call ``plan(steps)`` first when the
-    settings give ``updates`` per phase). ``residuals()`` gives ``‖W − Z‖ / ‖W‖``
+    Use ``loss = task_loss + admm.penalty()`` each step (unless ``settings.penalty_in_loss`` is false) and
+    call ``admm.step()`` after each optimizer step (it takes the proximal step when the settings give one,
+    and updates ``Z``/``U`` every ``update_every`` calls; call ``plan(steps)`` first when the settings give
+    ``updates`` per phase). ``residuals()`` gives ``‖W − Z‖ / ‖W‖``
     per weight, the convergence measure to log.
     """
 
@@ -107,8 +127,19 @@ class ADMM:
             self.U[name] *= self.rho[name] / rho
             self.rho[name] = rho
 
+    @torch.no_grad()
+    def proximal_step(self) -> None:
+        """``W ← (W + ηρ (Z − U)) / (1 + ηρ)`` on every target, η = ``settings.proximal``."""
+        eta = self.settings.proximal
+        for name, param in self.params.items():
+            pull = eta * self.rho[name]
+            param.copy_((param + pull * (self.Z[name] - self.U[name])) / (1.0 + pull))
+
     def step(self) -> bool:
-        """Count one optimizer step; run :meth:`update` when due. Returns whether it ran."""
+        """Count one optimizer step: take the proximal step when the settings give one, then run
+        :meth:`update` when due. Returns whether the update ran."""
+        if not self.settings.penalty_in_loss:
+            self.proximal_step()
         self.steps += 1
         if self.steps % self.every == 0 and not (self.settings.updates and self.updates >= self.settings.updates):
             self.update()

@@ -50,6 +50,6 @@ class ADMMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training:
+        if model.training and self.admm.settings.penalty_in_loss:
             loss = loss + self.admm.penalty()
         return (loss, outputs) if return_outputs else loss

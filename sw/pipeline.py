@@ -381,7 +381,7 @@ def train_phase(model, data: TaskData, config: TrainConfig, epochs: float, name:
                 count, summed = (float(v) for v in ctx.all_reduce_sum(totals))
                 loss = loss * (local * ctx.world_size / count)
                 logged = torch.tensor(summed / count)
-            if admm is not None:
+            if admm is not None and admm.settings.penalty_in_loss:
                 penalty = admm.penalty()
                 loss = loss + penalty
                 logged = logged + penalty.detach().cpu()

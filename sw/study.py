@@ -507,7 +507,8 @@ def schedule(study: Study) -> str:
         ("epochs", f"fine-tune {base.finetune_epochs:g} (dense row), ADMM {base.admm_epochs:g}, retrain {base.retrain_epochs:g}"),
         ("ADMM ρ", f"{admm.rho:g}, ×{admm.rho_growth:g} per Z/U update (cap {admm.rho_max:g}), "
                    + (f"{admm.updates} updates spread over the ADMM phase, " if admm.updates else f"update every {admm.update_every} steps, ")
-                   + f"pool rebuilt every {admm.pool_rebuild_every} update(s)"),
+                   + f"pool rebuilt every {admm.pool_rebuild_every} update(s)"
+                   + (f"; penalty as a proximal step after each optimizer step, η {admm.proximal:g}" if admm.proximal else "")),
         ("SR-STE λ", f"{base.compression.srste_decay:g}"),
         *([("ADMM weight decay", f"{base.admm_weight_decay:g}")] if base.admm_weight_decay is not None else []),
         *([("minimum steps per phase", base.min_steps)] if base.min_steps else []),

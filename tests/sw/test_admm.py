@@ -14,27 +14,30 @@ def orthogonal(n, seed):
     return q
 
 
-def run_toy_admm(projection, seed=0, iterations=40, inner_steps=25):
-    """min ½‖A W − B‖² s.t. W ∈ S with A orthogonal: the optimum is Π_S(Aᵀ B) (the loss is ½‖W − AᵀB‖² + c)."""
+def run_toy_admm(projection, seed=0, iterations=40, inner_steps=25, proximal=0.0):
+    """min ½‖A W − B‖² s.t. W ∈ S with A orthogonal: the optimum is Π_S(Aᵀ B) (the loss is ½‖W − AᵀB‖² + c).
+    ``proximal`` > 0: the penalty leaves the loss and ``admm.step()`` applies it as a proximal step."""
     g = torch.Generator().manual_seed(seed)
     a = orthogonal(8, seed)
     target = torch.randn(8, 8, generator=g, dtype=torch.float64)
     b = a @ target
     w = torch.nn.Parameter(torch.randn(8, 8, generator=g, dtype=torch.float64) * 0.1)
-    admm = ADMM({"w": (w, projection)}, ADMMSettings(rho=1.0, update_every=inner_steps, pool_rebuild_every=0))
+    admm = ADMM({"w": (w, projection)}, ADMMSettings(rho=1.0, update_every=inner_steps, pool_rebuild_every=0, proximal=proximal))
     optimizer = torch.optim.SGD([w], lr=0.2)
     for _ in range(iterations * inner_steps):
         optimizer.zero_grad()
-        loss = 0.5 * (a @ w - b).pow(2).sum() + admm.penalty()
+        loss = 0.5 * (a @ w - b).pow(2).sum() + (admm.penalty() if admm.settings.penalty_in_loss else 0.0)
         loss.backward()
         optimizer.step()
         admm.step()
     return admm, w, target
 
 
-def test_admm_toy_reaches_the_projected_optimum():
+@pytest.mark.parametrize("proximal", [0.0, 0.2])
+def test_admm_toy_reaches_the_projected_optimum(proximal):
+    """With the penalty in the loss, and as a proximal step after each SGD step (η = the SGD rate)."""
     for projection in (Unstructured(0.5), NM(n=2, m=4)):
-        admm, w, target = run_toy_admm(projection)
+        admm, w, target = run_toy_admm(projection, proximal=proximal)
         optimum = projection(target)
         assert torch.equal(projection(admm.Z["w"]).mask, optimum.mask)
         # ADMM with inexact SGD inner solves converges geometrically, never bit-exactly: the support is
@@ -63,6 +66,28 @@ def test_penalty_is_half_rho_squared_frobenius_with_its_gradient():
     penalty.backward()
     # autograd forms 0.15·(2·diff) where ρ·diff is written here: equal up to one rounding of the constant
     torch.testing.assert_close(w.grad, 0.3 * diff, rtol=1e-15, atol=0)
+
+
+def test_proximal_step_is_the_closed_form_prox_of_the_penalty():
+    """``W ← (W + ηρ(Z − U)) / (1 + ηρ)``, the minimizer of ηρ/2‖V − Z + U‖² + ½‖V − W‖², once per step."""
+    w = torch.nn.Parameter(torch.randn(6, 8, dtype=torch.float64))
+    admm = ADMM({"w": (w, Unstructured(0.5))}, ADMMSettings(rho=0.3, update_every=100, proximal=0.05))
+    assert not admm.settings.penalty_in_loss and ADMMSettings().penalty_in_loss
+    admm.U["w"] = torch.randn(6, 8, dtype=torch.float64)
+    before = w.detach().clone()
+    assert not admm.step()
+    pull = 0.05 * 0.3
+    assert torch.equal(w.detach(), (before + pull * (admm.Z["w"] - admm.U["w"])) / (1.0 + pull))
+    # it is the prox: the gradient of the prox objective vanishes at the new point (float64 rounding)
+    gradient = pull * (w.detach() - admm.Z["w"] + admm.U["w"]) + (w.detach() - before)
+    assert float(gradient.abs().max()) < 1e-15
+    plain = ADMM({"w": (torch.nn.Parameter(before.clone()), Unstructured(0.5))}, ADMMSettings(rho=0.3, update_every=100))
+    plain.step()
+    assert torch.equal(plain.params["w"].detach(), before)  # without ``proximal`` the step leaves W alone
+    with pytest.raises(ValueError, match="admm.proximal must be ≥ 0"):
+        ADMMSettings(proximal=-0.1)
+    with pytest.raises(ValueError, match="admm.proximal must be ≥ 0"):
+        ADMMSettings(proximal=float("nan"))
 
 
 def test_update_is_z_projection_and_dual_ascent_with_rho_schedule():

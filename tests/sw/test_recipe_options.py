@@ -111,6 +111,31 @@ def test_kd_runs_in_the_admm_and_retrain_phases_only(checkpoint, tmp_path, monke
     assert [p.losses for p in result.phases[1:]] != [p.losses for p in plain.phases[1:]]
 
 
+def test_proximal_admm_takes_the_penalty_out_of_the_loss(checkpoint, tmp_path, monkeypatch):
+    """With ``admm.proximal`` the ADMM phase never adds the penalty to its loss and takes one proximal
+    step per optimizer step; the default adds the penalty once per step and takes none."""
+    from sw.admm import ADMM
+
+    calls = {"penalty": 0, "proximal": 0}
+    penalty, proximal_step = ADMM.penalty, ADMM.proximal_step
+
+    def counting(name, method):
+        def wrapped(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(ADMM, "penalty", counting("penalty", penalty))
+    monkeypatch.setattr(ADMM, "proximal_step", counting("proximal", proximal_step))
+    admm = {"rho": 0.05, "rho_growth": 1.5, "update_every": 2, "proximal": 0.5}
+    result = run(tiny_config(checkpoint, tmp_path / "prox", compression=_compression(attention=None, admm=admm)), export=False)
+    steps = {p.name: p.steps for p in result.phases}
+    assert calls == {"penalty": 0, "proximal": steps["admm"]} and steps["admm"] > 0
+    calls.update(penalty=0, proximal=0)
+    run(tiny_config(checkpoint, tmp_path / "plain", compression=_compression(attention=None)), export=False)
+    assert calls == {"penalty": steps["admm"], "proximal": 0}
+
+
 def _compression(**changes) -> dict:
     compression = tiny_config(".", ".").compression
     data = {k: v for k, v in compression.__dict__.items()}
