@@ -24,6 +24,11 @@ only pull the pruned weights to zero at a high learning rate; the decoupled step
 weight decay) pulls in proportion to the distance at any learning rate, and leaves the optimizer's
 moments to the task gradient.
 
+A projection with a weighted norm (a pattern projection with ``weighting: "activation"``, whose
+``metric`` gives a per-input-column factor ``s``) makes ADMM run in that norm: the penalty is
+``ρ/2 · ‖(W − Z + U) · diag(s)‖²`` and the proximal step's pull ``ηρ s_b²`` per column, so ``Z ← Π(W + U)``
+is again the exact minimizer of the Z-subproblem.
+
 ``Z`` starts at ``Π(W)`` and ``U`` at zero. A pattern projection without a pool builds one from ``W``
 at the start; then its pool is rebuilt from ``W + U`` every ``pool_rebuild_every`` Z-updates (0: keep
 it, e.g. a pool the user gave), so the pool follows the weights while ADMM reshapes them. The pool is
@@ -108,9 +113,18 @@ class ADMM:
             projection.rebuild_pool(point)
         return projection(point).value.to(point.dtype)
 
+    def _metric(self, name: str) -> torch.Tensor | None:
+        """The per-column factor of the target's projection norm (None: plain Frobenius)."""
+        metric = getattr(self.projections[name], "metric", None)
+        return None if metric is None else metric(self.params[name])
+
     def penalty(self) -> torch.Tensor:
-        """``Σ ρ/2 · ‖W − Z + U‖²_F`` (differentiable in ``W``)."""
-        terms = [0.5 * self.rho[n] * (p - self.Z[n] + self.U[n]).pow(2).sum() for n, p in self.params.items()]
+        """``Σ ρ/2 · ‖(W − Z + U) · diag(s)‖²_F`` (``s`` = 1 unless the projection weighs columns;
+        differentiable in ``W``)."""
+        terms = []
+        for n, p in self.params.items():
+            diff, s = p - self.Z[n] + self.U[n], self._metric(n)
+            terms.append(0.5 * self.rho[n] * (diff if s is None else diff * s).pow(2).sum())
         return torch.stack(terms).sum()
 
     @torch.no_grad()
@@ -129,10 +143,12 @@ class ADMM:
 
     @torch.no_grad()
     def proximal_step(self) -> None:
-        """``W ← (W + ηρ (Z − U)) / (1 + ηρ)`` on every target, η = ``settings.proximal``."""
+        """``W ← (W + ηρ (Z − U)) / (1 + ηρ)`` on every target, η = ``settings.proximal`` (ηρ·s_b² per column
+        when the projection weighs columns)."""
         eta = self.settings.proximal
         for name, param in self.params.items():
-            pull = eta * self.rho[name]
+            s = self._metric(name)
+            pull = eta * self.rho[name] if s is None else eta * self.rho[name] * s.pow(2)
             param.copy_((param + pull * (self.Z[name] - self.U[name])) / (1.0 + pull))
 
     def step(self) -> bool:

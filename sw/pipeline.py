@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from core.artifact import load_artifact
 from core.pattern import PatternConfig, PatternPool
 from sw import calibration as edge_calibration
-from sw import distributed, glue
+from sw import distributed, glue, importance
 from sw.admm import ADMM, ADMMSettings
 from sw.masking import apply_masks
 from sw.projections import Projection, projection_from_dict
@@ -561,6 +561,12 @@ def run(config: TrainConfig, export: bool = True, snapshot_layers: int = 2, dens
     if distillation is not None and distillation.alpha > 0:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the dense fine-tuned model, frozen
     projections = make_projections(model, targets, comp.projection)
+    if any(getattr(p, "weighting", "magnitude") == "activation" for _, p in projections.values()):
+        # the activation-aware norm: input RMS per channel of every target, from the model ADMM starts from
+        rms = importance.input_rms(model, targets, data.train_global, config.calibration_batches)
+        for target in targets:
+            projections[f"{target}.weight"][1].set_column_scale(rms[target])
+        ctx.check_replicated({f"column scale {n}": p.column_scale for n, (_, p) in projections.items()}, "an activation column scale")
     watched = [f"{t}.weight" for t in targets[:snapshot_layers]]
     snapshots["before_admm"] = {n: model.get_submodule(n.rsplit(".", 1)[0]).weight.detach().clone().cpu() for n in watched}
     if config.admm_epochs > 0:

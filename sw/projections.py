@@ -9,6 +9,13 @@ Weights are ``[out, in]`` (``torch.nn.Linear`` layout). Row, column and channel 
 N-D weights ``[out, in, *kernel]``: a row is ``W[a]`` (a filter), a channel ``W[:, b]`` and a column
 (filter shape) ``W[:, b, c, d]``; on 2-D weights channels and columns coincide.
 
+Activation-aware pattern projection: with ``weighting: "activation"`` a :class:`Pattern` projects in the
+norm ``‖(W − Z) · diag(s)‖_F`` instead, ``s`` a per-input-channel scale (the RMS of the layer's input
+over calibration tokens, normalized to mean square 1; see ``sw.importance``): position (a, b) counts
+``s_b² · W[a, b]²``, so a weight that reads a loud input channel is worth more than one of the same
+magnitude on a quiet channel (the output error of pruning it is ``|W[a, b]| · s_b`` per token, the
+measure of Wanda, Sun et al. 2023). ADMM then runs in the same norm (its penalty and proximal step).
+
 Counts: a density ``d`` over ``T`` candidates keeps ``floor(d·T + 0.5)`` of them. Ties go to the lower
 index everywhere (stable sorts), so every projection is deterministic: ADMM replicas in several
 processes compute the same ``Z`` from the same ``W + U`` without talking to each other.
@@ -24,6 +31,9 @@ import torch
 
 from core.quantize import level_max, row_scales
 from core.pattern import POOL_METHODS, PatternConfig, PatternPool, build_pattern_pool, from_blocks, pad_to_blocks, to_blocks
+
+
+WEIGHTINGS = ("magnitude", "activation")  # Pattern: the plain Frobenius norm, or the activation-scaled one
 
 
 def kept_count(total: int, density: float) -> int:
@@ -265,7 +275,9 @@ class Pattern(Projection):
     kept_per_block: int = PatternConfig.kept_per_block
     pool_size: int = PatternConfig.pool_size
     pool_method: str = "frequent"
+    weighting: str = "magnitude"
     pool: PatternPool | None = field(default=None, repr=False, compare=False)
+    column_scale: torch.Tensor | None = field(default=None, repr=False, compare=False)
     pattern_ids: torch.Tensor | None = field(default=None, repr=False, compare=False)
     kind = "pattern"
 
@@ -273,19 +285,51 @@ class Pattern(Projection):
         self.config = PatternConfig(self.block_size, self.kept_per_block, self.pool_size)
         if self.pool_method not in POOL_METHODS:
             raise ValueError(f"pattern pool_method must be one of {', '.join(POOL_METHODS)}, got {self.pool_method!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"pattern weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
 
     def to_dict(self):
         spec = {"kind": self.kind, "block_size": self.block_size, "kept_per_block": self.kept_per_block, "pool_size": self.pool_size}
-        if self.pool_method != "frequent":  # the default stays out, so specs (and study fingerprints) written before it are unchanged
+        # defaults stay out, so specs (and study fingerprints) written before these options are unchanged
+        if self.pool_method != "frequent":
             spec["pool_method"] = self.pool_method
+        if self.weighting != "magnitude":
+            spec["weighting"] = self.weighting
         return spec
 
-    def rebuild_pool(self, weight: torch.Tensor) -> None:
-        self.pool = build_pattern_pool(weight, self.config, method=self.pool_method)
+    def set_column_scale(self, scale: torch.Tensor) -> None:
+        """The per-input-channel scale ``s`` of ``weighting: "activation"`` (any positive scale; it is
+        normalized to mean square 1, so ADMM's ρ keeps its meaning)."""
+        if self.weighting != "activation":
+            raise ValueError(f"column scales are for weighting 'activation'; this projection weighs by {self.weighting!r}")
+        scale = scale.detach().to(torch.float64).flatten()
+        if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()) or not bool((scale > 0).any()):
+            raise ValueError("column scales must be finite, ≥ 0 and not all zero")
+        self.column_scale = scale / scale.pow(2).mean().sqrt()
 
-    def _choose(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Pattern id per block: the pattern keeping the most squared magnitude."""
-        return ((blocks.to(torch.float64) ** 2) @ self.pool.masks.to(torch.float64).T).argmax(-1)
+    def metric(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """The per-entry factor ``s`` (broadcasting over ``weight``'s rows) of the projection's norm, or
+        None for the plain Frobenius norm."""
+        if self.weighting == "magnitude":
+            return None
+        if self.column_scale is None:
+            raise ValueError("pattern weighting 'activation' needs the column scales first (set_column_scale; the "
+                             "recipe measures them on calibration batches)")
+        if self.column_scale.numel() != weight.shape[-1]:
+            raise ValueError(f"{self.column_scale.numel()} column scales for a weight of {weight.shape[-1]} input columns")
+        return self.column_scale.to(weight.device, weight.dtype)
+
+    def _scored(self, weight: torch.Tensor) -> torch.Tensor:
+        """``W · diag(s)``: the matrix whose squared entries are the projection's per-position costs."""
+        s = self.metric(weight)
+        return weight if s is None else weight * s
+
+    def rebuild_pool(self, weight: torch.Tensor) -> None:
+        self.pool = build_pattern_pool(self._scored(weight.detach()), self.config, method=self.pool_method)
+
+    def _choose(self, blocks: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """Pattern id per block: the pattern keeping the most (weighted) squared magnitude."""
+        return ((scored.to(torch.float64) ** 2) @ self.pool.masks.to(torch.float64).T).argmax(-1)
 
     def project(self, weight):
         if weight.dim() != 2:
@@ -294,7 +338,8 @@ class Pattern(Projection):
             self.rebuild_pool(weight)
         k = self.block_size
         blocks = to_blocks(pad_to_blocks(weight.detach(), k), k)
-        self.pattern_ids = self._choose(blocks)
+        scored = to_blocks(pad_to_blocks(self._scored(weight.detach()), k), k)
+        self.pattern_ids = self._choose(blocks, scored)
         value_blocks = self._block_values(blocks)
         masks = self.pool.masks[self.pattern_ids]
         rows, cols = weight.shape
@@ -358,11 +403,14 @@ class PatternQuantize(Pattern):
         self._quantized = self.quantizer.quantize(weight, self.quantizer.scales(weight))
         return super().project(weight)
 
-    def _choose(self, blocks):
+    def _choose(self, blocks, scored):
         k = self.block_size
         q = to_blocks(pad_to_blocks(self._quantized, k), k).to(torch.float64)
         w = blocks.to(torch.float64)
         gain = w**2 - (w - q) ** 2
+        s = self.metric(self._quantized)
+        if s is not None:  # the weighted norm: every position's gain times s_b²
+            gain = gain * to_blocks(pad_to_blocks(s.to(torch.float64).expand_as(self._quantized) ** 2, k), k)
         return (gain @ self.pool.masks.to(torch.float64).T).argmax(-1)
 
     def _block_values(self, blocks):

@@ -90,6 +90,24 @@ def test_proximal_step_is_the_closed_form_prox_of_the_penalty():
         ADMMSettings(proximal=float("nan"))
 
 
+def test_activation_weighted_targets_run_admm_in_their_norm():
+    """A pattern projection with column scales s: penalty ρ/2‖(W − Z + U)·diag(s)‖², proximal pull ηρ·s_b²."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.nn.Parameter(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    projection = Pattern(4, 8, 4, weighting="activation")
+    projection.set_column_scale(torch.rand(8, generator=g, dtype=torch.float64) + 0.5)
+    s = projection.column_scale
+    admm = ADMM({"w": (w, projection)}, ADMMSettings(rho=0.3, update_every=100, proximal=0.05))
+    assert torch.equal(admm.Z["w"], projection(w.detach()).value)  # Z starts at the weighted projection
+    admm.U["w"] = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    diff = w.detach() - admm.Z["w"] + admm.U["w"]
+    assert torch.equal(admm.penalty(), 0.5 * 0.3 * (diff * s).pow(2).sum())
+    before = w.detach().clone()
+    admm.step()
+    pull = 0.05 * 0.3 * s.pow(2)
+    assert torch.equal(w.detach(), (before + pull * (admm.Z["w"] - admm.U["w"])) / (1.0 + pull))
+
+
 def test_update_is_z_projection_and_dual_ascent_with_rho_schedule():
     w = torch.nn.Parameter(torch.randn(4, 8, dtype=torch.float64))
     projection = NM(n=1, m=4)

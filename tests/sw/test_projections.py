@@ -121,6 +121,91 @@ def test_pattern_projection_is_nearest_point_for_a_fixed_pool():
         assert torch.equal(pool.masks[projection.pattern_ids].sum(-1), torch.full((2, 2), 2))
 
 
+def pool_points(weight, pool):
+    """Every point of the pattern set of a fixed pool for a 2×2-block ``weight``: one pattern per block,
+    kept values copied. Returns ``(points [M, *shape], pattern ids [M, blocks])``."""
+    rows, cols = weight.shape[0] // 2, weight.shape[1] // 2
+    points, ids = [], []
+    for choice in itertools.product(range(pool.masks.shape[0]), repeat=rows * cols):
+        mask = torch.zeros_like(weight, dtype=torch.bool)
+        for b, pattern in enumerate(choice):
+            r, c = divmod(b, cols)
+            mask[2 * r:2 * r + 2, 2 * c:2 * c + 2] = pool.masks[pattern].reshape(2, 2)
+        points.append(weight * mask)
+        ids.append(choice)
+    return torch.stack(points), torch.tensor(ids)
+
+
+def test_activation_weighted_pattern_projection_is_nearest_point_in_the_weighted_norm():
+    """``weighting: "activation"``: the nearest point of the pattern set in ‖(W − Z)·diag(s)‖, by brute force
+    over every pattern assignment; it can differ from the plain projection, and uniform scales give it."""
+    pool = small_pool()
+    differs = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        weight = torch.randn(4, 4, generator=g, dtype=torch.float64)
+        scale = torch.rand(4, generator=g, dtype=torch.float64) * 3
+        projection = Pattern(block_size=2, kept_per_block=2, pool_size=3, pool=pool, weighting="activation")
+        projection.set_column_scale(scale)
+        result = projection(weight)
+        points, ids = pool_points(weight, pool)
+        distance = (((points - weight) * scale) ** 2).flatten(1).sum(1)
+        best = distance.argmin()
+        assert int((distance == distance[best]).sum()) == 1
+        assert torch.equal(result.value, points[best]) and torch.equal(projection.pattern_ids.flatten(), ids[best])
+        plain = Pattern(block_size=2, kept_per_block=2, pool_size=3, pool=pool)
+        differs += not torch.equal(plain(weight).value, result.value)
+        uniform = Pattern(block_size=2, kept_per_block=2, pool_size=3, pool=pool, weighting="activation")
+        uniform.set_column_scale(torch.full((4,), 0.3, dtype=torch.float64))
+        assert torch.equal(uniform(weight).value, plain(weight).value)
+    assert differs > 0  # the weighting does change choices on these weights
+    assert torch.equal(projection.column_scale.pow(2).mean(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_activation_weighted_pattern_quantize_is_nearest_point_of_the_intersection():
+    pool = small_pool()
+    differs = 0
+    for seed in range(8):
+        g = torch.Generator().manual_seed(20 + seed)
+        weight = torch.randn(2, 4, generator=g, dtype=torch.float64)
+        scale = torch.rand(4, generator=g, dtype=torch.float64) ** 3 * 4
+        points = grid_points(weight, 2)
+        ok = torch.ones(points.shape[0], dtype=torch.bool)
+        for bc in range(2):
+            support = points[:, :, bc * 2 : bc * 2 + 2].reshape(-1, 4) != 0
+            ok &= ((support[:, None, :] & ~pool.masks[None]).any(-1) == 0).any(1)
+        points = points[ok]
+        projection = PatternQuantize(block_size=2, kept_per_block=2, pool_size=3, bits=2, pool=pool, weighting="activation")
+        projection.set_column_scale(scale)
+        s = projection.column_scale  # normalized; the argmin does not depend on the normalization
+        distance = (((points - weight) * s) ** 2).flatten(1).sum(1)
+        value = projection(weight).value
+        assert torch.equal(value, points[distance.argmin()])
+        plain = PatternQuantize(block_size=2, kept_per_block=2, pool_size=3, bits=2, pool=pool)
+        differs += not torch.equal(plain(weight).value, value)
+    assert differs > 0  # the weighting does change choices on these weights
+
+
+def test_activation_weighting_needs_valid_column_scales():
+    weight = torch.randn(8, 8)
+    with pytest.raises(ValueError, match="needs the column scales first"):
+        Pattern(4, 8, 4, weighting="activation")(weight)
+    projection = Pattern(4, 8, 4, weighting="activation")
+    for bad, message in [(torch.tensor([1.0, -1.0] * 4), "finite, ≥ 0 and not all zero"), (torch.zeros(8), "not all zero"),
+                         (torch.full((8,), float("nan")), "finite")]:
+        with pytest.raises(ValueError, match=message):
+            projection.set_column_scale(bad)
+    projection.set_column_scale(torch.ones(6))
+    with pytest.raises(ValueError, match="6 column scales for a weight of 8 input columns"):
+        projection(weight)
+    with pytest.raises(ValueError, match="column scales are for weighting 'activation'"):
+        Pattern(4, 8, 4).set_column_scale(torch.ones(8))
+    with pytest.raises(ValueError, match="weighting must be one of magnitude, activation, got 'hessian'"):
+        Pattern(4, 8, 4, weighting="hessian")
+    assert "weighting" not in Pattern(4, 8, 32).to_dict()
+    assert projection_from_dict(Pattern(4, 8, 32, weighting="activation").to_dict()).weighting == "activation"
+
+
 def grid_points(weight, bits):
     """All matrices with every entry on its row's level grid (row scale max|row| / q)."""
     q = 2 ** (bits - 1) - 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.pattern import PatternConfig, PatternPool
 from sw import glue, pipeline
 from sw.pipeline import DistillationConfig, TrainConfig, distillation_loss, run
 from sw.study import DENSE, Study, load_results, run_one, table
@@ -134,6 +135,66 @@ def test_proximal_admm_takes_the_penalty_out_of_the_loss(checkpoint, tmp_path, m
     calls.update(penalty=0, proximal=0)
     run(tiny_config(checkpoint, tmp_path / "plain", compression=_compression(attention=None)), export=False)
     assert calls == {"penalty": steps["admm"], "proximal": 0}
+
+
+def test_input_rms_is_the_rms_of_each_input_feature_over_real_tokens(checkpoint):
+    """The scales of the activation-aware projection: for layer N's query, the RMS per feature of the
+    hidden state entering layer N, padding excluded; a batch limit is honoured; a non-token input is refused."""
+    from sw.importance import input_rms
+
+    model = _model(checkpoint).eval()
+    batches = [_batch(0), _batch(1), _batch(2)]
+    for b in batches[:2]:
+        b["attention_mask"][:3, 8:] = 0  # padding on half the rows
+    targets = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.attention.self.query"]
+    rms = input_rms(model, targets, batches, max_batches=2)
+    for layer, target in enumerate(targets):
+        total, tokens = 0, 0.0
+        for b in batches[:2]:
+            with torch.no_grad():
+                hidden = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states[layer]
+            keep = b["attention_mask"].reshape(-1).bool()
+            total = total + hidden.to(torch.float64).reshape(-1, hidden.shape[-1])[keep].pow(2).sum(0)
+            tokens += float(keep.sum())
+        assert torch.equal(rms[target], (total / tokens).sqrt())
+    with pytest.raises(ValueError, match="input of bert.pooler.dense has 6 rows, not one per token"):
+        input_rms(model, ["bert.pooler.dense"], batches, max_batches=1)
+    with pytest.raises(ValueError, match="at least one batch"):
+        input_rms(model, targets, batches, max_batches=0)
+
+
+def test_activation_weighted_recipe_measures_scales_and_prunes_in_their_norm(checkpoint, tmp_path, monkeypatch):
+    """``weighting: "activation"`` in the recipe: the scales are measured once, on the model the pruning
+    starts from, over ``calibration_batches`` global batches, and the hard-pruning masks are the weighted
+    projection's (they differ from the plain projection's for the same weights and pool)."""
+    from sw import importance
+    from sw.projections import Pattern
+
+    seen, measure = [], importance.input_rms
+
+    def recording(model, targets, batches, max_batches):
+        rms = measure(model, targets, batches, max_batches)
+        weights = {t: model.get_submodule(t).weight.detach().clone() for t in targets}
+        seen.append((rms, weights, max_batches))
+        return rms
+
+    monkeypatch.setattr(pipeline.importance, "input_rms", recording)
+    projection = {"kind": "pattern", "block_size": 4, "kept_per_block": 8, "pool_size": 8, "weighting": "activation"}
+    config = tiny_config(checkpoint, tmp_path / "act", admm_epochs=0, retrain_epochs=0,
+                         compression=_compression(attention=None, projection=projection))
+    result = run(config, export=False)
+    assert len(seen) == 1 and seen[0][2] == config.calibration_batches
+    rms, weights, _ = seen[0]
+    assert set(rms) == {name.rsplit(".", 1)[0] for name in result.masks} and result.masks
+    plain_differs = 0
+    for name, mask in result.masks.items():
+        target = name.rsplit(".", 1)[0]
+        pool = PatternPool(PatternConfig(4, 8, 8), result.pools[name])
+        weighted = Pattern(4, 8, 8, weighting="activation", pool=pool)
+        weighted.set_column_scale(rms[target])
+        assert torch.equal(weighted(weights[target]).mask, mask)
+        plain_differs += not torch.equal(Pattern(4, 8, 8, pool=pool)(weights[target]).mask, mask)
+    assert plain_differs > 0
 
 
 def _compression(**changes) -> dict:
