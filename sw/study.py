@@ -13,6 +13,7 @@ again::
     python -m sw.study run --config configs/glue_study.json            # every row × task × seed
     python -m sw.study status --config configs/glue_study.json
     python -m sw.study report --config configs/glue_study.json         # table into the results doc
+    python -m sw.study adopt --config configs/glue_study.json --from configs/glue_schedule.json
 
 The dense row fine-tunes the pretrained model and keeps the checkpoint (``<work_dir>/<task>/seed<s>/
 dense/model``); every other row starts from that checkpoint with ``finetune_epochs = 0``, so all rows of a
@@ -40,6 +41,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -307,6 +309,49 @@ def run_one(study: Study, row: str, task: str, seed: int, force: bool = False, l
     if record["failed"]:
         log(f"[{row} / {task} / seed {seed}] FAILED: {record['failed']} (majority-class baseline {json.dumps(result.baseline)})")
     return record
+
+
+def adopt(study: Study, source: Study, rows, tasks, seeds, log=print) -> list[dict]:
+    """Take over runs another study (a schedule of probes, say) already made with the very same merged
+    config: a (row, task, seed) that is not up to date here takes the source's record of that task and seed
+    whose fingerprint equals its own, whatever the source called the row, so freezing a probed recipe does
+    not train it again. The record keeps ``adopted_from`` (results file and row); its run's summary is
+    copied. Rows that export an artifact are not adopted (the artifact belongs in their own folder: run
+    them). A figure row's adopted record has no figures (they are drawn from the weights during a run);
+    a figure folder left there by an earlier run of another config is removed. Returns the adopted records."""
+    source_records = load_results(source.results)
+    adopted = []
+    for seed in seeds:
+        for task in tasks:
+            for row in rows:
+                where = f"[{row} / {task} / seed {seed}]"
+                config_key = fingerprint(study.config_dict(row, task, seed))
+                if find_record(load_results(study.results), row, task, seed, config_key):
+                    log(f"{where} up to date ({config_key}), nothing to adopt")
+                    continue
+                match = next((r for r in source_records if (r["task"], r["seed"], r["fingerprint"]) == (task, seed, config_key)), None)
+                if match is None:
+                    log(f"{where} {source.results} has no run of this config ({config_key}): run it")
+                    continue
+                spec = study.rows[row]
+                if spec.export:
+                    log(f"{where} exports an artifact: not adopted from {match['row']!r}, run it")
+                    continue
+                record = dict(copy.deepcopy(match), row=row, adopted_from={"results": str(source.results), "row": match["row"]})
+                if spec.figures:
+                    record["figures"] = []
+                    stale = study.figures_dir / f"{task}_seed{seed}_{row}"
+                    if stale.is_dir():
+                        shutil.rmtree(stale)
+                        log(f"{where} removed {stale}: figures of an earlier config (an adopted run has none; --force draws them)")
+                summary_file = source.run_dir(match["row"], task, seed) / "summary.json"
+                if summary_file.is_file():
+                    study.run_dir(row, task, seed).mkdir(parents=True, exist_ok=True)
+                    write_atomic(study.run_dir(row, task, seed) / "summary.json", summary_file.read_text())
+                store_record(study.results, record)
+                log(f"{where} adopted {source.results} row {match['row']!r} ({config_key}): {record['metric']} {record['score']:.2f}")
+                adopted.append(record)
+    return adopted
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -679,11 +724,12 @@ def _names(value: str | None, known, what: str) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "status", "report"])
+    parser.add_argument("command", choices=["run", "status", "report", "adopt"])
     parser.add_argument("--config", default="configs/glue_study.json")
     parser.add_argument("--rows", help="comma-separated row names (default: all)")
     parser.add_argument("--tasks", help="comma-separated task names (default: all)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the study's)")
+    parser.add_argument("--from", dest="source", help="adopt: the study config whose matching runs are taken over")
     parser.add_argument("--force", action="store_true", help="run again even when an up-to-date record exists")
     args = parser.parse_args(argv)
     try:
@@ -705,6 +751,15 @@ def main(argv=None) -> int:
         if ctx.is_main:
             write_report(study)
         distributed.shutdown()
+    elif args.command == "adopt":
+        if not args.source:
+            raise SystemExit("adopt needs --from SOURCE_CONFIG (the study whose runs are taken over)")
+        try:
+            source = Study.load(args.source)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        adopt(study, source, rows, tasks, seeds)
+        print(f"wrote {write_report(study)}")
     elif args.command == "status":
         for row, task, seed, state in status(study):
             if row in rows and task in tasks and seed in seeds:

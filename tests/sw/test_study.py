@@ -123,6 +123,61 @@ def test_a_lost_dense_checkpoint_is_fine_tuned_again_to_the_same_score(done, tmp
     assert again["scores"] == recorded["scores"]  # CPU fine-tuning with a fixed seed is deterministic
 
 
+def test_a_frozen_recipe_adopts_the_probe_runs_of_the_very_same_config(done, monkeypatch, tmp_path):
+    """A schedule of probes ran the recipe under other row names; the study that freezes it takes those runs
+    over (same fingerprint, whatever the row is called) and trains nothing, but only where the config is equal."""
+    import sw.pipeline
+
+    probe_of = {"pattern_no_admm": "probe_no_admm", "pattern_admm": "probe_admm", "pattern_admm_int8": "probe_int8"}
+    source_data = json.loads(done.path.read_text())
+    source_data["rows"] = {probe_of.get(row, row): spec for row, spec in source_data["rows"].items()}
+    source_data["rows"]["probe_admm"].pop("figures")
+    source_data.update(work_dir=str(tmp_path / "probe_work"), results=str(tmp_path / "probe_runs.json"))
+    (tmp_path / "probe.json").write_text(json.dumps(source_data))
+    source = Study.load(tmp_path / "probe.json")
+    for record in load_results(done.results):
+        row = probe_of.get(record["row"], record["row"])
+        store_record(source.results, dict(record, row=row))
+        shutil.copytree(done.run_dir(record["row"], "mrpc", 0), source.run_dir(row, "mrpc", 0))
+
+    target_data = json.loads(done.path.read_text())
+    target_data["rows"]["pattern_longer"] = dict(target_data["rows"]["pattern_no_admm"], overrides=dict(
+        target_data["rows"]["pattern_no_admm"]["overrides"], retrain_epochs=3))
+    target_data.update(work_dir=str(tmp_path / "work"), results=str(tmp_path / "runs.json"), figures_dir=str(tmp_path / "figures"))
+    (tmp_path / "study.json").write_text(json.dumps(target_data))
+    target = Study.load(tmp_path / "study.json")
+    stale = target.figures_dir / "mrpc_seed0_pattern_admm"
+    stale.mkdir(parents=True)
+    (stale / "block_sparsity.png").write_bytes(b"an earlier config's figure")
+
+    monkeypatch.setattr(sw.pipeline, "run", lambda *args, **kwargs: pytest.fail("adopting must not train"))
+    messages = []
+    adopted = study_mod.adopt(target, source, list(target.rows), ["mrpc"], [0], log=messages.append)
+
+    assert sorted(r["row"] for r in adopted) == [DENSE, "pattern_admm", "pattern_no_admm"]
+    originals = {r["row"]: r for r in load_results(done.results)}
+    for record in adopted:
+        source_row = probe_of.get(record["row"], record["row"])
+        assert record["adopted_from"] == {"results": str(source.results), "row": source_row}
+        expected = dict(originals[record["row"]], adopted_from=record["adopted_from"])
+        if record["row"] == "pattern_admm":
+            expected["figures"] = []  # drawn from the weights during a run: an adopted record has none
+        assert record == expected
+        summary = target.run_dir(record["row"], "mrpc", 0) / "summary.json"
+        assert summary.read_text() == (source.run_dir(source_row, "mrpc", 0) / "summary.json").read_text()
+    assert not stale.exists()
+    assert any("pattern_admm_int8" in m and "exports an artifact" in m for m in messages)
+    assert any("pattern_longer" in m and "no run of this config" in m for m in messages)
+    assert sorted(r["row"] for r in load_results(target.results)) == sorted(r["row"] for r in adopted)
+
+    states = {row: state for row, _, _, state in status(target)}
+    assert states == {DENSE: "done", "pattern_no_admm": "done", "pattern_admm": "done",
+                      "pattern_admm_int8": "pending", "pattern_longer": "pending"}
+    before = target.results.read_text()
+    assert study_mod.adopt(target, source, list(target.rows), ["mrpc"], [0], log=messages.append) == []
+    assert target.results.read_text() == before
+
+
 def test_report_table_has_a_line_per_row_with_the_recorded_scores(done):
     doc = write_report(done)
     text = doc.read_text()
