@@ -447,7 +447,20 @@ def table(study: Study, records: list[dict]) -> str:
         out.append("")
     return "\n".join(out + ["Minutes per run (median over seeds; compressed rows exclude the dense fine-tuning they start from):", ""]
                      + time_lines + ["", PHASES_INTRO, ""] + phase_lines(study, current) + failure_lines(study, current)
-                     + other_score_lines(study, current))
+                     + adopted_lines(study, current) + other_score_lines(study, current))
+
+
+def adopted_lines(study: Study, current: dict) -> list[str]:
+    """One bullet per source row whose runs this study adopted (same merged config, not trained again)."""
+    by_source = {}
+    for (row, task, seed), record in sorted(current.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+        if record.get("adopted_from"):
+            source = record["adopted_from"]
+            by_source.setdefault((row, source["results"], source["row"]), []).append(f"{glue.get_task(task).folder} seed {seed}")
+    if not by_source:
+        return []
+    return ["", "Runs adopted from another study with the very same merged config (`adopted_from` in the records; not trained again):", ""] + [
+        f"- {study.rows[row].label}: {', '.join(runs)}, from `{results}` row `{source}`" for (row, results, source), runs in by_source.items()]
 
 
 def failure_lines(study: Study, current: dict) -> list[str]:

@@ -143,7 +143,8 @@ def test_a_frozen_recipe_adopts_the_probe_runs_of_the_very_same_config(done, mon
     target_data = json.loads(done.path.read_text())
     target_data["rows"]["pattern_longer"] = dict(target_data["rows"]["pattern_no_admm"], overrides=dict(
         target_data["rows"]["pattern_no_admm"]["overrides"], retrain_epochs=3))
-    target_data.update(work_dir=str(tmp_path / "work"), results=str(tmp_path / "runs.json"), figures_dir=str(tmp_path / "figures"))
+    target_data.update(work_dir=str(tmp_path / "work"), results=str(tmp_path / "runs.json"), figures_dir=str(tmp_path / "figures"),
+                       doc=str(tmp_path / "glue.md"))
     (tmp_path / "study.json").write_text(json.dumps(target_data))
     target = Study.load(tmp_path / "study.json")
     stale = target.figures_dir / "mrpc_seed0_pattern_admm"
@@ -173,6 +174,9 @@ def test_a_frozen_recipe_adopts_the_probe_runs_of_the_very_same_config(done, mon
     states = {row: state for row, _, _, state in status(target)}
     assert states == {DENSE: "done", "pattern_no_admm": "done", "pattern_admm": "done",
                       "pattern_admm_int8": "pending", "pattern_longer": "pending"}
+    report = write_report(target).read_text()
+    assert f"- pattern + ADMM: MRPC seed 0, from `{source.results}` row `probe_admm`" in report
+    assert "- dense:" in report and "- pattern + ADMM, int8:" not in report
     before = target.results.read_text()
     assert study_mod.adopt(target, source, list(target.rows), ["mrpc"], [0], log=messages.append) == []
     assert target.results.read_text() == before
