@@ -453,7 +453,7 @@ def table(study: Study, records: list[dict]) -> str:
 def adopted_lines(study: Study, current: dict) -> list[str]:
     """One bullet per source row whose runs this study adopted (same merged config, not trained again)."""
     by_source = {}
-    for (row, task, seed), record in sorted(current.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+    for (row, task, seed), record in sorted(current.items(), key=lambda item: item[0]):
         if record.get("adopted_from"):
             source = record["adopted_from"]
             by_source.setdefault((row, source["results"], source["row"]), []).append(f"{glue.get_task(task).folder} seed {seed}")
